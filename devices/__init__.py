@@ -1,0 +1,1 @@
+"""Devices: the device registry and the asset dictionary (component codes, owners)."""

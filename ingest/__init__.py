@@ -1,0 +1,1 @@
+"""Ingest: topic grammar, payload decoding, batching, COPY writer, quarantine."""

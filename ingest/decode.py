@@ -1,0 +1,263 @@
+"""Topic grammar and payload decoding: one MQTT message in, typed rows and quarantine entries out.
+
+Nothing here does I/O. ``decode_message`` never raises on bad input: everything it cannot store
+comes back as a ``Rejection`` with a reason from ``Reason`` and a detail naming the bad value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Final
+
+import msgspec
+
+from ingest.contract import STATUS, TELEMETRY_KINDS, GatewayEntry, ReadingKind
+
+TOPIC_ROOT: Final = "cityops/v1"
+#: The subscription that covers every topic of the contract.
+TOPIC_FILTER: Final = f"{TOPIC_ROOT}/#"
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_CHANNELS: Final = frozenset({"telemetry", "event", "status"})
+_US_PER_MS: Final = 1000
+_RANGE_ERROR = re.compile(r"^Expected `[^`]+` (?:>=|<=|>|<) ")
+
+
+class Reason(StrEnum):
+    """Why a message (or one reading in it) went to the quarantine."""
+
+    OVERSIZED = "oversized"
+    BAD_TOPIC = "bad_topic"
+    MALFORMED_JSON = "malformed_json"
+    UNKNOWN_DEVICE = "unknown_device"
+    TYPE_MISMATCH = "type_mismatch"
+    WRONG_TYPE = "wrong_type"
+    OUT_OF_RANGE = "out_of_range"
+    MISSING_FIELD = "missing_field"
+    UNKNOWN_FIELD = "unknown_field"
+    BAD_TIMESTAMP = "bad_timestamp"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    EMPTY_READING = "empty_reading"
+    REJECTED_BY_DATABASE = "rejected_by_database"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A part of a message that cannot be stored, and why."""
+
+    reason: Reason
+    detail: str
+
+
+@dataclass(slots=True)
+class Decoded:
+    """What one message yields: rows per reading kind, rejections, devices to register."""
+
+    rows: list[tuple[ReadingKind, tuple[Any, ...]]] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    new_devices: dict[str, str] = field(default_factory=dict)
+    device_type: str = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """Limits the decoder enforces, taken from the ingest settings."""
+
+    max_payload_bytes: int
+    max_future_us: int
+    auto_register: bool
+
+
+class _Reject(Exception):  # noqa: N818 - internal control flow, never escapes this module
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.rejection = Rejection(reason, detail)
+
+
+def classify_validation_error(message: str) -> Reason:
+    """Map a msgspec validation message to a quarantine reason."""
+    if message.startswith("Object missing required field"):
+        return Reason.MISSING_FIELD
+    if message.startswith("Object contains unknown field"):
+        return Reason.UNKNOWN_FIELD
+    if _RANGE_ERROR.match(message):
+        return Reason.OUT_OF_RANGE
+    if message.endswith("at `$.ts`"):
+        return Reason.BAD_TIMESTAMP
+    return Reason.WRONG_TYPE
+
+
+def _to_epoch_us(ts: int | datetime | None, received_us: int) -> int:
+    if ts is None:
+        return received_us
+    if isinstance(ts, int):
+        return ts * _US_PER_MS
+    delta = ts - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+_EPOCH: Final = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+
+
+def _reading_row(
+    kind: ReadingKind,
+    device_id: str,
+    fields: Mapping[str, Any],
+    received_us: int,
+    limits: DecodeLimits,
+) -> tuple[Any, ...]:
+    try:
+        reading = msgspec.convert(fields, kind.struct)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        raise _Reject(classify_validation_error(message), message) from None
+    values = tuple(getattr(reading, name) for name in kind.value_fields)
+    if all(v is None for v in values):
+        raise _Reject(Reason.EMPTY_READING, f"no {kind.name} value fields in the reading")
+    ts_us = _to_epoch_us(reading.ts, received_us)
+    if ts_us > received_us + limits.max_future_us:
+        ahead_s = (ts_us - received_us) / 1e6
+        raise _Reject(Reason.FUTURE_TIMESTAMP, f"ts is {ahead_s:.0f} s ahead of receive time")
+    return (device_id, ts_us, *values)
+
+
+def _flatten(item: Any) -> dict[str, Any]:
+    """Accept both ``{"ts": .., "values": {..}}`` and the flat ``{"ts": .., "tilt_deg": ..}``."""
+    if not isinstance(item, dict):
+        raise _Reject(Reason.WRONG_TYPE, f"expected a JSON object, got {type(item).__name__}")
+    values = item.get("values")
+    if values is None:
+        return item
+    if not isinstance(values, dict) or len(item) > 2 or (len(item) == 2 and "ts" not in item):
+        raise _Reject(Reason.WRONG_TYPE, "'values' must be an object beside at most 'ts'")
+    return {**values, "ts": item.get("ts")}
+
+
+def _items(document: Any) -> Iterator[tuple[int | None, Any]]:
+    if isinstance(document, list):
+        yield from enumerate(document)
+    else:
+        yield None, document
+
+
+def _at(index: int | None, detail: str) -> str:
+    return detail if index is None else f"item {index}: {detail}"
+
+
+class Decoder:
+    """Decodes messages against the contract and the device registry."""
+
+    def __init__(
+        self,
+        *,
+        limits: DecodeLimits,
+        device_type_of: Callable[[str], str | None],
+    ) -> None:
+        self._limits = limits
+        self._device_type_of = device_type_of
+        self._json = msgspec.json.Decoder()
+
+    def decode_message(self, topic: str, payload: bytes, received_us: int) -> Decoded:
+        """Decode one message; a whole-message fault yields a single rejection."""
+        out = Decoded()
+        try:
+            if len(payload) > self._limits.max_payload_bytes:
+                raise _Reject(
+                    Reason.OVERSIZED,
+                    f"{len(payload)} bytes, limit {self._limits.max_payload_bytes}",
+                )
+            parts = topic.split("/")
+            if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT:
+                raise _Reject(Reason.BAD_TOPIC, f"not {TOPIC_ROOT}/<type>/<id>/<channel>: {topic}")
+            _, _, device_type, source_id, channel = parts
+            if not _DEVICE_ID.match(source_id):
+                raise _Reject(Reason.BAD_TOPIC, f"invalid device id {source_id!r}")
+            if device_type == "gateway":
+                if channel != "batch":
+                    raise _Reject(Reason.BAD_TOPIC, f"gateways publish on .../batch, not {channel}")
+                out.device_type = device_type
+                self._decode_gateway(self._parse(payload), received_us, out)
+            else:
+                kind = self._kind_for(device_type, channel)
+                out.device_type = device_type
+                self._check_device(source_id, device_type, out)
+                for index, item in _items(self._parse(payload)):
+                    self._append(out, index, kind, source_id, item, received_us)
+            if not out.rows and not out.rejections:
+                raise _Reject(Reason.EMPTY_READING, "the message holds no readings")
+        except _Reject as exc:
+            out.rejections.append(exc.rejection)
+        return out
+
+    def _parse(self, payload: bytes) -> Any:
+        try:
+            return self._json.decode(payload)
+        except msgspec.DecodeError as exc:
+            raise _Reject(Reason.MALFORMED_JSON, str(exc)) from None
+
+    @staticmethod
+    def _kind_for(device_type: str, channel: str) -> ReadingKind:
+        if device_type not in TELEMETRY_KINDS:
+            raise _Reject(Reason.BAD_TOPIC, f"unknown device type {device_type!r}")
+        if channel not in _CHANNELS:
+            raise _Reject(Reason.BAD_TOPIC, f"unknown channel {channel!r}")
+        return STATUS if channel == "status" else TELEMETRY_KINDS[device_type]
+
+    def _check_device(self, device_id: str, device_type: str | None, out: Decoded) -> str:
+        """Return the device's registered type, registering it when allowed."""
+        known = self._device_type_of(device_id) or out.new_devices.get(device_id)
+        if known is None:
+            if not self._limits.auto_register or device_type not in TELEMETRY_KINDS:
+                raise _Reject(Reason.UNKNOWN_DEVICE, f"device {device_id!r} is not registered")
+            out.new_devices[device_id] = device_type
+            return device_type
+        if device_type is not None and known != device_type:
+            raise _Reject(
+                Reason.TYPE_MISMATCH,
+                f"device {device_id!r} is registered as {known}, not {device_type}",
+            )
+        return known
+
+    def _append(
+        self,
+        out: Decoded,
+        index: int | None,
+        kind: ReadingKind,
+        device_id: str,
+        item: Any,
+        received_us: int,
+    ) -> None:
+        try:
+            row = _reading_row(kind, device_id, _flatten(item), received_us, self._limits)
+        except _Reject as exc:
+            out.rejections.append(Rejection(exc.rejection.reason, _at(index, str(exc))))
+        else:
+            out.rows.append((kind, row))
+
+    def _decode_gateway(self, document: Any, received_us: int, out: Decoded) -> None:
+        if not isinstance(document, list):
+            raise _Reject(Reason.WRONG_TYPE, "a gateway batch is a JSON array of entries")
+        for index, item in enumerate(document):
+            try:
+                entry = msgspec.convert(item, GatewayEntry)
+            except msgspec.ValidationError as exc:
+                message = str(exc)
+                reason = classify_validation_error(message)
+                out.rejections.append(Rejection(reason, _at(index, message)))
+                continue
+            try:
+                device_type = self._check_device(entry.device_id, entry.device_type, out)
+                kind = TELEMETRY_KINDS.get(device_type)
+                if kind is None:
+                    raise _Reject(
+                        Reason.TYPE_MISMATCH,
+                        f"device {entry.device_id!r} is a {device_type}, which sends no telemetry",
+                    )
+            except _Reject as exc:
+                out.rejections.append(Rejection(exc.rejection.reason, _at(index, str(exc))))
+                continue
+            fields = {**entry.values, "ts": entry.ts}
+            self._append(out, index, kind, entry.device_id, fields, received_us)

@@ -1,0 +1,1 @@
+"""Models: scikit-learn anomaly models with safe persistence."""

@@ -1,0 +1,1 @@
+"""Scenes: telemetry into detections (manhole, lighting, clean roads, device health)."""

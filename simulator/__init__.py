@@ -1,0 +1,1 @@
+"""Simulator: a city's fleet without hardware, with fault injection and ground truth."""
