@@ -16,8 +16,15 @@ from prometheus_client import CollectorRegistry, start_http_server
 from rich.console import Console
 from rich.table import Table
 
-from cityops import db
-from cityops.settings import Settings, SettingsError, load_settings, resolve_config_path
+from cityops import db, services
+from cityops.settings import (
+    DatabaseSettings,
+    MqttSettings,
+    Settings,
+    SettingsError,
+    load_settings,
+    resolve_config_path,
+)
 from devices import registry
 from ingest.contract import json_schema
 from ingest.metrics import IngestMetrics
@@ -102,16 +109,52 @@ def migrate(config: ConfigOption = None) -> None:
                   "retention by the ingest service", highlight=False)
 
 
+MetricsPortOption = Annotated[
+    int | None, typer.Option(help="Prometheus port (overrides metrics.port; 0 disables).")
+]
+
+
 @app.command()
-def ingest(
-    config: ConfigOption = None,
-    metrics_port: Annotated[
-        int | None, typer.Option(help="Prometheus port (overrides metrics.port; 0 disables).")
-    ] = None,
-) -> None:
+def ingest(config: ConfigOption = None, metrics_port: MetricsPortOption = None) -> None:
     """Move telemetry from MQTT into the database until SIGTERM or Ctrl-C, losing nothing."""
     _logging()
+    _ingest(_settings(config), metrics_port)
+
+
+@app.command()
+def run(
+    config: ConfigOption = None,
+    metrics_port: MetricsPortOption = None,
+    workdir: Annotated[
+        Path, typer.Option(help="Where embedded services keep their data.", file_okay=False)
+    ] = Path(".cityops"),
+) -> None:
+    """Migrate, then ingest; where the default database or broker does not answer, embed one."""
+    _logging()
     settings = _settings(config)
+    given_db = None if settings.database.url == DatabaseSettings().url else settings.database.url
+    given_mqtt = None if settings.mqtt.url == MqttSettings().url else settings.mqtt.url
+    workdir = workdir.resolve()
+    with (
+        services.database_service(given_db, workdir) as server_url,
+        services.broker_service(given_mqtt, workdir) as mqtt_url,
+    ):
+        database_url = given_db or db.with_database(server_url, "cityops")
+        settings = settings.model_copy(update={
+            "database": settings.database.model_copy(update={"url": database_url}),
+            "mqtt": settings.mqtt.model_copy(update={"url": mqtt_url}),
+        })
+        try:
+            db.ensure_database(settings.database)
+            report = db.migrate(settings.database)
+        except (psycopg.OperationalError, db.MigrationError) as exc:
+            _fail(str(exc))
+        out.print(f"database {database_url} ({report.path.value}), broker {mqtt_url}",
+                  highlight=False)
+        _ingest(settings, metrics_port)
+
+
+def _ingest(settings: Settings, metrics_port: int | None) -> None:
     try:
         with db.connect(settings.database) as conn:
             db.storage_path(conn)

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -52,6 +53,11 @@ def connect(settings: DatabaseSettings, *, autocommit: bool = False) -> psycopg.
     except psycopg.OperationalError as exc:
         msg = f"cannot connect to the database at {settings.url}: {exc}".strip()
         raise psycopg.OperationalError(msg) from exc
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL naming another database."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
 def ensure_database(settings: DatabaseSettings) -> bool:

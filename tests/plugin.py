@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -62,7 +61,7 @@ def create_database(server: str) -> str:
     name = f"cityops_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server, autocommit=True) as conn:
         conn.execute(f'create database "{name}"')
-    return urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
+    return db.with_database(server, name)
 
 
 def drop_database(server: str, url: str) -> None:
