@@ -78,10 +78,18 @@ class ReadingKind:
     struct: type[_Reading]
     table: str
 
+    def __post_init__(self) -> None:
+        # Keyword-only fields of a base class come last, so ts ends every reading struct; the
+        # decoder relies on it to slice the values off msgspec.structs.astuple() in one step.
+        if self.struct.__struct_fields__[-1] != "ts":
+            msg = f"{self.struct.__name__}: ts must be the last field"
+            raise TypeError(msg)
+
     @property
     def value_fields(self) -> tuple[str, ...]:
         """Payload fields stored as columns, in table order (after device_id and ts)."""
-        return tuple(f for f in self.struct.__struct_fields__ if f != "ts")
+        fields: tuple[str, ...] = self.struct.__struct_fields__
+        return fields[:-1]
 
     @property
     def columns(self) -> tuple[str, ...]:

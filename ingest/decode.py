@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import msgspec
 
-from ingest.contract import STATUS, TELEMETRY_KINDS, GatewayEntry, ReadingKind
+from ingest.contract import READING_KINDS, STATUS, TELEMETRY_KINDS, GatewayEntry, ReadingKind
 
 TOPIC_ROOT: Final = "cityops/v1"
 #: The subscription that covers every topic of the contract.
@@ -23,6 +23,7 @@ TOPIC_FILTER: Final = f"{TOPIC_ROOT}/#"
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _CHANNELS: Final = frozenset({"telemetry", "event", "status"})
 _US_PER_MS: Final = 1000
+_ROUTES_MAX: Final = 200_000  # remembered topics; forgotten all at once beyond this
 _RANGE_ERROR = re.compile(r"^Expected `[^`]+` (?:>=|<=|>|<) ")
 
 
@@ -71,6 +72,15 @@ class DecodeLimits:
     auto_register: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What a topic says: the device, its type, and the kind of reading (None: gateway)."""
+
+    device_type: str
+    device_id: str
+    kind: ReadingKind | None
+
+
 class _Reject(Exception):  # noqa: N818 - internal control flow, never escapes this module
     def __init__(self, reason: Reason, detail: str) -> None:
         super().__init__(detail)
@@ -102,20 +112,19 @@ def _to_epoch_us(ts: int | datetime | None, received_us: int) -> int:
 _EPOCH: Final = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
 
 
-def _reading_row(
-    kind: ReadingKind,
-    device_id: str,
-    fields: Mapping[str, Any],
-    received_us: int,
-    limits: DecodeLimits,
-) -> tuple[Any, ...]:
+def _convert(kind: ReadingKind, fields: Mapping[str, Any]) -> Any:
     try:
-        reading = msgspec.convert(fields, kind.struct)
+        return msgspec.convert(fields, kind.struct)
     except msgspec.ValidationError as exc:
         message = str(exc)
         raise _Reject(classify_validation_error(message), message) from None
-    values = tuple(getattr(reading, name) for name in kind.value_fields)
-    if all(v is None for v in values):
+
+
+def _row(kind: ReadingKind, device_id: str, reading: Any, received_us: int,
+         limits: DecodeLimits) -> tuple[Any, ...]:
+    """The table row of a validated reading: (device_id, ts_us, *values)."""
+    values = msgspec.structs.astuple(reading)[:-1]  # all fields but ts, in table order
+    if values.count(None) == len(values):
         raise _Reject(Reason.EMPTY_READING, f"no {kind.name} value fields in the reading")
     ts_us = _to_epoch_us(reading.ts, received_us)
     if ts_us > received_us + limits.max_future_us:
@@ -159,6 +168,8 @@ class Decoder:
         self._limits = limits
         self._device_type_of = device_type_of
         self._json = msgspec.json.Decoder()
+        self._typed = {kind: msgspec.json.Decoder(kind.struct) for kind in READING_KINDS}
+        self._routes: dict[str, _Route] = {}
 
     def decode_message(self, topic: str, payload: bytes, received_us: int) -> Decoded:
         """Decode one message; a whole-message fault yields a single rejection."""
@@ -169,28 +180,48 @@ class Decoder:
                     Reason.OVERSIZED,
                     f"{len(payload)} bytes, limit {self._limits.max_payload_bytes}",
                 )
-            parts = topic.split("/")
-            if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT:
-                raise _Reject(Reason.BAD_TOPIC, f"not {TOPIC_ROOT}/<type>/<id>/<channel>: {topic}")
-            _, _, device_type, source_id, channel = parts
-            if not _DEVICE_ID.match(source_id):
-                raise _Reject(Reason.BAD_TOPIC, f"invalid device id {source_id!r}")
-            if device_type == "gateway":
-                if channel != "batch":
-                    raise _Reject(Reason.BAD_TOPIC, f"gateways publish on .../batch, not {channel}")
-                out.device_type = device_type
+            route = self._routes.get(topic) or self._route(topic)
+            out.device_type = route.device_type
+            if route.kind is None:
                 self._decode_gateway(self._parse(payload), received_us, out)
             else:
-                kind = self._kind_for(device_type, channel)
-                out.device_type = device_type
-                self._check_device(source_id, device_type, out)
-                for index, item in _items(self._parse(payload)):
-                    self._append(out, index, kind, source_id, item, received_us)
+                self._check_device(route.device_id, route.device_type, out)
+                self._decode_readings(route.kind, route.device_id, payload, received_us, out)
             if not out.rows and not out.rejections:
                 raise _Reject(Reason.EMPTY_READING, "the message holds no readings")
         except _Reject as exc:
             out.rejections.append(exc.rejection)
         return out
+
+    def _route(self, topic: str) -> _Route:
+        """Parse a topic (a valid one is remembered: devices publish on the same few)."""
+        parts = topic.split("/")
+        if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT:
+            raise _Reject(Reason.BAD_TOPIC, f"not {TOPIC_ROOT}/<type>/<id>/<channel>: {topic}")
+        _, _, device_type, device_id, channel = parts
+        if not _DEVICE_ID.match(device_id):
+            raise _Reject(Reason.BAD_TOPIC, f"invalid device id {device_id!r}")
+        if device_type == "gateway":
+            if channel != "batch":
+                raise _Reject(Reason.BAD_TOPIC, f"gateways publish on .../batch, not {channel}")
+            route = _Route(device_type, device_id, None)
+        else:
+            route = _Route(device_type, device_id, self._kind_for(device_type, channel))
+        if len(self._routes) >= _ROUTES_MAX:
+            self._routes.clear()
+        self._routes[topic] = route
+        return route
+
+    def _decode_readings(
+        self, kind: ReadingKind, device_id: str, payload: bytes, received_us: int, out: Decoded
+    ) -> None:
+        try:  # the common case: one flat reading, decoded straight into its type
+            reading = self._typed[kind].decode(payload)
+        except msgspec.MsgspecError:  # anything else, and errors, take the general path
+            for index, item in _items(self._parse(payload)):
+                self._append(out, index, kind, device_id, item, received_us)
+        else:
+            out.rows.append((kind, _row(kind, device_id, reading, received_us, self._limits)))
 
     def _parse(self, payload: bytes) -> Any:
         try:
@@ -231,7 +262,8 @@ class Decoder:
         received_us: int,
     ) -> None:
         try:
-            row = _reading_row(kind, device_id, _flatten(item), received_us, self._limits)
+            reading = _convert(kind, _flatten(item))
+            row = _row(kind, device_id, reading, received_us, self._limits)
         except _Reject as exc:
             out.rejections.append(Rejection(exc.rejection.reason, _at(index, str(exc))))
         else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -36,6 +37,11 @@ from ingest.writer import BatchWriter, Message, WriteResult, load_device_types
 logger = logging.getLogger(__name__)
 
 _RETENTION_EVERY_S = 3600.0
+
+
+#: What the network thread keeps of a message: mid, connection generation, topic, payload,
+#: receive time (epoch microseconds).
+_Received = tuple[int, int, str, bytes, int]
 
 
 def now_us() -> int:
@@ -90,10 +96,6 @@ def _client(settings: MqttSettings, protocol: mqtt.MQTTProtocolVersion, client_i
         client.username_pw_set(settings.username, settings.password)
     if settings.is_tls:
         client.tls_set()
-    # A bug in a callback must not kill the network thread: paho logs it and carries on, and the
-    # message it was handling stays unacknowledged, so the broker delivers it again.
-    client.suppress_exceptions = True
-    client.enable_logger(logging.getLogger("paho"))
     return client
 
 
@@ -112,10 +114,18 @@ class IngestWorker:
         self._mqtt = mqtt_settings
         self._ingest = ingest
         self._metrics = metrics
+        # The network thread only appends what it received to _pending, without a lock (deque
+        # appends and pops are atomic); the writer decodes whole batches, which costs less CPU
+        # than decoding between paho's per-packet work. _cond only signals "a batch is ready"
+        # and "there is room again".
         self._cond = threading.Condition()
-        self._current: list[Message] = []
-        self._current_since = 0.0
+        self._pending: deque[_Received] = deque()
+        self._pending_since = 0.0
         self._writing = 0
+        # Committed (generation, mid) pairs waiting for their PUBACK. The network thread sends
+        # them while messages flow (an ack from another thread costs a GIL hand-over each);
+        # the writer sends them itself when the network is idle.
+        self._acks: deque[tuple[int, int]] = deque()
         self._generation = 0
         self._accepting = True
         self._device_types: dict[str, str] = {}
@@ -153,27 +163,29 @@ class IngestWorker:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         self._metrics.mqtt_connected.set(0)
-        with self._cond:
-            # Message ids belong to a connection: never acknowledge an old one on a new one.
-            self._generation += 1
+        # Message ids belong to a connection: never acknowledge an old one on a new one.
+        self._generation += 1
         if rc.is_failure:
             logger.warning("disconnected from the broker (%s); reconnecting", rc)
 
-    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        received_us = now_us()
-        decoded = self._decoder.decode_message(msg.topic, msg.payload, received_us)
-        with self._cond:
-            limit = self._ingest.buffer_max_messages
-            while self._accepting and len(self._current) + self._writing >= limit:
-                self._cond.wait()
-            if not self._accepting:
-                return  # not acknowledged: the broker hands it to the next session
-            if not self._current:
-                self._current_since = time.monotonic()
-            self._current.append(
-                Message(msg.mid, self._generation, msg.topic, msg.payload, received_us, decoded)
-            )
-            if len(self._current) == self._ingest.batch_max_rows:
+    def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._acks:
+            self._send_acks(client)
+        received = (msg.mid, self._generation, msg.topic, msg.payload, now_us())
+        if len(self._pending) + self._writing >= self._ingest.buffer_max_messages:
+            with self._cond:
+                while self._accepting and (
+                    len(self._pending) + self._writing >= self._ingest.buffer_max_messages
+                ):
+                    self._cond.wait()
+        if not self._accepting:
+            return  # not acknowledged: the broker hands it to the next session
+        was_empty = not self._pending
+        if was_empty:
+            self._pending_since = time.monotonic()
+        self._pending.append(received)
+        if was_empty or len(self._pending) == self._ingest.batch_max_rows:
+            with self._cond:
                 self._cond.notify_all()
 
     # -- writer thread ----------------------------------------------------------------------
@@ -210,7 +222,7 @@ class IngestWorker:
                 batch = self._next_batch(stop)
                 if batch:
                     self._commit_and_ack(batch, stop)
-                if stop.is_set() and not self._current:
+                if stop.is_set() and not self._pending:
                     break
                 if time.monotonic() >= next_housekeeping:
                     next_housekeeping = time.monotonic() + self._ingest.registry_refresh_s
@@ -220,6 +232,7 @@ class IngestWorker:
                     else:
                         self._housekeep(retention=False)
         finally:
+            self._send_acks(client)
             client.disconnect()
             client.loop_stop()
             if self._conn is not None:
@@ -228,27 +241,36 @@ class IngestWorker:
 
     def _next_batch(self, stop: threading.Event) -> list[Message]:
         interval = self._ingest.flush_interval_s
+        batch_max = self._ingest.batch_max_rows
         with self._cond:
             while not stop.is_set():
-                if len(self._current) >= self._ingest.batch_max_rows:
+                if len(self._pending) >= batch_max:
                     break
-                if self._current:
-                    wait_s = self._current_since + interval - time.monotonic()
+                if self._pending:
+                    wait_s = self._pending_since + interval - time.monotonic()
                     if wait_s <= 0:
                         break
                 else:
                     wait_s = interval
+                    if self._acks and self._client is not None:
+                        self._send_acks(self._client)  # nothing arriving: ack from here
                 self._cond.wait(min(wait_s, interval))
             if stop.is_set():
                 self._accepting = False
                 self._cond.notify_all()
-            batch = self._current[: self._ingest.batch_max_rows]
-            del self._current[: len(batch)]
-            if self._current:
-                self._current_since = time.monotonic()
-            self._writing = len(batch)
-            self._metrics.buffered.set(len(self._current) + self._writing)
-            return batch
+        decode = self._decoder.decode_message
+        batch = [
+            Message(mid, generation, topic, payload, received_us,
+                    decode(topic, payload, received_us))
+            for mid, generation, topic, payload, received_us in (
+                self._pending.popleft() for _ in range(min(len(self._pending), batch_max))
+            )
+        ]
+        if self._pending:
+            self._pending_since = time.monotonic()
+        self._writing = len(batch)
+        self._metrics.buffered.set(len(self._pending) + self._writing)
+        return batch
 
     def _commit_and_ack(self, batch: list[Message], stop: threading.Event) -> None:
         delay_s = 0.5
@@ -272,20 +294,22 @@ class IngestWorker:
                 continue
             self._metrics.record_commit(batch, result, time.perf_counter() - started, now_us())
             self.totals.add(result)
-            self._acknowledge(batch)
+            self._acks.extend((m.generation, m.mid) for m in batch if m.mid)
             break
         with self._cond:
             self._writing = 0
             self._cond.notify_all()
 
-    def _acknowledge(self, batch: list[Message]) -> None:
-        client = self._client
-        assert client is not None
-        with self._cond:
-            generation = self._generation
-        for message in batch:
-            if message.mid and message.generation == generation:
-                client.ack(message.mid, 1)
+    def _send_acks(self, client: mqtt.Client) -> None:
+        """Acknowledge committed messages; safe from both threads (each pop is atomic)."""
+        generation = self._generation
+        while True:
+            try:
+                message_generation, mid = self._acks.popleft()
+            except IndexError:
+                return
+            if message_generation == generation:
+                client.ack(mid, 1)
 
     def _ensure_writer(self, stop: threading.Event) -> BatchWriter | None:
         """Connect (retrying with backoff until ``stop``) and return the batch writer."""

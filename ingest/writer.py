@@ -12,18 +12,41 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+import struct
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import postgres, sql
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 
 from ingest.contract import READING_KINDS, ReadingKind
 from ingest.decode import Decoded, Reason, Rejection
 
 logger = logging.getLogger(__name__)
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_QUARANTINE = ("received_at", "topic", "reason", "detail", "payload", "payload_bytes")
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z, PostgreSQL's binary timestamp zero
+_INT8 = struct.Struct(">q")
+
+
+class EpochMicroseconds(int):
+    """Marker type: an int that is epoch microseconds (never instantiated on the hot path)."""
+
+
+class EpochMicrosecondsDumper(Dumper):
+    """Binary COPY of epoch-microsecond ints into timestamptz columns.
+
+    Registered per connection; psycopg looks dumpers up by column type for COPY with
+    ``set_types``, so timestamps travel as the ints the decoder made, with no datetime objects.
+    """
+
+    format = Format.BINARY
+    oid = postgres.types["timestamptz"].oid
+
+    def dump(self, obj: int) -> bytes:
+        """Encode as PostgreSQL's binary timestamp: microseconds since 2000-01-01 UTC."""
+        return _INT8.pack(obj - _PG_EPOCH_US)
 
 
 @dataclass(slots=True)
@@ -55,11 +78,6 @@ class WriteResult:
         self.newest_us = max(self.newest_us, other.newest_us)
 
 
-def from_epoch_us(us: int) -> datetime:
-    """An aware UTC datetime from epoch microseconds."""
-    return _EPOCH + timedelta(microseconds=us)
-
-
 def load_device_types(conn: psycopg.Connection) -> dict[str, str]:
     """Every registered device and its type."""
     return dict(conn.execute("select device_id, type from devices").fetchall())
@@ -71,22 +89,20 @@ class BatchWriter:
     def __init__(self, conn: psycopg.Connection, *, raw_max_bytes: int) -> None:
         self._conn = conn
         self._raw_max_bytes = raw_max_bytes
-        self._stage_types: dict[str, list[int]] = {}
+        conn.adapters.register_dumper(EpochMicroseconds, EpochMicrosecondsDumper)
+        self._types: dict[str, list[int]] = {}
         for kind in READING_KINDS:
+            table = sql.Identifier(kind.table)
             stage = sql.Identifier(f"stage_{kind.table}")
-            values = sql.SQL(", ").join(map(sql.Identifier, kind.value_fields))
-            conn.execute(
-                sql.SQL(
-                    "create temp table if not exists {} as "
-                    "select device_id, 0::bigint as ts_us, {} from {} with no data"
-                ).format(stage, values, sql.Identifier(kind.table))
-            )
-            cur = conn.execute(sql.SQL("select * from {} limit 0").format(stage))
-            self._stage_types[kind.table] = [col.type_code for col in cur.description or ()]
-        cur = conn.execute("select received_at, topic, reason, detail, payload, payload_bytes "
-                           "from quarantine limit 0")
-        self._quarantine_types = [col.type_code for col in cur.description or ()]
+            conn.execute(sql.SQL("create temp table if not exists {} (like {})").format(stage, table))
+            self._types[kind.table] = self._column_types(table, kind.columns)
+        self._quarantine_types = self._column_types(sql.Identifier("quarantine"), _QUARANTINE)
         conn.commit()
+
+    def _column_types(self, table: sql.Identifier, columns: tuple[str, ...]) -> list[int]:
+        names = sql.SQL(", ").join(map(sql.Identifier, columns))
+        cur = self._conn.execute(sql.SQL("select {} from {} limit 0").format(names, table))
+        return [column.type_code for column in cur.description or ()]
 
     def write(self, messages: list[Message]) -> WriteResult:
         """Store every row and rejection of ``messages`` in one transaction and commit it.
@@ -146,13 +162,10 @@ class BatchWriter:
             result.inserted[kind.name] += inserted
             result.duplicates[kind.name] += len(kind_rows) - inserted
         if quarantine:
-            with self._conn.cursor().copy(
-                "copy quarantine (received_at, topic, reason, detail, payload, payload_bytes) "
-                "from stdin (format binary)"
-            ) as copy:
-                copy.set_types(self._quarantine_types)
-                for record in quarantine:
-                    copy.write_row(record)
+            target = sql.SQL("quarantine ({})").format(
+                sql.SQL(", ").join(map(sql.Identifier, _QUARANTINE))
+            )
+            self._copy(target, self._quarantine_types, quarantine)
         if last_seen:
             self._conn.execute(
                 "update devices d set last_seen = greatest(d.last_seen, v.seen) "
@@ -165,29 +178,35 @@ class BatchWriter:
         return result
 
     def _copy_rows(self, kind: ReadingKind, rows: list[tuple[Any, ...]]) -> int:
+        """COPY straight into the table; if a row is already there, go through the stage."""
+        table = sql.Identifier(kind.table)
+        try:
+            with self._conn.transaction():
+                self._copy(table, self._types[kind.table], rows)
+        except psycopg.errors.UniqueViolation:
+            pass  # a redelivery or replay: skip what is stored, keep the rest
+        else:
+            return len(rows)
         stage = sql.Identifier(f"stage_{kind.table}")
-        columns = sql.SQL(", ").join(map(sql.Identifier, kind.value_fields))
-        cur = self._conn.cursor()
-        with cur.copy(
-            sql.SQL("copy {} from stdin (format binary)").format(stage)
-        ) as copy:
-            copy.set_types(self._stage_types[kind.table])
-            for row in rows:
-                copy.write_row(row)
-        cur.execute(
-            sql.SQL(
-                "insert into {table} (device_id, ts, {columns}) "
-                "select device_id, timestamptz 'epoch' + ts_us * interval '1 microsecond', "
-                "{columns} from {stage} on conflict do nothing"
-            ).format(table=sql.Identifier(kind.table), columns=columns, stage=stage)
+        self._copy(stage, self._types[kind.table], rows)
+        cur = self._conn.execute(
+            sql.SQL("insert into {} select * from {} on conflict do nothing").format(table, stage)
         )
         inserted = cur.rowcount
-        cur.execute(sql.SQL("truncate {}").format(stage))
+        self._conn.execute(sql.SQL("truncate {}").format(stage))
         return inserted
+
+    def _copy(self, target: sql.Composable, types: list[int], rows: list[tuple[Any, ...]]) -> None:
+        with self._conn.cursor().copy(
+            sql.SQL("copy {} from stdin (format binary)").format(target)
+        ) as copy:
+            copy.set_types(types)
+            for row in rows:
+                copy.write_row(row)
 
     def _quarantine_row(self, message: Message, rejection: Rejection) -> tuple[Any, ...]:
         return (
-            from_epoch_us(message.received_us),
+            message.received_us,
             message.topic,
             rejection.reason.value,
             rejection.detail,
