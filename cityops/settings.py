@@ -152,6 +152,11 @@ class IngestSettings(_Section):
     auto_register: bool = Field(
         default=False, description="Register unknown devices instead of quarantining them."
     )
+    last_seen_resolution_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="devices.last_seen is written when it moves by at least this much.",
+    )
     registry_refresh_s: float = Field(
         default=10.0, gt=0, description="How often the device list is re-read from the database."
     )

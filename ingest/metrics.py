@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections import Counter as Tally
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ingest.writer import Message, WriteResult
+from ingest.writer import WriteResult
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400)
@@ -72,29 +70,18 @@ class IngestMetrics:
             "cityops_ingest_mqtt_connected", "1 while connected to the broker.", registry=registry
         )
 
-    def record_commit(
-        self, messages: list[Message], result: WriteResult, commit_s: float, now_us: int
-    ) -> None:
+    def record_commit(self, batch_size: int, result: WriteResult, commit_s: float,
+                      now_us: int) -> None:
         """Count one committed batch."""
-        outcomes: Tally[tuple[str, str]] = Tally()
-        for message in messages:
-            decoded = message.decoded
-            if not decoded.rejections:
-                result_label = "stored"
-            elif decoded.rows:
-                result_label = "partial"
-            else:
-                result_label = "quarantined"
-            outcomes[decoded.device_type, result_label] += 1
-        for (device_type, result_label), count in outcomes.items():
-            self.messages.labels(device_type, result_label).inc(count)
+        for (device_type, outcome), count in result.messages.items():
+            self.messages.labels(device_type, outcome).inc(count)
         for kind, count in result.inserted.items():
             self.rows.labels(kind, "inserted").inc(count)
         for kind, count in result.duplicates.items():
             self.rows.labels(kind, "duplicate").inc(count)
         for reason, count in result.quarantined.items():
             self.quarantined.labels(reason).inc(count)
-        self.batch_rows.observe(len(messages))
+        self.batch_rows.observe(batch_size)
         self.commit_seconds.observe(commit_s)
         if result.newest_us:
             self.lag_seconds.observe(max(0.0, (now_us - result.newest_us) / 1e6))

@@ -32,7 +32,7 @@ from cityops.db import StoragePath, connect, delete_expired_readings, storage_pa
 from cityops.settings import DatabaseSettings, IngestSettings, MqttSettings
 from ingest.decode import TOPIC_FILTER, DecodeLimits, Decoder
 from ingest.metrics import IngestMetrics
-from ingest.writer import BatchWriter, Message, WriteResult, load_device_types
+from ingest.writer import BatchWriter, Message, load_device_types
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,6 @@ class IngestWorker:
         self._writer: BatchWriter | None = None
         self._client: mqtt.Client | None = None
         self._is_v5 = False
-        self.totals = WriteResult()
 
     # -- network thread ---------------------------------------------------------------------
 
@@ -292,8 +291,8 @@ class IngestWorker:
                 stop.wait(delay_s)
                 delay_s = min(delay_s * 2, self._ingest.retry_max_s)
                 continue
-            self._metrics.record_commit(batch, result, time.perf_counter() - started, now_us())
-            self.totals.add(result)
+            self._metrics.record_commit(len(batch), result, time.perf_counter() - started,
+                                        now_us())
             self._acks.extend((m.generation, m.mid) for m in batch if m.mid)
             break
         with self._cond:
@@ -318,7 +317,9 @@ class IngestWorker:
             try:
                 self._conn = connect(self._database)
                 self._writer = BatchWriter(
-                    self._conn, raw_max_bytes=self._ingest.quarantine_raw_max_bytes
+                    self._conn,
+                    raw_max_bytes=self._ingest.quarantine_raw_max_bytes,
+                    last_seen_resolution_s=self._ingest.last_seen_resolution_s,
                 )
                 self._device_types = load_device_types(self._conn)
                 self._conn.commit()

@@ -65,17 +65,21 @@ class Message:
 class WriteResult:
     """What one committed batch did, for metrics and tests."""
 
+    messages: Counter[tuple[str, str]] = field(default_factory=Counter)  # (device type, result)
     inserted: Counter[str] = field(default_factory=Counter)
     duplicates: Counter[str] = field(default_factory=Counter)
     quarantined: Counter[str] = field(default_factory=Counter)
     newest_us: int = 0
+    seen_written: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: WriteResult) -> None:
         """Fold another result into this one."""
+        self.messages.update(other.messages)
         self.inserted.update(other.inserted)
         self.duplicates.update(other.duplicates)
         self.quarantined.update(other.quarantined)
         self.newest_us = max(self.newest_us, other.newest_us)
+        self.seen_written.update(other.seen_written)
 
 
 def load_device_types(conn: psycopg.Connection) -> dict[str, str]:
@@ -86,9 +90,13 @@ def load_device_types(conn: psycopg.Connection) -> dict[str, str]:
 class BatchWriter:
     """Writes batches over one connection it owns; the caller handles reconnects."""
 
-    def __init__(self, conn: psycopg.Connection, *, raw_max_bytes: int) -> None:
+    def __init__(
+        self, conn: psycopg.Connection, *, raw_max_bytes: int, last_seen_resolution_s: float
+    ) -> None:
         self._conn = conn
         self._raw_max_bytes = raw_max_bytes
+        self._seen_resolution_us = int(last_seen_resolution_s * 1e6)
+        self._seen_written: dict[str, int] = {}  # committed devices.last_seen, epoch us
         conn.adapters.register_dumper(EpochMicroseconds, EpochMicrosecondsDumper)
         self._types: dict[str, list[int]] = {}
         for kind in READING_KINDS:
@@ -112,12 +120,15 @@ class BatchWriter:
         """
         try:
             with self._conn.transaction():
-                return self._write(messages)
+                result = self._write(messages)
         except psycopg.OperationalError:
             raise
         except psycopg.Error as exc:
             logger.warning("batch of %d messages refused (%s); writing one by one",
                            len(messages), exc)
+        else:
+            self._seen_written.update(result.seen_written)
+            return result
         result = WriteResult()
         with self._conn.transaction():
             for message in messages:
@@ -132,6 +143,7 @@ class BatchWriter:
                         device_type=message.decoded.device_type,
                     )
                     result.add(self._write([message]))
+        self._seen_written.update(result.seen_written)
         return result
 
     def _write(self, messages: list[Message]) -> WriteResult:
@@ -140,14 +152,20 @@ class BatchWriter:
         quarantine: list[tuple[Any, ...]] = []
         new_devices: dict[str, str] = {}
         last_seen: dict[str, int] = {}
+        outcomes = result.messages
         for message in messages:
             decoded = message.decoded
-            new_devices.update(decoded.new_devices)
+            if decoded.new_devices:
+                new_devices.update(decoded.new_devices)
             for kind, row in decoded.rows:
                 rows.setdefault(kind, []).append(row)
                 device_id, ts_us = row[0], row[1]
                 if ts_us > last_seen.get(device_id, 0):
                     last_seen[device_id] = ts_us
+            if not decoded.rejections:
+                outcomes[decoded.device_type, "stored"] += 1
+                continue
+            outcomes[decoded.device_type, "partial" if decoded.rows else "quarantined"] += 1
             for rejection in decoded.rejections:
                 quarantine.append(self._quarantine_row(message, rejection))
                 result.quarantined[rejection.reason] += 1
@@ -167,14 +185,23 @@ class BatchWriter:
             )
             self._copy(target, self._quarantine_types, quarantine)
         if last_seen:
+            result.newest_us = max(last_seen.values())
+        # last_seen moves in steps of the resolution: one UPDATE per device and batch would
+        # cost the database as much as the readings themselves.
+        due = {
+            device_id: ts_us
+            for device_id, ts_us in last_seen.items()
+            if ts_us - self._seen_written.get(device_id, 0) >= self._seen_resolution_us
+        }
+        if due:
             self._conn.execute(
                 "update devices d set last_seen = greatest(d.last_seen, v.seen) "
                 "from (select unnest(%s::text[]) as device_id, "
                 "timestamptz 'epoch' + unnest(%s::bigint[]) * interval '1 microsecond' as seen) v "
                 "where d.device_id = v.device_id",
-                (list(last_seen), list(last_seen.values())),
+                (list(due), list(due.values())),
             )
-            result.newest_us = max(last_seen.values())
+            result.seen_written = due
         return result
 
     def _copy_rows(self, kind: ReadingKind, rows: list[tuple[Any, ...]]) -> int:
