@@ -46,14 +46,23 @@ TOPIC = "cityops/v1/#"
 
 def payload(i: int) -> tuple[str, bytes]:
     device = f"bench-mh-{i % DEVICES:04d}"
-    body = {"ts": T0_MS + (i // DEVICES) * 1000, "tilt_deg": (i % 900) / 10,
-            "cover_open": False, "battery_pct": 87.5, "rssi_dbm": -91}
+    body = {
+        "ts": T0_MS + (i // DEVICES) * 1000,
+        "tilt_deg": (i % 900) / 10,
+        "cover_open": False,
+        "battery_pct": 87.5,
+        "rssi_dbm": -91,
+    }
     return f"cityops/v1/manhole/{device}/telemetry", json.dumps(body).encode()
 
 
 def v5_client(client_id: str, *, manual_ack: bool) -> mqtt.Client:
-    return mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                       protocol=mqtt.MQTTProtocolVersion.MQTTv5, manual_ack=manual_ack)
+    return mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTProtocolVersion.MQTTv5,
+        manual_ack=manual_ack,
+    )
 
 
 def connect_props(receive_max: int = 20000) -> Properties:
@@ -135,8 +144,15 @@ def role_naive(url: str, client_id: str, n: int, database_url: str) -> None:
             "insert into manhole_readings (device_id, ts, tilt_deg, cover_open, battery_pct, "
             "rssi_dbm) values (%s, to_timestamp(%s / 1000.0), %s, %s, %s, %s) "
             "on conflict do nothing",
-            (device, reading["ts"], reading["tilt_deg"], reading["cover_open"],
-             reading["battery_pct"], reading["rssi_dbm"]))
+            (
+                device,
+                reading["ts"],
+                reading["tilt_deg"],
+                reading["cover_open"],
+                reading["battery_pct"],
+                reading["rssi_dbm"],
+            ),
+        )
         state["count"] += 1
         if state["count"] >= n:
             c.disconnect()
@@ -199,7 +215,7 @@ def measure(name: str, proc: subprocess.Popen[bytes], n: int, progress) -> dict[
         "msgs_per_s": round(drained / elapsed),
         "cpu_us_per_msg": round((cpu_s - cpu0) / drained * 1e6, 1),
         "peak_rss_mib": round(hwm / 1024, 1),
-        "rss_mib_quartiles": [round(s / 1024, 1) for s in rss_samples[quarter - 1::quarter]][:4],
+        "rss_mib_quartiles": [round(s / 1024, 1) for s in rss_samples[quarter - 1 :: quarter]][:4],
     }
 
 
@@ -207,8 +223,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--naive-messages", type=int, default=20_000)
-    parser.add_argument("--database-server", default=os.environ.get(
-        "CITYOPS_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument(
+        "--database-server",
+        default=os.environ.get(
+            "CITYOPS_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
     parser.add_argument("--role", choices=["bare", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--client-id", help=argparse.SUPPRESS)
@@ -228,12 +248,15 @@ def main() -> None:
         db.ensure_database(DatabaseSettings(url=url))
         db.migrate(DatabaseSettings(url=url))
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.cursor().executemany("insert into devices (device_id, type) values (%s, 'manhole')",
-                                      [(f"bench-mh-{i:04d}",) for i in range(DEVICES)])
+            conn.cursor().executemany(
+                "insert into devices (device_id, type) values (%s, 'manhole')",
+                [(f"bench-mh-{i:04d}",) for i in range(DEVICES)],
+            )
     results: dict[str, object] = {}
-    with tempfile.TemporaryDirectory() as tmp, start_mosquitto(
-        ROOT / "config/mosquitto/cityops.conf", Path(tmp)
-    ) as broker:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        start_mosquitto(ROOT / "config/mosquitto/cityops.conf", Path(tmp)) as broker,
+    ):
         for role in ("bare", "cityops", "naive"):
             make_session(broker, f"bench-{role}-{tag}", f"{role}{tag}")
         publish_s = publish_backlog(broker, n)
@@ -242,18 +265,36 @@ def main() -> None:
 
         progress = Path(tmp) / "bare.progress"
         progress.write_text("0")
-        bare = subprocess.Popen([*me, "--role", "bare", "--url", broker, "--client-id",
-                                 f"bench-bare-{tag}", "--messages", str(n),
-                                 "--progress", str(progress)])
+        bare = subprocess.Popen(
+            [
+                *me,
+                "--role",
+                "bare",
+                "--url",
+                broker,
+                "--client-id",
+                f"bench-bare-{tag}",
+                "--messages",
+                str(n),
+                "--progress",
+                str(progress),
+            ]
+        )
         results["bare"] = measure("bare", bare, n, lambda: int(progress.read_text() or 0))
         print("bare    ", results["bare"], flush=True)
 
-        env = {**os.environ, "CITYOPS_DATABASE_URL": database_url, "CITYOPS_MQTT_URL": broker,
-               "CITYOPS_MQTT_CLIENT_ID": f"bench-cityops-{tag}",
-               "CITYOPS_MQTT_SHARED_GROUP": f"cityops{tag}", "CITYOPS_METRICS_PORT": "0"}
+        env = {
+            **os.environ,
+            "CITYOPS_DATABASE_URL": database_url,
+            "CITYOPS_MQTT_URL": broker,
+            "CITYOPS_MQTT_CLIENT_ID": f"bench-cityops-{tag}",
+            "CITYOPS_MQTT_SHARED_GROUP": f"cityops{tag}",
+            "CITYOPS_METRICS_PORT": "0",
+        }
         log = (Path(tmp) / "ingest.log").open("wb")
-        ingest = subprocess.Popen([sys.executable, "-m", "cityops", "ingest"], env=env,
-                                  stderr=log, cwd=ROOT)
+        ingest = subprocess.Popen(
+            [sys.executable, "-m", "cityops", "ingest"], env=env, stderr=log, cwd=ROOT
+        )
         try:
             results["cityops"] = measure("cityops", ingest, n, lambda: stored(database_url))
         except RuntimeError:
@@ -264,26 +305,42 @@ def main() -> None:
         log.close()
         print("cityops ", results["cityops"], flush=True)
 
-        naive = subprocess.Popen([*me, "--role", "naive", "--url", broker, "--client-id",
-                                  f"bench-naive-{tag}", "--messages", str(n_naive),
-                                  "--database-url", naive_url])
+        naive = subprocess.Popen(
+            [
+                *me,
+                "--role",
+                "naive",
+                "--url",
+                broker,
+                "--client-id",
+                f"bench-naive-{tag}",
+                "--messages",
+                str(n_naive),
+                "--database-url",
+                naive_url,
+            ]
+        )
         results["naive"] = measure("naive", naive, n_naive, lambda: stored(naive_url))
         print("naive   ", results["naive"], flush=True)
 
     assert stored(database_url) == n, "cityops stored a different number of rows"
     for url in (database_url, naive_url):
         with psycopg.connect(args.database_server, autocommit=True) as conn:
-            conn.execute(f'drop database "{psycopg.conninfo.conninfo_to_dict(url)["dbname"]}" '
-                         "with (force)")
+            conn.execute(
+                f'drop database "{psycopg.conninfo.conninfo_to_dict(url)["dbname"]}" with (force)'
+            )
     rate = {k: v["msgs_per_s"] for k, v in results.items()}  # type: ignore[index]
     results["ratios"] = {
         "cityops_vs_bare": round(rate["cityops"] / rate["bare"], 3),
         "cityops_vs_naive": round(rate["cityops"] / rate["naive"], 1),
         "naive_vs_bare": round(rate["naive"] / rate["bare"], 3),
     }
-    print(f"cityops = {results['ratios']['cityops_vs_bare']} x bare, "  # type: ignore[index]
-          f"{results['ratios']['cityops_vs_naive']} x naive")  # type: ignore[index]
+    print(
+        f"cityops = {results['ratios']['cityops_vs_bare']} x bare, "  # type: ignore[index]
+        f"{results['ratios']['cityops_vs_naive']} x naive"
+    )  # type: ignore[index]
     print(json.dumps({"bench": "ingest", **results}))
+    return None
 
 
 if __name__ == "__main__":

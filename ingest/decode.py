@@ -18,13 +18,15 @@ import msgspec
 from ingest.contract import READING_KINDS, STATUS, TELEMETRY_KINDS, GatewayEntry, ReadingKind
 
 TOPIC_ROOT: Final = "cityops/v1"
+#: A message body as paho hands it over.
+Payload = bytes | bytearray
 #: The subscription that covers every topic of the contract.
 TOPIC_FILTER: Final = f"{TOPIC_ROOT}/#"
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _CHANNELS: Final = frozenset({"telemetry", "event", "status"})
 _US_PER_MS: Final = 1000
 _ROUTES_MAX: Final = 200_000  # remembered topics; forgotten all at once beyond this
-_RANGE_ERROR = re.compile(r"^Expected `[^`]+` (?:>=|<=|>|<) ")
+_RANGE_ERROR = re.compile(r"^Expected `[^`]+` (?:>=|<=|>|<|matching regex|of length) ")
 
 
 class Reason(StrEnum):
@@ -120,8 +122,9 @@ def _convert(kind: ReadingKind, fields: Mapping[str, Any]) -> Any:
         raise _Reject(classify_validation_error(message), message) from None
 
 
-def _row(kind: ReadingKind, device_id: str, reading: Any, received_us: int,
-         limits: DecodeLimits) -> tuple[Any, ...]:
+def _row(
+    kind: ReadingKind, device_id: str, reading: Any, received_us: int, limits: DecodeLimits
+) -> tuple[Any, ...]:
     """The table row of a validated reading: (device_id, ts_us, *values)."""
     values = msgspec.structs.astuple(reading)[:-1]  # all fields but ts, in table order
     if values.count(None) == len(values):
@@ -171,7 +174,7 @@ class Decoder:
         self._typed = {kind: msgspec.json.Decoder(kind.struct) for kind in READING_KINDS}
         self._routes: dict[str, _Route] = {}
 
-    def decode_message(self, topic: str, payload: bytes, received_us: int) -> Decoded:
+    def decode_message(self, topic: str, payload: Payload, received_us: int) -> Decoded:
         """Decode one message; a whole-message fault yields a single rejection."""
         out = Decoded()
         try:
@@ -213,17 +216,19 @@ class Decoder:
         return route
 
     def _decode_readings(
-        self, kind: ReadingKind, device_id: str, payload: bytes, received_us: int, out: Decoded
+        self, kind: ReadingKind, device_id: str, payload: Payload, received_us: int, out: Decoded
     ) -> None:
         try:  # the common case: one flat reading, decoded straight into its type
             reading = self._typed[kind].decode(payload)
         except msgspec.MsgspecError:  # anything else, and errors, take the general path
             for index, item in _items(self._parse(payload)):
-                self._append(out, index, kind, device_id, item, received_us)
+                self._append(
+                    out, index, kind=kind, device_id=device_id, item=item, received_us=received_us
+                )
         else:
             out.rows.append((kind, _row(kind, device_id, reading, received_us, self._limits)))
 
-    def _parse(self, payload: bytes) -> Any:
+    def _parse(self, payload: Payload) -> Any:
         try:
             return self._json.decode(payload)
         except msgspec.DecodeError as exc:
@@ -256,6 +261,7 @@ class Decoder:
         self,
         out: Decoded,
         index: int | None,
+        *,
         kind: ReadingKind,
         device_id: str,
         item: Any,
@@ -292,4 +298,11 @@ class Decoder:
                 out.rejections.append(Rejection(exc.rejection.reason, _at(index, str(exc))))
                 continue
             fields = {**entry.values, "ts": entry.ts}
-            self._append(out, index, kind, entry.device_id, fields, received_us)
+            self._append(
+                out,
+                index,
+                kind=kind,
+                device_id=entry.device_id,
+                item=fields,
+                received_us=received_us,
+            )

@@ -70,8 +70,9 @@ class IngestMetrics:
             "cityops_ingest_mqtt_connected", "1 while connected to the broker.", registry=registry
         )
 
-    def record_commit(self, batch_size: int, result: WriteResult, commit_s: float,
-                      now_us: int) -> None:
+    def record_commit(
+        self, batch_size: int, result: WriteResult, commit_s: float, now_us: int
+    ) -> None:
         """Count one committed batch."""
         for (device_type, outcome), count in result.messages.items():
             self.messages.labels(device_type, outcome).inc(count)

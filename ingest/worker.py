@@ -22,7 +22,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -30,7 +30,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cityops.db import StoragePath, connect, delete_expired_readings, storage_path
 from cityops.settings import DatabaseSettings, IngestSettings, MqttSettings
-from ingest.decode import TOPIC_FILTER, DecodeLimits, Decoder
+from ingest.decode import TOPIC_FILTER, DecodeLimits, Decoder, Payload
 from ingest.metrics import IngestMetrics
 from ingest.writer import BatchWriter, Message, load_device_types
 
@@ -41,7 +41,7 @@ _RETENTION_EVERY_S = 3600.0
 
 #: What the network thread keeps of a message: mid, connection generation, topic, payload,
 #: receive time (epoch microseconds).
-_Received = tuple[int, int, str, bytes, int]
+_Received = tuple[int, int, str, Payload, int]
 
 
 def now_us() -> int:
@@ -53,12 +53,12 @@ class BrokerUnavailableError(Exception):
     """The broker could not be reached within the connect timeout."""
 
 
-def choose_protocol(settings: MqttSettings) -> mqtt.MQTTProtocolVersion:
+def choose_protocol(settings: MqttSettings) -> MQTTProtocolVersion:
     """MQTT 5 unless configured otherwise or the broker refuses it (then 3.1.1)."""
     if settings.protocol == "5":
-        return mqtt.MQTTProtocolVersion.MQTTv5
+        return MQTTProtocolVersion.MQTTv5
     if settings.protocol == "3.1.1":
-        return mqtt.MQTTProtocolVersion.MQTTv311
+        return MQTTProtocolVersion.MQTTv311
     outcome: list[bool] = []
     answered = threading.Event()
 
@@ -66,7 +66,7 @@ def choose_protocol(settings: MqttSettings) -> mqtt.MQTTProtocolVersion:
         outcome.append(not args[3].is_failure)
         answered.set()
 
-    probe = _client(settings, mqtt.MQTTProtocolVersion.MQTTv5, f"{settings.client_id}-probe")
+    probe = _client(settings, MQTTProtocolVersion.MQTTv5, f"{settings.client_id}-probe")
     probe.on_connect = on_connect
     probe.on_disconnect = lambda *_: answered.set()
     try:
@@ -80,11 +80,11 @@ def choose_protocol(settings: MqttSettings) -> mqtt.MQTTProtocolVersion:
     probe.loop_stop()
     speaks_5 = bool(outcome) and outcome[0]
     logger.info("broker %s speaks MQTT %s", settings.url, "5" if speaks_5 else "3.1.1")
-    return mqtt.MQTTProtocolVersion.MQTTv5 if speaks_5 else mqtt.MQTTProtocolVersion.MQTTv311
+    return MQTTProtocolVersion.MQTTv5 if speaks_5 else MQTTProtocolVersion.MQTTv311
 
 
-def _client(settings: MqttSettings, protocol: mqtt.MQTTProtocolVersion, client_id: str) -> mqtt.Client:
-    is_v5 = protocol == mqtt.MQTTProtocolVersion.MQTTv5
+def _client(settings: MqttSettings, protocol: MQTTProtocolVersion, client_id: str) -> mqtt.Client:
+    is_v5 = protocol == MQTTProtocolVersion.MQTTv5
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
@@ -135,21 +135,30 @@ class IngestWorker:
                 max_future_us=int(ingest.max_future_s * 1e6),
                 auto_register=ingest.auto_register,
             ),
-            device_type_of=lambda device_id: self._device_types.get(device_id),
+            device_type_of=self._registered_type,
         )
         self._conn: psycopg.Connection | None = None
         self._writer: BatchWriter | None = None
         self._client: mqtt.Client | None = None
         self._is_v5 = False
 
+    def _registered_type(self, device_id: str) -> str | None:
+        # Looked up through self on every call: housekeeping replaces the whole dict.
+        return self._device_types.get(device_id)
+
     # -- network thread ---------------------------------------------------------------------
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Any
+    ) -> None:
         if rc.is_failure:
             logger.error("broker refused the connection: %s", rc)
             return
         self._metrics.mqtt_connected.set(1)
-        if self._is_v5 and self._mqtt.shared_group:
+        # Shared subscriptions are MQTT 5, but Mosquitto and EMQX serve them to 3.1.1 clients
+        # too; a broker that refused MQTT 5 under "auto" (amqtt) gets a plain subscription.
+        shareable = self._is_v5 or self._mqtt.protocol == "3.1.1"
+        if self._mqtt.shared_group and shareable:
             topic = f"$share/{self._mqtt.shared_group}/{TOPIC_FILTER}"
         else:
             topic = TOPIC_FILTER
@@ -157,8 +166,12 @@ class IngestWorker:
             client.subscribe(topic, options=SubscribeOptions(qos=1))
         else:
             client.subscribe(topic, qos=1)
-        logger.info("connected to %s (session present: %s), subscribed to %s",
-                    self._mqtt.url, flags.session_present, topic)
+        logger.info(
+            "connected to %s (session present: %s), subscribed to %s",
+            self._mqtt.url,
+            flags.session_present,
+            topic,
+        )
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         self._metrics.mqtt_connected.set(0)
@@ -194,7 +207,7 @@ class IngestWorker:
         self._metrics.database_up.set(0)
         self._ensure_writer(stop)
         protocol = choose_protocol(self._mqtt)
-        self._is_v5 = protocol == mqtt.MQTTProtocolVersion.MQTTv5
+        self._is_v5 = protocol == MQTTProtocolVersion.MQTTv5
         client = _client(self._mqtt, protocol, self._mqtt.client_id)
         self._client = client
         client.on_connect = self._on_connect
@@ -203,7 +216,7 @@ class IngestWorker:
         client.reconnect_delay_set(min_delay=1, max_delay=int(self._ingest.retry_max_s) + 1)
         properties = None
         if self._is_v5:
-            properties = Properties(PacketTypes.CONNECT)
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = self._mqtt.session_expiry_s
             properties.ReceiveMaximum = self._ingest.buffer_max_messages
         client.connect_async(
@@ -259,8 +272,9 @@ class IngestWorker:
                 self._cond.notify_all()
         decode = self._decoder.decode_message
         batch = [
-            Message(mid, generation, topic, payload, received_us,
-                    decode(topic, payload, received_us))
+            Message(
+                mid, generation, topic, payload, received_us, decode(topic, payload, received_us)
+            )
             for mid, generation, topic, payload, received_us in (
                 self._pending.popleft() for _ in range(min(len(self._pending), batch_max))
             )
@@ -284,15 +298,18 @@ class IngestWorker:
                 self._drop_connection()
                 self._metrics.database_errors.inc()
                 if stop.is_set():
-                    logger.warning("database down at shutdown; %d messages stay unacknowledged "
-                                   "and will be redelivered: %s", len(batch), exc)
+                    logger.warning(
+                        "database down at shutdown; %d messages stay unacknowledged "
+                        "and will be redelivered: %s",
+                        len(batch),
+                        exc,
+                    )
                     break
                 logger.warning("database write failed, retrying in %.1f s: %s", delay_s, exc)
                 stop.wait(delay_s)
                 delay_s = min(delay_s * 2, self._ingest.retry_max_s)
                 continue
-            self._metrics.record_commit(len(batch), result, time.perf_counter() - started,
-                                        now_us())
+            self._metrics.record_commit(len(batch), result, time.perf_counter() - started, now_us())
             self._acks.extend((m.generation, m.mid) for m in batch if m.mid)
             break
         with self._cond:
@@ -350,8 +367,11 @@ class IngestWorker:
             self._device_types = load_device_types(conn)
             if retention and storage_path(conn) is StoragePath.POSTGRESQL:
                 deleted = delete_expired_readings(conn, self._database.retention_days)
-                logger.info("retention: deleted %d readings older than %d days",
-                            deleted, self._database.retention_days)
+                logger.info(
+                    "retention: deleted %d readings older than %d days",
+                    deleted,
+                    self._database.retention_days,
+                )
             conn.commit()
         except psycopg.OperationalError as exc:
             logger.warning("housekeeping skipped, database unavailable: %s", exc)

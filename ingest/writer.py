@@ -10,9 +10,9 @@ message goes to the quarantine with the database's reason, so one bad row cannot
 from __future__ import annotations
 
 import logging
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
-import struct
 from typing import Any
 
 import psycopg
@@ -21,7 +21,7 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
 from ingest.contract import READING_KINDS, ReadingKind
-from ingest.decode import Decoded, Reason, Rejection
+from ingest.decode import Decoded, Payload, Reason, Rejection
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Message:
     mid: int
     generation: int
     topic: str
-    payload: bytes
+    payload: Payload
     received_us: int
     decoded: Decoded
 
@@ -102,7 +102,9 @@ class BatchWriter:
         for kind in READING_KINDS:
             table = sql.Identifier(kind.table)
             stage = sql.Identifier(f"stage_{kind.table}")
-            conn.execute(sql.SQL("create temp table if not exists {} (like {})").format(stage, table))
+            conn.execute(
+                sql.SQL("create temp table if not exists {} (like {})").format(stage, table)
+            )
             self._types[kind.table] = self._column_types(table, kind.columns)
         self._quarantine_types = self._column_types(sql.Identifier("quarantine"), _QUARANTINE)
         conn.commit()
@@ -124,8 +126,9 @@ class BatchWriter:
         except psycopg.OperationalError:
             raise
         except psycopg.Error as exc:
-            logger.warning("batch of %d messages refused (%s); writing one by one",
-                           len(messages), exc)
+            logger.warning(
+                "batch of %d messages refused (%s); writing one by one", len(messages), exc
+            )
         else:
             self._seen_written.update(result.seen_written)
             return result

@@ -157,8 +157,12 @@ class RunningWorker:
 def forget_session(broker: str, client_id: str) -> None:
     """Remove a persistent session so it stops collecting messages after its test."""
     settings = MqttSettings(url=broker, client_id=client_id)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=mqtt.MQTTProtocolVersion.MQTTv311, clean_session=True)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTProtocolVersion.MQTTv311,
+        clean_session=True,
+    )
     with contextlib.suppress(OSError):
         client.connect(settings.host, settings.port)
         client.loop_start()

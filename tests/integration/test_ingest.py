@@ -29,39 +29,94 @@ def test_each_device_type_and_payload_form_lands_as_typed_rows(
     mh, sw, lt = f"{tag}-mh", f"{tag}-sw", f"{tag}-lt"
     register(conn, {mh: "manhole", sw: "sweeper", lt: "light"})
     start_worker(make_settings())
-    publisher.publish_many([
-        (f"cityops/v1/manhole/{mh}/telemetry",
-         json.dumps({"ts": T0_MS, "tilt_deg": 2.5, "cover_open": False, "battery_pct": 87})),
-        (f"cityops/v1/manhole/{mh}/event",
-         json.dumps({"ts": "2025-11-25T00:00:01+08:00",
-                     "values": {"tilt_deg": 35, "event": "tilt_alarm"}})),
-        (f"cityops/v1/sweeper/{sw}/telemetry",
-         json.dumps({"ts": T0_MS, "lat": 41.8, "lon": 123.43, "speed_kmh": 6.5,
-                     "heading_deg": 90, "brush_on": True, "spray_on": False})),
-        (f"cityops/v1/light/{lt}/telemetry",
-         json.dumps({"ts": T0_MS, "values": {"lamp_on": True, "dim_pct": 70, "voltage_v": 229.5,
-                     "current_a": 0.4, "power_w": 88, "power_factor": 0.95,
-                     "energy_kwh": 1234.5, "fault_code": 0}})),
-        (f"cityops/v1/light/{lt}/status", json.dumps({"ts": T0_MS, "online": True,
-                                                       "firmware": "2.1.0"})),
-    ])
-    wait_for(lambda: count(conn, "manhole_readings", tag) == 2 and count(conn, "light_readings", tag)
-             and count(conn, "device_status", tag), what="rows")
-    assert rows(conn, "select ts, tilt_deg, cover_open, battery_pct, event from manhole_readings "
-                      "where device_id = %s order by ts", mh) == [
+    publisher.publish_many(
+        [
+            (
+                f"cityops/v1/manhole/{mh}/telemetry",
+                json.dumps({"ts": T0_MS, "tilt_deg": 2.5, "cover_open": False, "battery_pct": 87}),
+            ),
+            (
+                f"cityops/v1/manhole/{mh}/event",
+                json.dumps(
+                    {
+                        "ts": "2025-11-25T00:00:01+08:00",
+                        "values": {"tilt_deg": 35, "event": "tilt_alarm"},
+                    }
+                ),
+            ),
+            (
+                f"cityops/v1/sweeper/{sw}/telemetry",
+                json.dumps(
+                    {
+                        "ts": T0_MS,
+                        "lat": 41.8,
+                        "lon": 123.43,
+                        "speed_kmh": 6.5,
+                        "heading_deg": 90,
+                        "brush_on": True,
+                        "spray_on": False,
+                    }
+                ),
+            ),
+            (
+                f"cityops/v1/light/{lt}/telemetry",
+                json.dumps(
+                    {
+                        "ts": T0_MS,
+                        "values": {
+                            "lamp_on": True,
+                            "dim_pct": 70,
+                            "voltage_v": 229.5,
+                            "current_a": 0.4,
+                            "power_w": 88,
+                            "power_factor": 0.95,
+                            "energy_kwh": 1234.5,
+                            "fault_code": 0,
+                        },
+                    }
+                ),
+            ),
+            (
+                f"cityops/v1/light/{lt}/status",
+                json.dumps({"ts": T0_MS, "online": True, "firmware": "2.1.0"}),
+            ),
+        ]
+    )
+    wait_for(
+        lambda: (
+            count(conn, "manhole_readings", tag) == 2
+            and count(conn, "light_readings", tag)
+            and count(conn, "device_status", tag)
+        ),
+        what="rows",
+    )
+    assert rows(
+        conn,
+        "select ts, tilt_deg, cover_open, battery_pct, event from manhole_readings "
+        "where device_id = %s order by ts",
+        mh,
+    ) == [
         (T0, 2.5, False, 87.0, None),
         (T0.replace(second=1), 35.0, None, None, "tilt_alarm"),
     ]
-    assert rows(conn, "select ts, lat, lon, speed_kmh, heading_deg, brush_on, spray_on "
-                      "from sweeper_readings where device_id = %s", sw) == [
-        (T0, 41.8, 123.43, 6.5, 90.0, True, False)]
-    assert rows(conn, "select lamp_on, dim_pct, voltage_v, power_w, energy_kwh, fault_code "
-                      "from light_readings where device_id = %s", lt) == [
-        (True, 70.0, 229.5, 88.0, 1234.5, 0)]
+    assert rows(
+        conn,
+        "select ts, lat, lon, speed_kmh, heading_deg, brush_on, spray_on "
+        "from sweeper_readings where device_id = %s",
+        sw,
+    ) == [(T0, 41.8, 123.43, 6.5, 90.0, True, False)]
+    assert rows(
+        conn,
+        "select lamp_on, dim_pct, voltage_v, power_w, energy_kwh, fault_code "
+        "from light_readings where device_id = %s",
+        lt,
+    ) == [(True, 70.0, 229.5, 88.0, 1234.5, 0)]
     assert rows(conn, "select online, firmware from device_status where device_id = %s", lt) == [
-        (True, "2.1.0")]
+        (True, "2.1.0")
+    ]
     assert rows(conn, "select last_seen from devices where device_id = %s", mh) == [
-        (T0.replace(second=1),)]
+        (T0.replace(second=1),)
+    ]
 
 
 def test_gateway_batch_lands_a_row_per_device_and_quarantines_only_bad_entries(
@@ -76,13 +131,20 @@ def test_gateway_batch_lands_a_row_per_device_and_quarantines_only_bad_entries(
         {"device_id": f"{tag}-ghost", "ts": T0_MS, "values": {"tilt_deg": 1.0}},
     ]
     publisher.publish(f"cityops/v1/gateway/{tag}-gw/batch", json.dumps(batch))
-    wait_for(lambda: running.metric("cityops_ingest_messages_total", device_type="gateway",
-                                    result="partial") == 1, what="gateway batch committed")
+    wait_for(
+        lambda: (
+            running.metric("cityops_ingest_messages_total", device_type="gateway", result="partial")
+            == 1
+        ),
+        what="gateway batch committed",
+    )
     assert count(conn, "manhole_readings", tag) == 1
     assert count(conn, "light_readings", tag) == 1
-    assert rows(conn, "select reason, detail from quarantine where topic = %s",
-                f"cityops/v1/gateway/{tag}-gw/batch") == [
-        ("unknown_device", f"item 2: device '{tag}-ghost' is not registered")]
+    assert rows(
+        conn,
+        "select reason, detail from quarantine where topic = %s",
+        f"cityops/v1/gateway/{tag}-gw/batch",
+    ) == [("unknown_device", f"item 2: device '{tag}-ghost' is not registered")]
 
 
 def test_backfill_array_lands_every_reading(
@@ -94,8 +156,12 @@ def test_backfill_array_lands_every_reading(
     backfill = [{"ts": T0_MS + i * 60_000, "tilt_deg": i / 10} for i in range(500)]
     publisher.publish(f"cityops/v1/manhole/{mh}/telemetry", json.dumps(backfill))
     wait_for(lambda: count(conn, "manhole_readings", tag) == 500, what="500 backfilled rows")
-    got = rows(conn, "select min(ts), max(ts), sum(tilt_deg)::numeric(10,1) from manhole_readings "
-                     "where device_id = %s", mh)
+    got = rows(
+        conn,
+        "select min(ts), max(ts), sum(tilt_deg)::numeric(10,1) from manhole_readings "
+        "where device_id = %s",
+        mh,
+    )
     assert got[0][0] == T0
     assert (got[0][1] - T0).total_seconds() == 499 * 60
     assert float(got[0][2]) == pytest.approx(sum(i / 10 for i in range(500)), abs=0.5)
@@ -107,12 +173,21 @@ def test_redelivered_messages_create_no_second_row(
     mh = f"{tag}-mh"
     register(conn, {mh: "manhole"})
     running = start_worker(make_settings())
-    messages = [(f"cityops/v1/manhole/{mh}/telemetry",
-                 json.dumps({"ts": T0_MS + i * 1000, "tilt_deg": 1.0})) for i in range(200)]
+    messages = [
+        (
+            f"cityops/v1/manhole/{mh}/telemetry",
+            json.dumps({"ts": T0_MS + i * 1000, "tilt_deg": 1.0}),
+        )
+        for i in range(200)
+    ]
     publisher.publish_many(messages)
     publisher.publish_many(messages)
-    wait_for(lambda: running.metric("cityops_ingest_rows_total", kind="manhole",
-                                    result="duplicate") == 200, what="200 duplicates seen")
+    wait_for(
+        lambda: (
+            running.metric("cityops_ingest_rows_total", kind="manhole", result="duplicate") == 200
+        ),
+        what="200 duplicates seen",
+    )
     assert running.metric("cityops_ingest_rows_total", kind="manhole", result="inserted") == 200
     assert count(conn, "manhole_readings", tag) == 200
 
@@ -146,14 +221,27 @@ def test_every_bad_input_kind_is_quarantined_with_its_reason_and_ingest_goes_on(
         publisher.publish(topics[-1], payload)
     publisher.publish(f"cityops/v1/manhole/{mh}/telemetry", b'{"ts": 1764000000000, "tilt_deg": 4}')
     wait_for(lambda: count(conn, "manhole_readings", tag) == 1, what="the good reading")
-    got = wait_for(lambda: (r := rows(
-        conn, "select topic, reason, payload, payload_bytes from quarantine "
-              "where topic = any(%s) order by id", topics)) and len(r) == len(BAD_INPUTS) and r,
-        what="quarantine entries")
+    got = wait_for(
+        lambda: (
+            (
+                r := rows(
+                    conn,
+                    "select topic, reason, payload, payload_bytes from quarantine "
+                    "where topic = any(%s) order by id",
+                    topics,
+                )
+            )
+            and len(r) == len(BAD_INPUTS)
+            and r
+        ),
+        what="quarantine entries",
+    )
     assert [(t, reason) for t, reason, _, _ in got] == [
-        (t, reason) for t, (reason, _, _) in zip(topics, BAD_INPUTS, strict=True)]
+        (t, reason) for t, (reason, _, _) in zip(topics, BAD_INPUTS, strict=True)
+    ]
     oversized = got[0]
-    assert len(oversized[2]) <= 4096 and oversized[3] == len(BAD_INPUTS[0][2])
+    assert len(oversized[2]) <= 4096
+    assert oversized[3] == len(BAD_INPUTS[0][2])
     for reason in {r for r, _, _ in BAD_INPUTS}:
         expected = sum(1 for r, _, _ in BAD_INPUTS if r == reason)
         assert running.metric("cityops_ingest_quarantined_total", reason=reason) == expected
@@ -165,5 +253,30 @@ def test_unknown_devices_are_registered_when_auto_registration_is_on(
     start_worker(make_settings(auto_register=True))
     publisher.publish(f"cityops/v1/light/{tag}-new/telemetry", b'{"lamp_on": true}')
     wait_for(lambda: count(conn, "light_readings", tag) == 1, what="reading of a new device")
-    assert rows(conn, "select type, auto_registered from devices where device_id = %s",
-                f"{tag}-new") == [("light", True)]
+    assert rows(
+        conn, "select type, auto_registered from devices where device_id = %s", f"{tag}-new"
+    ) == [("light", True)]
+
+
+def test_a_device_registered_while_ingest_runs_is_accepted_after_the_refresh(
+    conn, tag, make_settings, start_worker, publisher: Publisher
+) -> None:
+    device = f"{tag}-late"
+    running = start_worker(make_settings(registry_refresh_s=0.1))
+    topic = f"cityops/v1/manhole/{device}/telemetry"
+    publisher.publish(topic, b'{"ts": 1764000000000, "tilt_deg": 1}')
+    wait_for(
+        lambda: running.metric("cityops_ingest_quarantined_total", reason="unknown_device") == 1,
+        what="the unregistered device's reading in the quarantine",
+    )
+    register(conn, {device: "manhole"})
+    wait_for(
+        lambda: (
+            publisher.publish(topic, b'{"ts": 1764000001000, "tilt_deg": 2}')
+            or count(conn, "manhole_readings", device) == 1
+        ),
+        what="the reading accepted after the registry refresh",
+    )
+    assert rows(conn, "select tilt_deg from manhole_readings where device_id = %s", device) == [
+        (2.0,)
+    ]

@@ -1,0 +1,84 @@
+"""Settings: the shipped file equals the defaults; errors name key, value and reason."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cityops.cli import app
+from cityops.settings import Settings, SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("CITYOPS_"):
+            monkeypatch.delenv(name)
+
+
+def test_shipped_config_file_lists_every_default() -> None:
+    shipped = tomllib.loads((ROOT / "config/cityops.toml").read_text())
+    defaults = Settings.model_construct().model_dump()
+    defaults = {section: dict(Settings.model_fields[section].default) for section in defaults}
+    assert shipped == defaults
+
+
+def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CITYOPS_DATABASE_URL", "postgresql://u@db.example:5433/city")
+    monkeypatch.setenv("CITYOPS_MQTT_URL", "mqtts://dev:s%40cret@broker.example")
+    monkeypatch.setenv("CITYOPS_INGEST_BATCH_MAX_ROWS", "1234")
+    settings = load_settings(ROOT / "config/cityops.toml")
+    assert settings.database.url == "postgresql://u@db.example:5433/city"
+    assert settings.ingest.batch_max_rows == 1234
+    assert (settings.mqtt.host, settings.mqtt.port, settings.mqtt.is_tls) == (
+        "broker.example",
+        8883,
+        True,
+    )
+    assert (settings.mqtt.username, settings.mqtt.password) == ("dev", "s@cret")
+
+
+def test_every_bad_key_is_reported_with_its_value_and_reason(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        '[database]\nurl = "mysql://x"\n[ingest]\nbatch_max_rows = 0\n'
+        'flush_interval = 1\n[registry]\ncode_scheme = "6+2+2"\n'
+    )
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path)
+    problems = {key: (value, reason) for key, value, reason in caught.value.problems}
+    assert problems["database.url"][0] == "mysql://x"
+    assert "postgresql://" in problems["database.url"][1]
+    assert problems["ingest.batch_max_rows"][0] == 0
+    assert "greater than or equal to 1" in problems["ingest.batch_max_rows"][1]
+    assert "ingest.flush_interval" in problems  # a typo, not silently ignored
+    assert "four widths summing to 16" in problems["registry.code_scheme"][1]
+
+
+def test_config_check_prints_file_key_value_reason_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[mqtt]\nkeepalive_s = 1\n")
+    result = CliRunner().invoke(app, ["config", "check", str(path)])
+    assert result.exit_code == 2
+    assert f"{path}: mqtt.keepalive_s = 1: Input should be greater than or equal to 5" in (
+        result.output
+    )
+    good = CliRunner().invoke(app, ["config", "check", str(ROOT / "config/cityops.toml")])
+    assert good.exit_code == 0
+    assert good.output.strip().endswith(": ok")
+
+
+def test_syntax_error_and_missing_file_are_reported(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[database\n")
+    with pytest.raises(SettingsError, match="syntax"):
+        load_settings(broken)
+    with pytest.raises(SettingsError, match="no such file"):
+        load_settings(tmp_path / "absent.toml")
