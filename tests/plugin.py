@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry
 
 from cityops import db
-from cityops.services import broker_service, database_service, start_mosquitto
+from cityops.services import broker_service, database_service, is_listening, start_mosquitto
 from cityops.settings import DatabaseSettings, IngestSettings, MqttSettings, Settings
 from ingest.metrics import IngestMetrics
 from ingest.worker import IngestWorker
@@ -80,14 +80,34 @@ def database_url(server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def broker_url(services_dir: Path) -> Iterator[str]:
+def broker(services_dir: Path) -> Iterator[tuple[str, bool]]:
+    """(URL, whether the broker keeps a crashed client's session: false for amqtt)."""
     given = os.environ.get("CITYOPS_TEST_MQTT_URL")
-    if given is None and (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
+    if given is None and shutil.which("mosquitto"):
         with start_mosquitto(MOSQUITTO_CONF, services_dir / "mosquitto") as url:
-            yield url
+            yield url, True
     else:
+        embedded = given is None and not is_listening("127.0.0.1", 1883)
         with broker_service(given, services_dir) as url:
-            yield url
+            yield url, not embedded
+
+
+@pytest.fixture(scope="session")
+def broker_url(broker: tuple[str, bool]) -> str:
+    return broker[0]
+
+
+@pytest.fixture
+def mosquitto_url(broker: tuple[str, bool]) -> str:
+    """A broker with what amqtt (the embedded fallback where Mosquitto is not installed) lacks:
+    redelivery of a crashed client's session, and shared subscriptions."""
+    url, is_full_broker = broker
+    if not is_full_broker:
+        pytest.skip(
+            "the embedded amqtt broker keeps no crashed session and no shared "
+            "subscriptions; install mosquitto to run this test"
+        )
+    return url
 
 
 @pytest.fixture

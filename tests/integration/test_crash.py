@@ -72,8 +72,9 @@ def ingest_process(
 
 
 def test_kill_9_mid_stream_then_restart_stores_exactly_the_published_readings(
-    conn, database_url, broker_url, tag, tmp_path, ingest_process, publisher: Publisher
+    conn, database_url, mosquitto_url, tag, tmp_path, ingest_process, publisher: Publisher
 ) -> None:
+    broker_url = mosquitto_url
     device = f"{tag}-mh"
     register(conn, {device: "manhole"})
     log = tmp_path / "ingest.log"

@@ -12,7 +12,7 @@ from tests.plugin import Publisher, register, wait_for
 
 
 def test_mqtt_3_1_1_with_a_shared_subscription_lands_rows(
-    conn, tag, broker_url, make_settings, start_worker, publisher: Publisher
+    conn, tag, mosquitto_url, make_settings, start_worker, publisher: Publisher
 ) -> None:
     device = f"{tag}-mh"
     register(conn, {device: "manhole"})
