@@ -4,6 +4,7 @@ A private Mosquitto (config/mosquitto/cityops.conf) queues the same backlog for 
 persistent sessions; then each contender, in its own process, drains its copy:
   bare     paho-mqtt, MQTT 5, QoS 1, manual ack every 5,000, no database work (the ceiling);
   cityops  `cityops ingest` as shipped (decode, validate, binary COPY, ack after commit);
+  cityops_mqtt311  the same over MQTT 3.1.1 (mqtt.protocol = "3.1.1"; no MQTT 5 properties);
   naive    auto-ack, one INSERT per message, autocommit (what a quick script does).
 Reported: messages/s, client CPU microseconds per message, peak RSS, RSS samples while draining,
 and ratios against the bare client measured in the same run; time and CPU count from each
@@ -54,6 +55,11 @@ def payload(i: int) -> tuple[str, bytes]:
         "rssi_dbm": -91,
     }
     return f"cityops/v1/manhole/{device}/telemetry", json.dumps(body).encode()
+
+
+def client_id(role: str, tag: str) -> str:
+    """A session name within MQTT 3.1.1's 23 characters."""
+    return f"b-{role[:16]}-{tag[:4]}"
 
 
 def v5_client(client_id: str, *, manual_ack: bool) -> mqtt.Client:
@@ -219,6 +225,34 @@ def measure(name: str, proc: subprocess.Popen[bytes], n: int, progress) -> dict[
     }
 
 
+def run_cityops(
+    name: str, *, protocol: str, broker: str, database_url: str, n: int, tag: str, tmp: Path
+) -> dict[str, object]:
+    """Run `cityops ingest` as shipped until it has stored the whole backlog."""
+    env = {
+        **os.environ,
+        "CITYOPS_DATABASE_URL": database_url,
+        "CITYOPS_MQTT_URL": broker,
+        "CITYOPS_MQTT_PROTOCOL": protocol,
+        "CITYOPS_MQTT_CLIENT_ID": client_id(name, tag),
+        "CITYOPS_MQTT_SHARED_GROUP": f"{name}{tag}",
+        "CITYOPS_METRICS_PORT": "0",
+    }
+    log_path = tmp / f"{name}.log"
+    with log_path.open("wb") as log:
+        ingest = subprocess.Popen(
+            [sys.executable, "-m", "cityops", "ingest"], env=env, stderr=log, cwd=ROOT
+        )
+        try:
+            return measure(name, ingest, n, lambda: stored(database_url))
+        except RuntimeError:
+            sys.stderr.write(log_path.read_text())
+            raise
+        finally:
+            ingest.terminate()
+            ingest.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=200_000)
@@ -242,9 +276,11 @@ def main() -> None:
 
     n, n_naive = args.messages, min(args.naive_messages, args.messages)
     tag = uuid.uuid4().hex[:6]
-    database_url = db.with_database(args.database_server, f"cityops_bench_{tag}")
-    naive_url = db.with_database(args.database_server, f"cityops_bench_naive_{tag}")
-    for url in (database_url, naive_url):
+    urls = {
+        name: db.with_database(args.database_server, f"bench_{name}_{tag}")
+        for name in ("cityops", "cityops_mqtt311", "naive")
+    }
+    for url in urls.values():
         db.ensure_database(DatabaseSettings(url=url))
         db.migrate(DatabaseSettings(url=url))
         with psycopg.connect(url, autocommit=True) as conn:
@@ -257,10 +293,10 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
         start_mosquitto(ROOT / "config/mosquitto/cityops.conf", Path(tmp)) as broker,
     ):
-        for role in ("bare", "cityops", "naive"):
-            make_session(broker, f"bench-{role}-{tag}", f"{role}{tag}")
+        for role in ("bare", "cityops", "cityops_mqtt311", "naive"):
+            make_session(broker, client_id(role, tag), f"{role}{tag}")
         publish_s = publish_backlog(broker, n)
-        print(f"queued {n} readings for 3 offline sessions in {publish_s:.1f} s", flush=True)
+        print(f"queued {n} readings for 4 offline sessions in {publish_s:.1f} s", flush=True)
         me = [sys.executable, str(Path(__file__).resolve())]
 
         progress = Path(tmp) / "bare.progress"
@@ -273,7 +309,7 @@ def main() -> None:
                 "--url",
                 broker,
                 "--client-id",
-                f"bench-bare-{tag}",
+                client_id("bare", tag),
                 "--messages",
                 str(n),
                 "--progress",
@@ -283,27 +319,17 @@ def main() -> None:
         results["bare"] = measure("bare", bare, n, lambda: int(progress.read_text() or 0))
         print("bare    ", results["bare"], flush=True)
 
-        env = {
-            **os.environ,
-            "CITYOPS_DATABASE_URL": database_url,
-            "CITYOPS_MQTT_URL": broker,
-            "CITYOPS_MQTT_CLIENT_ID": f"bench-cityops-{tag}",
-            "CITYOPS_MQTT_SHARED_GROUP": f"cityops{tag}",
-            "CITYOPS_METRICS_PORT": "0",
-        }
-        log = (Path(tmp) / "ingest.log").open("wb")
-        ingest = subprocess.Popen(
-            [sys.executable, "-m", "cityops", "ingest"], env=env, stderr=log, cwd=ROOT
-        )
-        try:
-            results["cityops"] = measure("cityops", ingest, n, lambda: stored(database_url))
-        except RuntimeError:
-            sys.stderr.write((Path(tmp) / "ingest.log").read_text())
-            raise
-        ingest.terminate()
-        ingest.wait(30)
-        log.close()
-        print("cityops ", results["cityops"], flush=True)
+        for name, protocol in (("cityops", "5"), ("cityops_mqtt311", "3.1.1")):
+            results[name] = run_cityops(
+                name,
+                protocol=protocol,
+                broker=broker,
+                database_url=urls[name],
+                n=n,
+                tag=tag,
+                tmp=Path(tmp),
+            )
+            print(f"{name:8}", results[name], flush=True)
 
         naive = subprocess.Popen(
             [
@@ -313,30 +339,32 @@ def main() -> None:
                 "--url",
                 broker,
                 "--client-id",
-                f"bench-naive-{tag}",
+                client_id("naive", tag),
                 "--messages",
                 str(n_naive),
                 "--database-url",
-                naive_url,
+                urls["naive"],
             ]
         )
-        results["naive"] = measure("naive", naive, n_naive, lambda: stored(naive_url))
+        results["naive"] = measure("naive", naive, n_naive, lambda: stored(urls["naive"]))
         print("naive   ", results["naive"], flush=True)
 
-    assert stored(database_url) == n, "cityops stored a different number of rows"
-    for url in (database_url, naive_url):
-        with psycopg.connect(args.database_server, autocommit=True) as conn:
-            conn.execute(
-                f'drop database "{psycopg.conninfo.conninfo_to_dict(url)["dbname"]}" with (force)'
-            )
+    for name in ("cityops", "cityops_mqtt311"):
+        assert stored(urls[name]) == n, f"{name} stored a different number of rows"
+    with psycopg.connect(args.database_server, autocommit=True) as conn:
+        for url in urls.values():
+            name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+            conn.execute(f'drop database "{name}" with (force)')
     rate = {k: v["msgs_per_s"] for k, v in results.items()}  # type: ignore[index]
     results["ratios"] = {
         "cityops_vs_bare": round(rate["cityops"] / rate["bare"], 3),
         "cityops_vs_naive": round(rate["cityops"] / rate["naive"], 1),
+        "cityops_mqtt311_vs_bare": round(rate["cityops_mqtt311"] / rate["bare"], 3),
+        "cityops_mqtt311_vs_naive": round(rate["cityops_mqtt311"] / rate["naive"], 1),
         "naive_vs_bare": round(rate["naive"] / rate["bare"], 3),
     }
     print(
-        f"cityops = {results['ratios']['cityops_vs_bare']} x bare, "  # type: ignore[index]
+        f"cityops (MQTT 5) = {results['ratios']['cityops_vs_bare']} x bare, "  # type: ignore[index]
         f"{results['ratios']['cityops_vs_naive']} x naive"
     )  # type: ignore[index]
     print(json.dumps({"bench": "ingest", **results}))
