@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -83,10 +84,11 @@ def make_session(url: str, client_id: str, group: str) -> None:
     s = MqttSettings(url=url)
     client = v5_client(client_id, manual_ack=True)
     client.connect(s.host, s.port, clean_start=True, properties=connect_props())
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *_: subscribed.set()
     client.loop_start()
-    info = client.subscribe(f"$share/{group}/{TOPIC}", options=SubscribeOptions(qos=1))
-    assert info[0] == 0
-    time.sleep(0.5)  # the SUBACK; this is setup, not a measurement
+    client.subscribe(f"$share/{group}/{TOPIC}", options=SubscribeOptions(qos=1))
+    assert subscribed.wait(10), "no SUBACK"
     client.disconnect()
     client.loop_stop()
 

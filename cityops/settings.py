@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -164,6 +171,18 @@ class IngestSettings(_Section):
     retry_max_s: float = Field(
         default=5.0, gt=0, description="Longest wait between retries while the database is down."
     )
+
+    @model_validator(mode="after")
+    def _window_holds_a_batch(self) -> IngestSettings:
+        # The broker stops sending when buffer_max_messages are unacknowledged; a batch that
+        # cannot fill before that would only ever flush on the timer.
+        if self.buffer_max_messages < self.batch_max_rows:
+            msg = (
+                f"buffer_max_messages ({self.buffer_max_messages}) must be at least "
+                f"batch_max_rows ({self.batch_max_rows})"
+            )
+            raise ValueError(msg)
+        return self
 
 
 class RegistrySettings(_Section):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import psycopg
 import pytest
 
 from cityops import db
+from cityops.services import free_port
 from cityops.settings import DatabaseSettings
 from tests.integration.test_ingest import T0_MS, count
 from tests.plugin import Publisher, register, wait_for
@@ -23,7 +26,7 @@ N = 20_000
 
 
 def start_ingest(
-    database_url: str, broker_url: str, tag: str, log: Path
+    database_url: str, broker_url: str, tag: str, log: Path, metrics_port: int = 0
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -31,7 +34,7 @@ def start_ingest(
         "CITYOPS_MQTT_URL": broker_url,
         "CITYOPS_MQTT_CLIENT_ID": f"ingest-{tag}",
         "CITYOPS_MQTT_SHARED_GROUP": f"g{tag}",
-        "CITYOPS_METRICS_PORT": "0",
+        "CITYOPS_METRICS_PORT": str(metrics_port),
         "CITYOPS_INGEST_BATCH_MAX_ROWS": "1000",
     }
     with log.open("ab") as out:
@@ -94,7 +97,8 @@ def test_kill_9_mid_stream_then_restart_stores_exactly_the_published_readings(
     ingest_process[0].wait()
     at_kill = count(conn, "manhole_readings", device)
     sender.join()
-    ingest_process.append(start_ingest(database_url, broker_url, tag, log))
+    port = free_port()
+    ingest_process.append(start_ingest(database_url, broker_url, tag, log, port))
     wait_for(
         lambda: count(conn, "manhole_readings", device) == N,
         timeout_s=120,
@@ -102,6 +106,13 @@ def test_kill_9_mid_stream_then_restart_stores_exactly_the_published_readings(
     )
     assert at_kill < N, "the kill came too late to test anything"
     assert stored(conn, device) == expected(N)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        exposition = response.read().decode()
+    inserted = re.search(
+        r'^cityops_ingest_rows_total\{kind="manhole",result="inserted"\} (\S+)$', exposition, re.M
+    )
+    assert inserted is not None
+    assert float(inserted.group(1)) == N - at_kill
     ingest_process[1].send_signal(signal.SIGTERM)
     assert ingest_process[1].wait(timeout=30) == 0
 

@@ -82,3 +82,10 @@ def test_syntax_error_and_missing_file_are_reported(tmp_path: Path) -> None:
         load_settings(broken)
     with pytest.raises(SettingsError, match="no such file"):
         load_settings(tmp_path / "absent.toml")
+
+
+def test_receive_window_must_hold_a_batch(tmp_path: Path) -> None:
+    path = tmp_path / "small.toml"
+    path.write_text("[ingest]\nbatch_max_rows = 5000\nbuffer_max_messages = 1000\n")
+    with pytest.raises(SettingsError, match=r"buffer_max_messages \(1000\) must be at least"):
+        load_settings(path)
