@@ -227,22 +227,20 @@ class IngestWorker:
             properties=properties,
         )
         client.loop_start()
-        next_housekeeping = 0.0
-        last_retention = time.monotonic()
+        next_refresh = time.monotonic() + self._ingest.registry_refresh_s
+        next_retention = time.monotonic() + _RETENTION_EVERY_S
         try:
             while True:
                 batch = self._next_batch(stop)
-                if batch:
-                    self._commit_and_ack(batch, stop)
-                if stop.is_set() and not self._pending:
-                    break
-                if time.monotonic() >= next_housekeeping:
-                    next_housekeeping = time.monotonic() + self._ingest.registry_refresh_s
-                    if time.monotonic() - last_retention >= _RETENTION_EVERY_S:
-                        last_retention = time.monotonic()
-                        self._housekeep(retention=True)
-                    else:
-                        self._housekeep(retention=False)
+                committed = not batch or self._commit_and_ack(batch, stop)
+                if stop.is_set() and (not self._pending or not committed):
+                    break  # drained, or the database is down: the broker keeps the rest
+                now = time.monotonic()
+                if now >= next_refresh:
+                    next_refresh = now + self._ingest.registry_refresh_s
+                    self._housekeep(retention=now >= next_retention)
+                    if now >= next_retention:
+                        next_retention = now + _RETENTION_EVERY_S
         finally:
             self._send_acks(client)
             client.disconnect()
@@ -285,8 +283,10 @@ class IngestWorker:
         self._metrics.buffered.set(len(self._pending) + self._writing)
         return batch
 
-    def _commit_and_ack(self, batch: list[Message], stop: threading.Event) -> None:
+    def _commit_and_ack(self, batch: list[Message], stop: threading.Event) -> bool:
+        """Write until committed (then queue the acks) or until stopped; return if committed."""
         delay_s = 0.5
+        committed = False
         while True:
             started = time.perf_counter()
             try:
@@ -311,10 +311,12 @@ class IngestWorker:
                 continue
             self._metrics.record_commit(len(batch), result, time.perf_counter() - started, now_us())
             self._acks.extend((m.generation, m.mid) for m in batch if m.mid)
+            committed = True
             break
         with self._cond:
             self._writing = 0
             self._cond.notify_all()
+        return committed
 
     def _send_acks(self, client: mqtt.Client) -> None:
         """Acknowledge committed messages; safe from both threads (each pop is atomic)."""

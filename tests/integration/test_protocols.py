@@ -20,7 +20,7 @@ def test_mqtt_3_1_1_with_a_shared_subscription_lands_rows(
     settings = settings.model_copy(
         update={"mqtt": settings.mqtt.model_copy(update={"protocol": "3.1.1"})}
     )
-    start_worker(settings)
+    running = start_worker(settings)
     publisher.publish_many(
         [
             (
@@ -31,6 +31,7 @@ def test_mqtt_3_1_1_with_a_shared_subscription_lands_rows(
         ]
     )
     wait_for(lambda: count(conn, "manhole_readings", device) == 100, what="100 rows over 3.1.1")
+    assert running.metric("cityops_ingest_rows_total", kind="manhole", result="inserted") == 100
 
 
 def test_a_broker_without_mqtt_5_is_spoken_to_in_3_1_1(
