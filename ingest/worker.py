@@ -137,6 +137,7 @@ class IngestWorker:
             ),
             device_type_of=self._registered_type,
         )
+        metrics.buffered.set_function(lambda: len(self._pending) + self._writing)
         self._conn: psycopg.Connection | None = None
         self._writer: BatchWriter | None = None
         self._client: mqtt.Client | None = None
@@ -280,7 +281,6 @@ class IngestWorker:
         if self._pending:
             self._pending_since = time.monotonic()
         self._writing = len(batch)
-        self._metrics.buffered.set(len(self._pending) + self._writing)
         return batch
 
     def _commit_and_ack(self, batch: list[Message], stop: threading.Event) -> bool:
