@@ -12,11 +12,14 @@ import csv
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import psycopg
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from psycopg import sql
+from psycopg.types.json import Jsonb
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from devices.codes import CodeError, CodeScheme, parse_code
 
@@ -42,6 +45,35 @@ class _Row(BaseModel):
 
 _M = TypeVar("_M", bound=_Row)
 
+_ASSET_COLUMNS = (
+    "code",
+    "division",
+    "major",
+    "minor",
+    "serial",
+    "category",
+    "name",
+    "competent_unit_id",
+    "owner_unit_id",
+    "maintainer_unit_id",
+    "lat",
+    "lon",
+    "accuracy_class",
+    "region_id",
+    "state",
+    "properties",
+    "updated_at",
+)
+_DEVICE_COLUMNS = (
+    "device_id",
+    "type",
+    "asset_code",
+    "gateway_id",
+    "firmware",
+    "region_id",
+    "auto_registered",
+)
+
 
 class AssetRow(_Row):
     """One component of the dictionary, as a file gives it."""
@@ -57,6 +89,14 @@ class AssetRow(_Row):
     accuracy_class: Literal["A", "B", "C"] | None = None
     region_id: str | None = None
     state: str = "in_service"
+    properties: dict[str, Any] = Field(
+        default_factory=dict, description="Category-specific: a lamp's cabinet_id, circuit, ..."
+    )
+
+    @field_validator("properties", mode="before")
+    @classmethod
+    def _json_text(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
 
 
 class DeviceRow(_Row):
@@ -67,6 +107,57 @@ class DeviceRow(_Row):
     asset_code: str | None = Field(default=None, pattern=r"^[0-9]{16}$")
     gateway_id: str | None = None
     firmware: str | None = None
+    region_id: str | None = None
+
+
+_LEVELS = ("city", "district", "street", "grid")
+
+
+class RegionRow(_Row):
+    """A district, street or grid with its boundary (GeoJSON Polygon or MultiPolygon)."""
+
+    region_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    name: str
+    level: Literal["district", "street", "grid"]
+    parent_id: str | None = None
+    geometry: dict[str, Any] | None = None
+
+
+class UnitRow(_Row):
+    """A responsible unit on the city, district, street or grid level."""
+
+    unit_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    name: str
+    name_zh: str | None = None
+    level: Literal["city", "district", "street", "grid"]
+    kind: str = Field(pattern=r"^[a-z_]{1,32}$")
+    parent_id: str | None = None
+    region_id: str | None = None
+
+
+class RoadRow(_Row):
+    """A road segment (GeoJSON LineString) with its sweeping plan."""
+
+    segment_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    name: str
+    road_class: str
+    region_id: str | None = None
+    geometry: dict[str, Any]
+    length_m: float = Field(gt=0)
+    required_passes: int = Field(default=1, ge=0, le=24)
+    window_start: time | None = None
+    window_end: time | None = None
+    max_speed_kmh: float = Field(default=8, gt=0, le=30)
+    working_width_m: float = Field(default=3, gt=0, le=10)
+
+    @field_validator("geometry")
+    @classmethod
+    def _is_line(cls, value: dict[str, Any]) -> dict[str, Any]:
+        coordinates = value.get("coordinates") or []
+        if value.get("type") != "LineString" or len(coordinates) < 2:
+            msg = "expected a GeoJSON LineString of at least two positions"
+            raise ValueError(msg)
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +181,8 @@ def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             geometry = feature.get("geometry") or {}
             if geometry.get("type") == "Point":
                 row["lon"], row["lat"] = geometry["coordinates"][:2]
+            elif geometry:
+                row["geometry"] = geometry
             yield f"feature {number}", row
         return
     with path.open(newline="", encoding="utf-8-sig") as handle:
@@ -136,11 +229,15 @@ def _check_references(
     rows: Sequence[tuple[str, _Row]],
     references: dict[str, tuple[str, str]],
     problems: list[tuple[str, str]],
+    in_file: frozenset[str] = frozenset(),
 ) -> None:
-    """Report each row whose reference columns name something the database does not have."""
+    """Report each row whose references name something unknown.
+
+    Known are rows in the database and ``in_file``: the ids the file itself defines (parents).
+    """
     for field, (table, column) in references.items():
         wanted = {getattr(r, field) for _, r in rows if getattr(r, field) is not None}
-        missing = _missing(conn, table, column, wanted)
+        missing = _missing(conn, table, column, wanted - in_file)
         problems.extend(
             (where, f"{field} = {getattr(row, field)!r}: no such {table[:-1]}")
             for where, row in rows
@@ -151,6 +248,7 @@ def _check_references(
 def import_assets(conn: psycopg.Connection, path: Path, scheme: CodeScheme) -> ImportReport:
     """Import a components file, all rows or none."""
     rows, problems = _validate(AssetRow, read_rows(path), "code")
+    now = datetime.now(UTC)
     records = []
     for where, row in rows:
         try:
@@ -185,6 +283,8 @@ def import_assets(conn: psycopg.Connection, path: Path, scheme: CodeScheme) -> I
                 row.accuracy_class,
                 row.region_id,
                 row.state,
+                Jsonb(row.properties),
+                now,
             )
         )
     unit = ("units", "unit_id")
@@ -201,20 +301,7 @@ def import_assets(conn: psycopg.Connection, path: Path, scheme: CodeScheme) -> I
     )
     if problems:
         raise ImportRejectedError(path, problems)
-    return _upsert(
-        conn,
-        "insert into assets (code, division, major, minor, serial, category, name, "
-        "competent_unit_id, owner_unit_id, maintainer_unit_id, lat, lon, accuracy_class, "
-        "region_id, state) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-        "on conflict (code) do update set division = excluded.division, major = excluded.major, "
-        "minor = excluded.minor, serial = excluded.serial, category = excluded.category, "
-        "name = excluded.name, competent_unit_id = excluded.competent_unit_id, "
-        "owner_unit_id = excluded.owner_unit_id, maintainer_unit_id = excluded.maintainer_unit_id, "
-        "lat = excluded.lat, lon = excluded.lon, accuracy_class = excluded.accuracy_class, "
-        "region_id = excluded.region_id, state = excluded.state, updated_at = now() "
-        "returning (xmax = 0)",
-        records,
-    )
+    return _upsert(conn, "assets", "code", _ASSET_COLUMNS, records)
 
 
 def import_devices(conn: psycopg.Connection, path: Path) -> ImportReport:
@@ -237,20 +324,35 @@ def import_devices(conn: psycopg.Connection, path: Path) -> ImportReport:
     )
     if problems:
         raise ImportRejectedError(path, problems)
-    return _upsert(
-        conn,
-        "insert into devices (device_id, type, asset_code, gateway_id, firmware) "
-        "values (%s, %s, %s, %s, %s) on conflict (device_id) do update set type = excluded.type, "
-        "asset_code = excluded.asset_code, gateway_id = excluded.gateway_id, "
-        "firmware = coalesce(excluded.firmware, devices.firmware), auto_registered = false "
-        "returning (xmax = 0)",
-        [(r.device_id, r.type, r.asset_code, r.gateway_id, r.firmware) for _, r in rows],
-    )
+    records = [
+        (r.device_id, r.type, r.asset_code, r.gateway_id, r.firmware, r.region_id, False)
+        for _, r in rows
+    ]
+    return _upsert(conn, "devices", "device_id", _DEVICE_COLUMNS, records)
 
 
 def _upsert(
-    conn: psycopg.Connection, statement: str, records: list[tuple[Any, ...]]
+    conn: psycopg.Connection,
+    table: str,
+    key: str,
+    columns: tuple[str, ...],
+    records: list[tuple[Any, ...]],
 ) -> ImportReport:
+    """Insert or update ``records`` in one transaction; count how many were new."""
+    names = sql.SQL(", ").join(map(sql.Identifier, columns))
+    updates = sql.SQL(", ").join(
+        sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in columns if c != key
+    )
+    statement = sql.SQL(
+        "insert into {table} ({names}) values ({values}) on conflict ({key}) do update set "
+        "{updates} returning (xmax = 0)"
+    ).format(
+        table=sql.Identifier(table),
+        names=names,
+        values=sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+        key=sql.Identifier(key),
+        updates=updates,
+    )
     created = 0
     with conn.transaction(), conn.cursor() as cur:
         cur.executemany(statement, records, returning=True)
@@ -260,6 +362,78 @@ def _upsert(
             if not cur.nextset():
                 break
     return ImportReport(rows=len(records), created=created, updated=len(records) - created)
+
+
+def import_regions(conn: psycopg.Connection, path: Path) -> ImportReport:
+    """Import districts, streets and grids (parents first), all rows or none."""
+    rows, problems = _validate(RegionRow, read_rows(path), "region_id")
+    defined = frozenset(r.region_id for _, r in rows)
+    _check_references(conn, rows, {"parent_id": ("regions", "region_id")}, problems, defined)
+    if problems:
+        raise ImportRejectedError(path, problems)
+    ordered = sorted((r for _, r in rows), key=lambda r: _LEVELS.index(r.level))
+    records = [
+        (r.region_id, r.name, r.level, r.parent_id, Jsonb(r.geometry) if r.geometry else None)
+        for r in ordered
+    ]
+    columns = ("region_id", "name", "level", "parent_id", "boundary")
+    return _upsert(conn, "regions", "region_id", columns, records)
+
+
+def import_units(conn: psycopg.Connection, path: Path) -> ImportReport:
+    """Import responsible units (parents first), all rows or none."""
+    rows, problems = _validate(UnitRow, read_rows(path), "unit_id")
+    defined = frozenset(r.unit_id for _, r in rows)
+    _check_references(conn, rows, {"parent_id": ("units", "unit_id")}, problems, defined)
+    _check_references(conn, rows, {"region_id": ("regions", "region_id")}, problems)
+    if problems:
+        raise ImportRejectedError(path, problems)
+    ordered = sorted((r for _, r in rows), key=lambda r: _LEVELS.index(r.level))
+    columns = ("unit_id", "name", "name_zh", "level", "kind", "parent_id", "region_id")
+    records = [tuple(getattr(r, c) for c in columns) for r in ordered]
+    return _upsert(conn, "units", "unit_id", columns, records)
+
+
+def import_roads(conn: psycopg.Connection, path: Path) -> ImportReport:
+    """Import road segments with their sweeping plans, all rows or none."""
+    rows, problems = _validate(RoadRow, read_rows(path), "segment_id")
+    _check_references(conn, rows, {"region_id": ("regions", "region_id")}, problems)
+    if problems:
+        raise ImportRejectedError(path, problems)
+    columns = tuple(RoadRow.model_fields)
+    records = [
+        tuple(Jsonb(v) if c == "geometry" else v for c, v in ((c, getattr(r, c)) for c in columns))
+        for _, r in rows
+    ]
+    return _upsert(conn, "road_segments", "segment_id", columns, records)
+
+
+#: A city bundle's files, in the order they must be imported.
+BUNDLE_FILES = (
+    ("regions", "regions.geojson"),
+    ("units", "units.csv"),
+    ("assets", "assets.csv"),
+    ("devices", "devices.csv"),
+    ("roads", "roads.geojson"),
+)
+
+
+def import_bundle(
+    conn: psycopg.Connection, folder: Path, scheme: CodeScheme
+) -> dict[str, ImportReport]:
+    """Import a city bundle (``cityops sim city`` writes one); stops at the first bad file."""
+    importers = {
+        "regions": import_regions,
+        "units": import_units,
+        "assets": lambda c, p: import_assets(c, p, scheme),
+        "devices": import_devices,
+        "roads": import_roads,
+    }
+    return {
+        part: importers[part](conn, folder / name)
+        for part, name in BUNDLE_FILES
+        if (folder / name).exists()
+    }
 
 
 def show_asset(conn: psycopg.Connection, code: str) -> dict[str, Any] | None:
