@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import logging
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import psycopg
 import typer
 from prometheus_client import CollectorRegistry, start_http_server
-from rich.console import Console
 from rich.table import Table
 
 from cityops import db, services
@@ -25,6 +23,8 @@ from cityops.settings import (
     load_settings,
     resolve_config_path,
 )
+from cityops.simulate import sim_app
+from cityops.terminal import ConfigOption, err, fail, out, settings_from, setup_logging
 from devices import registry
 from ingest.contract import json_schema
 from ingest.metrics import IngestMetrics
@@ -41,38 +41,10 @@ assets_app = typer.Typer(help="The component dictionary (16-digit codes).", no_a
 devices_app = typer.Typer(help="The device registry.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(assets_app, name="assets")
+city_app = typer.Typer(help="A whole city's registry at once.", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="Settings file (TOML). Default: $CITYOPS_CONFIG, else ./config/cityops.toml.",
-        dir_okay=False,
-    ),
-]
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
-    raise typer.Exit(code)
-
-
-def _settings(config: Path | None) -> Settings:
-    try:
-        return load_settings(config)
-    except SettingsError as exc:
-        _fail(str(exc), 2)
-
-
-def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+app.add_typer(city_app, name="city")
+app.add_typer(sim_app, name="sim")
 
 
 @config_app.command("check")
@@ -95,14 +67,14 @@ def config_check(
 @app.command()
 def migrate(config: ConfigOption = None) -> None:
     """Create or upgrade the schema (creating the database if needed); report the storage path."""
-    _logging()
-    settings = _settings(config)
+    setup_logging()
+    settings = settings_from(config)
     try:
         if db.ensure_database(settings.database):
             out.print(f"created database {settings.database.url}", highlight=False)
         report = db.migrate(settings.database)
     except (psycopg.OperationalError, db.MigrationError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     applied = ", ".join(report.applied) or "nothing (schema is current)"
     out.print(f"storage path: {report.path.value}", highlight=False)
     out.print(f"applied: {applied}", highlight=False)
@@ -122,8 +94,8 @@ MetricsPortOption = Annotated[
 @app.command()
 def ingest(config: ConfigOption = None, metrics_port: MetricsPortOption = None) -> None:
     """Move telemetry from MQTT into the database until SIGTERM or Ctrl-C, losing nothing."""
-    _logging()
-    _ingest(_settings(config), metrics_port)
+    setup_logging()
+    _ingest(settings_from(config), metrics_port)
 
 
 @app.command()
@@ -135,8 +107,8 @@ def run(
     ] = Path(".cityops"),
 ) -> None:
     """Migrate, then ingest; where the default database or broker does not answer, embed one."""
-    _logging()
-    settings = _settings(config)
+    setup_logging()
+    settings = settings_from(config)
     given_db = None if settings.database.url == DatabaseSettings().url else settings.database.url
     given_mqtt = None if settings.mqtt.url == MqttSettings().url else settings.mqtt.url
     workdir = workdir.resolve()
@@ -155,7 +127,7 @@ def run(
             db.ensure_database(settings.database)
             report = db.migrate(settings.database)
         except (psycopg.OperationalError, db.MigrationError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
         out.print(
             f"database {database_url} ({report.path.value}), broker {mqtt_url}", highlight=False
         )
@@ -169,7 +141,7 @@ def _ingest(settings: Settings, metrics_port: int | None) -> None:
     except psycopg.OperationalError:
         pass  # the worker waits for the database itself
     except (db.MigrationError, psycopg.errors.UndefinedTable):
-        _fail("the schema is missing: run `cityops migrate` first")
+        fail("the schema is missing: run `cityops migrate` first")
     prometheus = CollectorRegistry()
     port = settings.metrics.port if metrics_port is None else metrics_port
     server = start_http_server(port, settings.metrics.host, prometheus) if port else None
@@ -185,7 +157,7 @@ def _ingest(settings: Settings, metrics_port: int | None) -> None:
     try:
         worker.run(stop)
     except BrokerUnavailableError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         if server is not None:
             server[0].shutdown()
@@ -198,7 +170,7 @@ def contract() -> None:
 
 
 def _import(kind: str, file: Path, config: Path | None) -> None:
-    settings = _settings(config)
+    settings = settings_from(config)
     try:
         with db.connect(settings.database) as conn:
             if kind == "assets":
@@ -208,9 +180,9 @@ def _import(kind: str, file: Path, config: Path | None) -> None:
     except registry.ImportRejectedError as exc:
         for where, message in exc.problems:
             err.print(f"{file}: {where}: {message}", highlight=False, markup=False)
-        _fail(f"{len(exc.problems)} problems; nothing imported")
+        fail(f"{len(exc.problems)} problems; nothing imported")
     except (registry.RegistryError, OSError, ValueError, psycopg.OperationalError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out.print(
         f"{file}: {report.rows} {kind} ({report.created} new, {report.updated} updated)",
         highlight=False,
@@ -229,14 +201,14 @@ def assets_import(
 @assets_app.command("show")
 def assets_show(code: str, config: ConfigOption = None) -> None:
     """Show one component with its units and bound devices."""
-    settings = _settings(config)
+    settings = settings_from(config)
     try:
         with db.connect(settings.database) as conn:
             asset = registry.show_asset(conn, code)
     except psycopg.OperationalError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if asset is None:
-        _fail(f"no component with code {code}")
+        fail(f"no component with code {code}")
     table = Table(show_header=False, box=None)
     for key, value in asset.items():
         table.add_row(key, _text(value))
@@ -256,6 +228,36 @@ def devices_import(
 ) -> None:
     """Import devices (all rows or none); only device_id and type are required."""
     _import("devices", file, config)
+
+
+@city_app.command("import")
+def city_import(
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            help="A bundle: regions.geojson, units.csv, assets.csv, devices.csv, roads.geojson.",
+            exists=True,
+            file_okay=False,
+        ),
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """Import a city bundle in dependency order; each file all or nothing."""
+    settings = settings_from(config)
+    try:
+        with db.connect(settings.database) as conn:
+            reports = registry.import_bundle(conn, folder, settings.registry.scheme)
+    except registry.ImportRejectedError as exc:
+        for where, message in exc.problems:
+            err.print(f"{where}: {message}", highlight=False, markup=False)
+        fail(f"{len(exc.problems)} problems; that file and the ones after it were not imported")
+    except (registry.RegistryError, OSError, ValueError, psycopg.OperationalError) as exc:
+        fail(str(exc))
+    for part, report in reports.items():
+        out.print(
+            f"{part}: {report.rows} ({report.created} new, {report.updated} updated)",
+            highlight=False,
+        )
 
 
 def main() -> None:

@@ -129,7 +129,7 @@ def generate(spec: CitySpec) -> City:
         n_lamps = lamps_left // districts_left
         covers_left -= n_covers
         lamps_left -= n_lamps
-        _district(city, rng, frame, d, x0, y0, n_covers, n_lamps)
+        _district(city, rng, frame, d, x0=x0, y0=y0, n_covers=n_covers, n_lamps=n_lamps)
     return city
 
 
@@ -138,6 +138,7 @@ def _district(
     rng: np.random.Generator,
     frame: _Frame,
     d: int,
+    *,
     x0: float,
     y0: float,
     n_covers: int,
@@ -207,8 +208,10 @@ def _district(
     city.units.sort(key=lambda u: ("city", "district", "street").index(u["level"]))
 
     roads = _roads(city, frame, district_id, x0, y0)
-    _covers(city, rng, frame, district_id, division, roads, n_covers)
-    _lamps(city, rng, frame, district_id, division, roads, n_lamps)
+    _covers(
+        city, rng, frame, district_id=district_id, division=division, roads=roads, count=n_covers
+    )
+    _lamps(city, rng, frame, district_id=district_id, division=division, roads=roads, count=n_lamps)
     for k in range(spec.sweepers_per_district):
         city.devices.append(
             {
@@ -283,6 +286,7 @@ def _covers(
     city: City,
     rng: np.random.Generator,
     frame: _Frame,
+    *,
     district_id: str,
     division: str,
     roads: list[tuple[str, tuple[float, float], tuple[float, float], bool]],
@@ -329,6 +333,7 @@ def _lamps(
     city: City,
     rng: np.random.Generator,
     frame: _Frame,
+    *,
     district_id: str,
     division: str,
     roads: list[tuple[str, tuple[float, float], tuple[float, float], bool]],

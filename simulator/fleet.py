@@ -1,0 +1,394 @@
+"""Device behaviour: the messages a city's fleet publishes over a stretch of simulated time.
+
+``simulate`` returns the whole run as a time-ordered list of publications plus the faults that
+were injected (with the times they actually showed in the messages). Each device draws from its
+own random stream, so the same city, scenario, seed and times give the same messages.
+
+- Covers send a heartbeat every ``cover_heartbeat_s`` and report alarms and recoveries at once.
+- Lamps follow the astronomical clock (on from sunset to sunrise, dimmed after midnight); each
+  control cabinet publishes its lamps' readings as one gateway batch every ``lamp_report_s``.
+- Sweepers work their district's segments in the plan's window (from 00:00 local): brushes down
+  at 3-8 km/h along a segment, brushes up at ~20 km/h between segments, a GPS fix every
+  ``gps_interval_s`` with ~5 m of noise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from astral import Observer
+from astral.sun import sunrise, sunset
+
+from simulator.city import City
+from simulator.scenario import Fault, Scenario, SubjectType, plan_faults
+
+_M_PER_DEG = 111_320.0
+_TILT_ALARM_DEG = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """Timing of a simulated run."""
+
+    start: float  # epoch seconds
+    duration_s: float
+    seed: int = 1
+    cover_heartbeat_s: float = 3600.0
+    lamp_report_s: float = 300.0
+    gps_interval_s: float = 1.0
+    gps_noise_m: float = 5.0
+    utc_offset_h: float = 8.0
+    dim_after_midnight_pct: float = 60.0
+
+
+@dataclass(order=True, frozen=True, slots=True)
+class Publication:
+    """One message: when (simulated epoch seconds), where, what."""
+
+    t: float
+    topic: str
+    payload: bytes = field(compare=False)
+
+
+@dataclass(slots=True)
+class Run:
+    """What a simulated run publishes and what it broke."""
+
+    publications: list[Publication]
+    faults: list[Fault]
+
+
+def _ms(t: float) -> int:
+    return round(t * 1000)
+
+
+def _pub(out: list[Publication], t: float, topic: str, body: Any) -> None:
+    out.append(Publication(round(t, 3), topic, json.dumps(body, separators=(",", ":")).encode()))
+
+
+def _device_rng(seed: int, name: str) -> np.random.Generator:
+    return np.random.default_rng([seed, *name.encode()])
+
+
+def simulate(city: City, scenario: Scenario, options: RunOptions) -> Run:
+    """Every message the fleet publishes in the run, in time order, and the injected faults."""
+    end = options.start + options.duration_s
+    covers = [d for d in city.devices if d["type"] == "manhole"]
+    lamps = [d for d in city.devices if d["type"] == "light"]
+    sweepers = [d for d in city.devices if d["type"] == "sweeper"]
+    cabinets = sorted({d["gateway_id"] for d in lamps})
+    subjects: dict[SubjectType, list[str]] = {
+        "manhole": [d["device_id"] for d in covers],
+        "light": [d["device_id"] for d in lamps],
+        "cabinet": cabinets,
+        "sweeper": [d["device_id"] for d in sweepers],
+        "segment": [r["segment_id"] for r in city.roads],
+    }
+    planned = plan_faults(scenario, subjects, options.start, end, options.seed)
+    by_subject: dict[str, list[Fault]] = {}
+    for fault in planned:
+        by_subject.setdefault(fault.subject, []).append(fault)
+    out: list[Publication] = []
+    angles = {a["code"]: a["properties"].get("installed_angle_deg", 0.0) for a in city.assets}
+    for device in covers:
+        faults_of = by_subject.get(device["device_id"], [])
+        _cover(out, device, angles.get(device["asset_code"], 0.0), faults_of, options)
+    _cabinets(out, city, lamps, by_subject, options)
+    faults = [f for f in planned if f.subject_type not in ("segment", "sweeper")]
+    for device in sweepers:
+        faults += _sweeper(out, city, device, sweepers=sweepers, by_subject=by_subject, o=options)
+    out.sort()
+    # the ground truth covers the run: a fault still going on at its end ends there
+    return Run(out, [replace(f, end=min(f.end, end)) for f in faults])
+
+
+# -- covers ---------------------------------------------------------------------------------
+
+
+def _cover(
+    out: list[Publication],
+    device: dict[str, Any],
+    angle: float,
+    faults: list[Fault],
+    o: RunOptions,
+) -> None:
+    rng = _device_rng(o.seed, device["device_id"])
+    topic = f"cityops/v1/manhole/{device['device_id']}"
+    end = o.start + o.duration_s
+    battery = float(rng.uniform(60, 100))
+    rssi = float(rng.uniform(-110, -70))
+    offline = [(f.start, f.end) for f in faults if f.kind == "sensor_offline"]
+
+    def silent(t: float) -> bool:
+        return any(a <= t < b for a, b in offline)
+
+    def state(t: float) -> dict[str, Any]:
+        tilt, opened, water, batt = angle, False, 35.0, battery
+        for f in faults:
+            if not f.start <= t < f.end:
+                continue
+            progress = (t - f.start) / max(f.end - f.start, 1.0)
+            if f.kind == "cover_displaced":
+                tilt = angle + 25.0
+            elif f.kind == "cover_open":
+                tilt, opened = 95.0, True
+            elif f.kind == "water_rising":
+                water = 35.0 + 140.0 * progress
+            elif f.kind == "battery_drain":
+                batt = battery * (1 - progress) + 3.0 * progress
+        return {
+            "tilt_deg": round(tilt + float(rng.normal(0, 0.2)), 1),
+            "cover_open": opened,
+            "water_level_cm": round(water, 1),
+            "battery_pct": round(batt, 1),
+            "rssi_dbm": round(rssi + float(rng.normal(0, 2)), 1),
+            "temp_c": 4.0,
+        }
+
+    t = o.start + float(rng.uniform(0, o.cover_heartbeat_s))
+    while t < end:
+        if not silent(t):
+            _pub(out, t, f"{topic}/telemetry", {"ts": _ms(t), **state(t)})
+        t += o.cover_heartbeat_s
+    for f in faults:
+        if f.kind in ("cover_displaced", "cover_open"):
+            alarm = "tilt_alarm" if f.kind == "cover_displaced" else "cover_open"
+            _pub(
+                out,
+                f.start,
+                f"{topic}/event",
+                {"ts": _ms(f.start), **state(f.start), "event": alarm},
+            )
+            if f.end < end:
+                _pub(
+                    out,
+                    f.end,
+                    f"{topic}/event",
+                    {"ts": _ms(f.end), **state(f.end), "event": "recovered"},
+                )
+        elif f.kind == "cover_loose":
+            spike = f.start
+            while spike < f.end:  # a passing wheel lifts the cover for about a second
+                _pub(
+                    out,
+                    spike,
+                    f"{topic}/event",
+                    {"ts": _ms(spike), "tilt_deg": angle + 14.0, "event": "tilt_alarm"},
+                )
+                _pub(
+                    out,
+                    spike + 1,
+                    f"{topic}/event",
+                    {"ts": _ms(spike + 1), "tilt_deg": angle, "event": "recovered"},
+                )
+                spike += float(rng.uniform(60, 300))
+        elif f.kind in ("water_rising", "battery_drain"):
+            step = f.start
+            while step < min(f.end, end):
+                body = {"ts": _ms(step), **state(step)}
+                if f.kind == "water_rising" and body["water_level_cm"] > 100:
+                    body["event"] = "water_high"
+                _pub(out, step, f"{topic}/telemetry", body)
+                step += 300.0
+
+
+# -- lamps ----------------------------------------------------------------------------------
+
+
+def _sun_times(city: City, day: datetime) -> tuple[float, float]:
+    observer = Observer(latitude=city.spec.center_lat, longitude=city.spec.center_lon)
+    return (
+        sunset(observer, day.date(), tzinfo=UTC).timestamp(),
+        sunrise(observer, day.date(), tzinfo=UTC).timestamp(),
+    )
+
+
+def _is_dark(city: City, t: float, cache: dict[str, tuple[float, float]]) -> bool:
+    now = datetime.fromtimestamp(t, tz=UTC)
+    for day in (now - timedelta(days=1), now):
+        key = day.date().isoformat()
+        if key not in cache:
+            dusk, _ = _sun_times(city, day)
+            _, dawn = _sun_times(city, day + timedelta(days=1))
+            cache[key] = (dusk, dawn)
+        dusk, dawn = cache[key]
+        if dusk <= t < dawn:
+            return True
+    return False
+
+
+def _cabinets(
+    out: list[Publication],
+    city: City,
+    lamps: list[dict[str, Any]],
+    by_subject: dict[str, list[Fault]],
+    o: RunOptions,
+) -> None:
+    rated = {a["code"]: a["properties"].get("rated_power_w", 150.0) for a in city.assets}
+    members: dict[str, list[dict[str, Any]]] = {}
+    for lamp in lamps:
+        members.setdefault(lamp["gateway_id"], []).append(lamp)
+    sun: dict[str, tuple[float, float]] = {}
+    end = o.start + o.duration_s
+    for cabinet, its_lamps in sorted(members.items()):
+        rng = _device_rng(o.seed, cabinet)
+        energy = {lamp["device_id"]: float(rng.uniform(100, 5000)) for lamp in its_lamps}
+        outages = by_subject.get(cabinet, [])
+        t = o.start + float(rng.uniform(0, o.lamp_report_s))
+        while t < end:
+            dark = _is_dark(city, t, sun)
+            local_hour = (t / 3600 + o.utc_offset_h) % 24
+            dim = o.dim_after_midnight_pct if dark and 1 <= local_hour < 5 else 100.0
+            cut = any(f.start <= t < f.end for f in outages)
+            batch = []
+            for lamp in its_lamps:
+                faults = [f for f in by_subject.get(lamp["device_id"], []) if f.start <= t < f.end]
+                kinds = {f.kind for f in faults}
+                on = (dark or "day_burner" in kinds) and not cut
+                power = rated[lamp["asset_code"]] * dim / 100 if on else 0.0
+                pf, fault_code = 0.95, 0
+                if "lamp_out" in kinds and on:
+                    power, fault_code = 0.0, 1
+                if "lamp_degraded" in kinds and on:
+                    power *= 0.5
+                if "low_power_factor" in kinds and on:
+                    pf = 0.55
+                volts = 0.0 if cut else round(float(rng.normal(220, 2)), 1)
+                power = round(power * float(rng.normal(1, 0.01)), 1) if power else 0.0
+                energy[lamp["device_id"]] += power * o.lamp_report_s / 3.6e6
+                batch.append(
+                    {
+                        "device_id": lamp["device_id"],
+                        "ts": _ms(t),
+                        "values": {
+                            "lamp_on": on,
+                            "dim_pct": dim if on else 0.0,
+                            "voltage_v": volts,
+                            "current_a": round(power / (volts * pf), 3) if power and volts else 0.0,
+                            "power_w": power,
+                            "power_factor": pf if power else 0.0,
+                            "energy_kwh": round(energy[lamp["device_id"]], 3),
+                            "fault_code": 64 if cut else fault_code,
+                        },
+                    }
+                )
+            _pub(out, t, f"cityops/v1/gateway/{cabinet}/batch", batch)
+            t += o.lamp_report_s
+
+
+# -- sweepers -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Pass:
+    segment_id: str
+    a: tuple[float, float]  # lon, lat
+    b: tuple[float, float]
+    length_m: float
+
+
+def _route(city: City, device: dict[str, Any], sweepers: list[dict[str, Any]]) -> list[_Pass]:
+    mates = sorted(s["device_id"] for s in sweepers if s["region_id"] == device["region_id"])
+    k = mates.index(device["device_id"])
+    roads = [r for r in city.roads if r["region_id"] == device["region_id"]]
+    passes = []
+    for i, road in enumerate(roads):
+        if i % len(mates) != k:
+            continue
+        a, b = (tuple(p) for p in road["geometry"]["coordinates"][:2])
+        for n in range(road["required_passes"]):
+            ends = (a, b) if n % 2 == 0 else (b, a)
+            passes.append(_Pass(road["segment_id"], *ends, road["length_m"]))
+    return passes
+
+
+def _sweeper(
+    out: list[Publication],
+    city: City,
+    device: dict[str, Any],
+    *,
+    sweepers: list[dict[str, Any]],
+    by_subject: dict[str, list[Fault]],
+    o: RunOptions,
+) -> list[Fault]:
+    """Drive the route; return the sweeper's and its segments' faults with their real times."""
+    rng = _device_rng(o.seed, device["device_id"])
+    topic = f"cityops/v1/sweeper/{device['device_id']}/telemetry"
+    end = o.start + o.duration_s
+    local_midnight = (
+        math.floor((o.start / 3600 + o.utc_offset_h) / 24) * 86400 - o.utc_offset_h * 3600
+    )
+    t = max(
+        o.start, local_midnight + 86400 if o.start - local_midnight > 6.5 * 3600 else local_midnight
+    )
+    t += float(rng.uniform(0, 120))
+    gaps = [f for f in by_subject.get(device["device_id"], []) if f.kind == "gps_gap"]
+    cos_lat = math.cos(math.radians(city.spec.center_lat))
+    noise_deg = o.gps_noise_m / _M_PER_DEG
+    truths: list[Fault] = list(gaps)
+    here: tuple[float, float] | None = None
+
+    def drive(
+        a: tuple[float, float],
+        b: tuple[float, float],
+        length_m: float,
+        speed_kmh: float,
+        brush: bool,
+    ) -> None:
+        nonlocal t
+        duration = length_m / (speed_kmh / 3.6)
+        steps = max(1, int(duration / o.gps_interval_s))
+        heading = math.degrees(math.atan2((b[0] - a[0]) * cos_lat, b[1] - a[1])) % 360
+        for s in range(steps):
+            if t >= end:
+                return
+            f = s / steps
+            if not any(g.start <= t < g.end for g in gaps):
+                _pub(
+                    out,
+                    t,
+                    topic,
+                    {
+                        "ts": _ms(t),
+                        "lat": round(a[1] + (b[1] - a[1]) * f + float(rng.normal(0, noise_deg)), 7),
+                        "lon": round(
+                            a[0] + (b[0] - a[0]) * f + float(rng.normal(0, noise_deg / cos_lat)), 7
+                        ),
+                        "speed_kmh": round(speed_kmh + float(rng.normal(0, 0.3)), 1),
+                        "heading_deg": round(heading, 1),
+                        "brush_on": brush,
+                        "spray_on": brush,
+                    },
+                )
+            t += duration / steps
+
+    done: set[Fault] = set()  # a fast or brushes-up fault spoils the segment's first pass only
+    for step in _route(city, device, sweepers):
+        kinds = {f.kind: f for f in by_subject.get(step.segment_id, []) if f not in done}
+        if "segment_skipped" in kinds:  # every pass of the segment is left out
+            skipped = kinds["segment_skipped"]
+            if skipped not in done:
+                truths.append(replace(skipped, start=o.start, end=end))
+                done.add(skipped)
+            continue
+        if here is not None and here != step.a:
+            gap_m = math.hypot((step.a[0] - here[0]) * cos_lat, step.a[1] - here[1]) * _M_PER_DEG
+            drive(here, step.a, gap_m, 20.0, brush=False)
+        began = t
+        speed = (
+            float(rng.uniform(12, 15)) if "sweeping_too_fast" in kinds else float(rng.uniform(3, 8))
+        )
+        drive(step.a, step.b, step.length_m, speed, brush="brushes_up" not in kinds)
+        for kind in ("sweeping_too_fast", "brushes_up"):
+            if kind in kinds and began < end:
+                truths.append(replace(kinds[kind], start=began, end=min(t, end)))
+                done.add(kinds[kind])
+        here = step.b
+        if t >= end:
+            break
+    return truths

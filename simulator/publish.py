@@ -1,0 +1,182 @@
+"""Publishing over MQTT, and abuse mode.
+
+A run is published paced by the simulated clock, at a target rate, or flat out. Abuse mode
+publishes bad input and says which quarantine reasons (and duplicates) it must produce.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from simulator.city import City
+from simulator.fleet import Publication
+
+_AHEAD_S = 0.005  # sleep only when this far ahead of schedule
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOptions:
+    """Where and how fast to publish."""
+
+    url: str
+    protocol: Literal["5", "3.1.1"] = "5"
+    qos: Literal[0, 1] = 1
+    speed: float = 60.0  # simulated seconds per wall second; 0 publishes flat out
+    rate: float | None = None  # messages per second, ignoring simulated time
+
+
+@dataclass(frozen=True, slots=True)
+class PublishReport:
+    """What a publisher achieved."""
+
+    messages: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        """Messages per wall-clock second."""
+        return self.messages / self.seconds if self.seconds else 0.0
+
+
+class PublishError(Exception):
+    """The broker could not be reached or did not take the messages."""
+
+
+def _connect(options: PublishOptions) -> mqtt.Client:
+    parts = urlsplit(options.url)
+    protocol = (
+        MQTTProtocolVersion.MQTTv5 if options.protocol == "5" else MQTTProtocolVersion.MQTTv311
+    )
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"cityops-sim-{uuid.uuid4().hex[:8]}",
+        protocol=protocol,
+    )
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    if parts.username:
+        client.username_pw_set(parts.username, parts.password)
+    if parts.scheme == "mqtts":
+        client.tls_set()
+    try:
+        client.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
+    except OSError as exc:
+        msg = f"cannot reach the MQTT broker at {options.url}: {exc}"
+        raise PublishError(msg) from exc
+    client.loop_start()
+    return client
+
+
+def publish(
+    publications: Sequence[Publication], options: PublishOptions, stop: threading.Event
+) -> PublishReport:
+    """Publish in order until done or ``stop``; wait until the broker has every QoS 1 message."""
+    client = _connect(options)
+    started = time.monotonic()
+    first_t = publications[0].t if publications else 0.0
+    sent = 0
+    last: mqtt.MQTTMessageInfo | None = None
+    try:
+        for i, pub in enumerate(publications):
+            if options.rate:
+                due = started + i / options.rate
+            elif options.speed > 0:
+                due = started + (pub.t - first_t) / options.speed
+            else:
+                due = 0.0
+            ahead = due - time.monotonic()
+            if ahead > _AHEAD_S and stop.wait(ahead):
+                break
+            if stop.is_set():
+                break
+            last = client.publish(pub.topic, pub.payload, qos=options.qos)
+            sent += 1
+        if last is not None and options.qos:
+            last.wait_for_publish(timeout=120)
+            if not last.is_published():
+                msg = "the broker did not acknowledge the last message within 120 s"
+                raise PublishError(msg)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return PublishReport(sent, time.monotonic() - started)
+
+
+#: Abuse kinds and the quarantine reason each produces (None: stored once, counted duplicate).
+ABUSE_KINDS: dict[str, str | None] = {
+    "malformed_json": "malformed_json",
+    "wrong_type": "wrong_type",
+    "out_of_range": "out_of_range",
+    "missing_field": "missing_field",
+    "unknown_field": "unknown_field",
+    "unknown_device": "unknown_device",
+    "future_timestamp": "future_timestamp",
+    "oversized": "oversized",
+    "bad_topic": "bad_topic",
+    "duplicate": None,
+    "replayed": None,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AbuseBatch:
+    """Bad messages to publish and what ingest should make of them."""
+
+    messages: list[tuple[str, bytes]]
+    quarantine: Counter[str]
+    duplicates: int
+
+
+def abuse_messages(city: City, kinds: Sequence[str], count: int, now_ms: int) -> AbuseBatch:
+    """``count`` messages of each kind, aimed at the city's first cover and sweeper."""
+    cover = next(d["device_id"] for d in city.devices if d["type"] == "manhole")
+    sweeper = next(d["device_id"] for d in city.devices if d["type"] == "sweeper")
+    cover_topic = f"cityops/v1/manhole/{cover}/telemetry"
+
+    def body(ts: int, **changes: object) -> bytes:
+        return json.dumps({"ts": ts, "tilt_deg": 1.5, **changes}).encode()
+
+    makers: dict[str, Callable[[int, int], tuple[str, bytes]]] = {
+        "malformed_json": lambda ts, _: (cover_topic, body(ts)[:-8]),
+        "wrong_type": lambda ts, _: (cover_topic, body(ts, tilt_deg="steep")),
+        "out_of_range": lambda ts, _: (cover_topic, body(ts, battery_pct=140)),
+        "missing_field": lambda ts, _: (
+            f"cityops/v1/sweeper/{sweeper}/telemetry",
+            json.dumps({"ts": ts, "lat": 41.8}).encode(),
+        ),
+        "unknown_field": lambda ts, _: (cover_topic, body(ts, tilt=3)),
+        "unknown_device": lambda ts, n: (f"cityops/v1/manhole/nobody-{n}/telemetry", body(ts)),
+        "future_timestamp": lambda _, n: (cover_topic, body(now_ms + 86_400_000 + n)),
+        "oversized": lambda ts, _: (cover_topic, body(ts, pad="x" * 300_000)),
+        "bad_topic": lambda ts, _: (f"cityops/v1/manhole/{cover}", body(ts)),
+        "duplicate": lambda ts, _: (cover_topic, body(ts)),
+        "replayed": lambda ts, _: (cover_topic, body(ts - 86_400_000)),
+    }
+    messages: list[tuple[str, bytes]] = []
+    quarantine: Counter[str] = Counter()
+    duplicates = 0
+    for kind in kinds:
+        if kind not in makers:
+            msg = f"unknown abuse kind {kind!r}; known: {', '.join(ABUSE_KINDS)}"
+            raise ValueError(msg)
+        for n in range(count):
+            message = makers[kind](now_ms - 3_600_000 + n, n)  # distinct, an hour old
+            messages.append(message)
+            reason = ABUSE_KINDS[kind]
+            if reason is None:  # sent again: the second copy must count as a duplicate
+                messages.append(message)
+                duplicates += 1
+            else:
+                quarantine[reason] += 1
+    return AbuseBatch(messages, quarantine, duplicates)
