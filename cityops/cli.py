@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +18,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from rich.table import Table
 
 from cityops import db, services
+from cityops.demo import run_demo
 from cityops.settings import (
     DatabaseSettings,
     MqttSettings,
@@ -108,10 +112,15 @@ def run(
 ) -> None:
     """Migrate, then ingest; where the default database or broker does not answer, embed one."""
     setup_logging()
-    settings = settings_from(config)
+    with prepared_services(settings_from(config), workdir.resolve()) as settings:
+        _ingest(settings, metrics_port)
+
+
+@contextlib.contextmanager
+def prepared_services(settings: Settings, workdir: Path) -> Iterator[Settings]:
+    """Settings pointing at a migrated database and a broker, embedded where none answers."""
     given_db = None if settings.database.url == DatabaseSettings().url else settings.database.url
     given_mqtt = None if settings.mqtt.url == MqttSettings().url else settings.mqtt.url
-    workdir = workdir.resolve()
     with (
         services.database_service(given_db, workdir) as server_url,
         services.broker_service(given_mqtt, workdir) as mqtt_url,
@@ -131,7 +140,7 @@ def run(
         out.print(
             f"database {database_url} ({report.path.value}), broker {mqtt_url}", highlight=False
         )
-        _ingest(settings, metrics_port)
+        yield settings
 
 
 def _ingest(settings: Settings, metrics_port: int | None) -> None:
@@ -228,6 +237,38 @@ def devices_import(
 ) -> None:
     """Import devices (all rows or none); only device_id and type are required."""
     _import("devices", file, config)
+
+
+@app.command()
+def demo(
+    config: ConfigOption = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: at Ctrl-C).")
+    ] = None,
+    speed: Annotated[float, typer.Option(help="Simulated seconds per second.", min=1)] = 60.0,
+    workdir: Annotated[
+        Path, typer.Option(help="Embedded services' data and the demo city.", file_okay=False)
+    ] = Path(".cityops"),
+) -> None:
+    """Run a simulated city end to end: services, migrations, fleet with faults, ingest, live view.
+
+    Uses the database and broker of the settings, or embedded ones where the defaults do not
+    answer; Ctrl-C stops everything cleanly.
+    """
+    logging.basicConfig(level=logging.WARNING)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    workdir = workdir.resolve()
+    with prepared_services(settings_from(config), workdir) as settings:
+        summary = run_demo(
+            settings, workdir=workdir, speed=speed, duration_s=duration, stop=stop, console=out
+        )
+    out.print(
+        f"stopped: {summary.published:,} messages published, {summary.stored:,} readings stored, "
+        f"{summary.quarantined:,} quarantined, {summary.faults} faults injected",
+        highlight=False,
+    )
 
 
 @city_app.command("import")

@@ -1,0 +1,190 @@
+"""The demo: a small simulated city, its fleet publishing, ingest storing, progress live.
+
+It imports a generated city into the database, replays the last hour of its fleet (one night
+hour, with a few injected faults) at ``speed`` times real time through the broker, runs ingest
+beside it, and shows readings per second, devices reporting and the quarantine until stopped.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from prometheus_client import CollectorRegistry
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from cityops import db
+from cityops.settings import Settings
+from devices import registry
+from ingest.metrics import IngestMetrics
+from ingest.worker import IngestWorker
+from simulator.city import CitySpec, generate, write_bundle
+from simulator.fleet import Publication, RunOptions, simulate
+from simulator.publish import PublishOptions, publish
+from simulator.scenario import Scenario
+
+logger = logging.getLogger(__name__)
+
+DEMO_CITY = CitySpec(seed=1, districts=1, covers=200, lamps=120, sweepers_per_district=2)
+DEMO_FAULTS = Scenario(
+    rates={
+        "cover_displaced": 0.02,
+        "cover_loose": 0.01,
+        "water_rising": 0.01,
+        "lamp_out": 0.04,
+        "lamp_degraded": 0.02,
+        "cabinet_outage": 0.34,
+        "sweeping_too_fast": 0.03,
+        "brushes_up": 0.03,
+        "gps_gap": 0.5,
+    }
+)
+_RUN_S = 3600.0
+_LOCAL_UTC_OFFSET_S = 8 * 3600
+_NIGHT_START_S = 23 * 3600 + 55 * 60  # 23:55 local: lamps on, sweeping starts at midnight
+
+
+@dataclass(frozen=True, slots=True)
+class DemoSummary:
+    """What a demo did."""
+
+    published: int
+    stored: int
+    quarantined: int
+    faults: int
+
+
+def last_night_start(now: float) -> float:
+    """The latest 23:55 local whose following hour has already passed (timestamps stay past)."""
+    day = math.floor((now + _LOCAL_UTC_OFFSET_S) / 86400) * 86400 - _LOCAL_UTC_OFFSET_S
+    start = day + _NIGHT_START_S
+    while start + _RUN_S > now:
+        start -= 86400
+    return start
+
+
+def _counts(conn: psycopg.Connection) -> tuple[int, int, int]:
+    row = conn.execute(
+        "select (select count(*) from manhole_readings) + (select count(*) from light_readings)"
+        " + (select count(*) from sweeper_readings), "
+        "(select count(*) from devices where last_seen is not null), "
+        "(select count(*) from quarantine)"
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def _view(
+    elapsed: float,
+    stored: int,
+    rate: float,
+    reporting: int,
+    devices: int,
+    quarantined: int,
+    faults: int,
+    published: int,
+) -> Table:
+    table = Table(title=f"cityops demo: {DEMO_CITY.name}", show_header=False, min_width=48)
+    table.add_row("running", f"{elapsed:.0f} s (Ctrl-C stops)")
+    table.add_row("messages published", f"{published:,}")
+    table.add_row("readings stored", f"{stored:,}")
+    table.add_row("readings per second", f"{rate:,.0f}")
+    table.add_row("devices reporting", f"{reporting} of {devices}")
+    table.add_row("quarantined", f"{quarantined:,}")
+    table.add_row("faults injected", f"{faults} (ground truth in the city folder)")
+    return table
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    workdir: Path,
+    speed: float,
+    duration_s: float | None,
+    stop: threading.Event,
+    console: Console,
+) -> DemoSummary:
+    """Run the demo until ``stop`` or ``duration_s``; stop everything cleanly."""
+    city = generate(DEMO_CITY)
+    bundle = workdir / "city"
+    write_bundle(city, bundle)
+    with db.connect(settings.database) as conn:
+        registry.import_bundle(conn, bundle, settings.registry.scheme)
+        base_stored, _, base_quarantined = _counts(conn)
+    fleet = simulate(
+        city,
+        DEMO_FAULTS,
+        RunOptions(start=last_night_start(time.time()), duration_s=_RUN_S, seed=DEMO_CITY.seed),
+    )
+    (bundle / "ground_truth.jsonl").write_text(
+        "".join(f.truth_line() + "\n" for f in fleet.faults), encoding="utf-8"
+    )
+    worker = IngestWorker(
+        database=settings.database,
+        mqtt_settings=settings.mqtt,
+        ingest=settings.ingest,
+        metrics=IngestMetrics(CollectorRegistry()),
+    )
+    ingest_thread = threading.Thread(target=worker.run, args=(stop,), name="ingest")
+    published: list[int] = []
+    options = PublishOptions(url=settings.mqtt.url, speed=speed)
+    publisher = threading.Thread(
+        target=lambda: published.append(publish(fleet.publications, options, stop).messages),
+        name="fleet",
+    )
+    ingest_thread.start()
+    publisher.start()
+    started = time.monotonic()
+    stored = quarantined = 0
+    try:
+        with (
+            db.connect(settings.database, autocommit=True) as conn,
+            Live(console=console, refresh_per_second=2) as live,
+        ):
+            last = (started, base_stored)
+            while not stop.wait(0.5):
+                total, reporting, q_total = _counts(conn)
+                now = time.monotonic()
+                rate = (total - last[1]) / max(now - last[0], 1e-3)
+                last = (now, total)
+                stored, quarantined = total - base_stored, q_total - base_quarantined
+                sent = (
+                    published[0]
+                    if published
+                    else _estimate(fleet.publications, speed, now - started)
+                )
+                live.update(
+                    _view(
+                        now - started,
+                        stored,
+                        rate,
+                        reporting,
+                        len(city.devices),
+                        quarantined,
+                        len(fleet.faults),
+                        sent,
+                    )
+                )
+                if duration_s is not None and now - started >= duration_s:
+                    stop.set()
+    finally:
+        stop.set()
+        publisher.join()
+        ingest_thread.join()
+    return DemoSummary(published[0] if published else 0, stored, quarantined, len(fleet.faults))
+
+
+def _estimate(publications: list[Publication], speed: float, elapsed_s: float) -> int:
+    """Messages due by now at ``speed`` (the publisher reports its total only at the end)."""
+    if not publications or speed <= 0:
+        return len(publications)
+    horizon = publications[0].t + elapsed_s * speed
+    return bisect.bisect_right(publications, horizon, key=lambda p: p.t)
