@@ -179,6 +179,7 @@ def run_demo(
         stop.set()
         publisher.join()
         ingest_thread.join()
+        console.print()
     return DemoSummary(published[0] if published else 0, stored, quarantined, len(fleet.faults))
 
 

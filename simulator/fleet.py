@@ -142,7 +142,7 @@ def _cover(
             elif f.kind == "battery_drain":
                 batt = battery * (1 - progress) + 3.0 * progress
         return {
-            "tilt_deg": round(tilt + float(rng.normal(0, 0.2)), 1),
+            "tilt_deg": round(abs(tilt + float(rng.normal(0, 0.2))), 1),  # a magnitude
             "cover_open": opened,
             "water_level_cm": round(water, 1),
             "battery_pct": round(batt, 1),
