@@ -1,0 +1,197 @@
+"""The simulator against real services: import, accelerated run with faults, abuse, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cityops.cli import app
+from tests.plugin import wait_for
+
+SCENARIO = """
+[rates]
+cover_displaced = 0.05
+sensor_offline = 0.05
+cabinet_outage = 0.5
+"""
+
+
+@pytest.fixture
+def cli(database_url: str, broker_url: str):
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        env = {
+            "CITYOPS_DATABASE_URL": database_url,
+            "CITYOPS_MQTT_URL": broker_url,
+            "CITYOPS_METRICS_PORT": "0",
+        }
+        return runner.invoke(app, list(args), env=env)
+
+    return invoke
+
+
+@pytest.fixture
+def bundle(cli, tmp_path: Path, tag: str) -> Path:
+    """A small generated city, imported; its seed is unique so its codes do not collide."""
+    folder = tmp_path / "city"
+    seed = int(tag, 16) % 10_000
+    created = cli(
+        "sim", "city", "--out", str(folder), "--seed", str(seed), "--covers", "60", "--lamps", "80"
+    )
+    assert created.exit_code == 0, created.output
+    return folder
+
+
+def test_a_generated_city_imports_with_no_rejected_row(cli, conn, bundle: Path) -> None:
+    manifest = json.loads((bundle / "city.json").read_text())
+    result = cli("city", "import", str(bundle))
+    assert result.exit_code == 0, result.output
+    for part in ("regions", "units", "assets", "devices", "roads"):
+        assert re.search(rf"^{part}: {manifest['counts'][part]} \(", result.output, re.M), part
+    devices = json.loads((bundle / "city.json").read_text())["counts"]["devices"]
+    assert devices == 60 + 80 + 2 + 2  # covers, lamps, cabinets (gateways), sweepers
+
+
+def test_accelerated_run_lands_every_device_type_and_faults_match_what_was_published(
+    cli, conn, bundle: Path, tmp_path: Path, make_settings, start_worker
+) -> None:
+    assert cli("city", "import", str(bundle)).exit_code == 0
+    running = start_worker(make_settings())
+    scenario = tmp_path / "faults.toml"
+    scenario.write_text(SCENARIO)
+    truth = tmp_path / "truth.jsonl"
+    result = cli(
+        "sim",
+        "run",
+        "--city",
+        str(bundle),
+        "--scenario",
+        str(scenario),
+        "--duration",
+        "20",
+        "--start",
+        "2026-11-25T23:55:00+08:00",
+        "--speed",
+        "0",
+        "--truth",
+        str(truth),
+    )
+    assert result.exit_code == 0, result.output
+    published = json.loads(result.output.strip().splitlines()[-1])["messages"]
+    wait_for(
+        lambda: (
+            running.metric("cityops_ingest_messages_total", device_type="manhole", result="stored")
+            + running.metric(
+                "cityops_ingest_messages_total", device_type="sweeper", result="stored"
+            )
+            + running.metric(
+                "cityops_ingest_messages_total", device_type="gateway", result="stored"
+            )
+            == published
+        ),
+        what=f"all {published} messages stored",
+    )
+    devices = tuple(d.split(",")[0] for d in (bundle / "devices.csv").read_text().splitlines()[1:])
+    for table in ("manhole_readings", "light_readings", "sweeper_readings"):
+        got = conn.execute(
+            f"select count(*) from {table} where device_id = any(%s)", (list(devices),)
+        ).fetchone()
+        assert got[0] > 0, table
+    faults = [json.loads(line) for line in truth.read_text().splitlines()]
+    kinds = {f["kind"] for f in faults}
+    assert {"cover_displaced", "sensor_offline", "cabinet_outage"} <= kinds
+    for fault in faults:
+        start, end = (datetime.fromisoformat(fault[k]) for k in ("start", "end"))
+        if fault["kind"] == "cover_displaced":
+            alarm = conn.execute(
+                "select ts from manhole_readings where device_id = %s and event = 'tilt_alarm'",
+                (fault["subject"],),
+            ).fetchall()
+            assert alarm == [(start,)]
+        elif fault["kind"] == "sensor_offline":
+            inside = conn.execute(
+                "select count(*) from manhole_readings where device_id = %s "
+                "and ts >= %s and ts < %s",
+                (fault["subject"], start, end),
+            )
+            assert inside.fetchone() == (0,)
+        elif fault["kind"] == "cabinet_outage":
+            cut = conn.execute(
+                "select min(r.ts), max(r.ts), count(*) from light_readings r join devices d "
+                "using (device_id) where d.gateway_id = %s and r.fault_code = 64",
+                (fault["subject"],),
+            ).fetchone()
+            assert cut[2] > 0
+            assert start <= cut[0]
+            assert cut[1] < end
+
+
+def test_abuse_mode_produces_exactly_the_quarantine_it_announced(
+    cli, conn, bundle: Path, make_settings, start_worker
+) -> None:
+    assert cli("city", "import", str(bundle)).exit_code == 0
+    running = start_worker(make_settings())
+    before = dict(conn.execute("select reason, count(*) from quarantine group by 1").fetchall())
+    result = cli("sim", "abuse", "--city", str(bundle), "--count", "2")
+    assert result.exit_code == 0, result.output
+    announced = json.loads(result.output.strip().splitlines()[-1])
+    total = announced["messages"]
+    wait_for(
+        lambda: (
+            sum(
+                running.metric("cityops_ingest_messages_total", device_type=t, result=r)
+                for t in ("manhole", "sweeper", "unknown")
+                for r in ("stored", "quarantined")
+            )
+            == total
+        ),
+        what=f"all {total} abuse messages handled",
+    )
+    after = dict(conn.execute("select reason, count(*) from quarantine group by 1").fetchall())
+    caused = {r: after.get(r, 0) - before.get(r, 0) for r in after}
+    assert {r: n for r, n in caused.items() if n} == announced["quarantine"]
+    assert (
+        running.metric("cityops_ingest_rows_total", kind="manhole", result="duplicate")
+        == announced["duplicates"]
+    )
+
+
+def test_demo_starts_ingests_and_stops_cleanly(database_url, broker_url, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "CITYOPS_DATABASE_URL": database_url,
+        "CITYOPS_MQTT_URL": broker_url,
+        "CITYOPS_METRICS_PORT": "0",
+        "CITYOPS_MQTT_CLIENT_ID": "demo-under-test",
+        "CITYOPS_MQTT_SHARED_GROUP": "demotest",
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cityops",
+            "demo",
+            "--duration",
+            "6",
+            "--workdir",
+            str(tmp_path / "demo"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    stored = re.search(r"([\d,]+) readings stored", done.stdout)
+    assert stored is not None, done.stdout
+    assert int(stored.group(1).replace(",", "")) > 0
+    assert (tmp_path / "demo" / "city" / "ground_truth.jsonl").read_text().strip()

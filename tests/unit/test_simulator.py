@@ -1,0 +1,140 @@
+"""The simulator without a broker: determinism, plans, faults in the message stream."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from simulator.city import CitySpec, generate, write_bundle
+from simulator.fleet import RunOptions, simulate
+from simulator.publish import ABUSE_KINDS, abuse_messages
+from simulator.scenario import FAULT_KINDS, Scenario, ScenarioError, load_scenario
+
+START = datetime(2026, 11, 25, 15, 55, tzinfo=UTC).timestamp()  # 23:55 in Shenyang
+SPEC = CitySpec(seed=11, districts=2, covers=120, lamps=90, sweepers_per_district=2)
+ALL_FAULTS = Scenario(rates=dict.fromkeys(FAULT_KINDS, 0.2))
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_same_seed_gives_the_same_city_and_the_same_messages(tmp_path: Path) -> None:
+    write_bundle(generate(SPEC), tmp_path / "a")
+    write_bundle(generate(SPEC), tmp_path / "b")
+    assert files(tmp_path / "a") == files(tmp_path / "b")
+    options = RunOptions(start=START, duration_s=1800, seed=3)
+    first = simulate(generate(SPEC), ALL_FAULTS, options)
+    again = simulate(generate(SPEC), ALL_FAULTS, options)
+    assert [(p.t, p.topic, p.payload) for p in first.publications] == [
+        (p.t, p.topic, p.payload) for p in again.publications
+    ]
+    assert first.faults == again.faults
+    other = simulate(generate(SPEC), ALL_FAULTS, RunOptions(start=START, duration_s=1800, seed=4))
+    assert [p.payload for p in other.publications] != [p.payload for p in first.publications]
+
+
+def test_city_has_what_its_spec_asks_for() -> None:
+    city = generate(SPEC)
+    types = [d["type"] for d in city.devices]
+    assert types.count("manhole") == 120
+    assert types.count("light") == 90
+    assert types.count("sweeper") == 4
+    codes = [a["code"] for a in city.assets]
+    assert len(codes) == len(set(codes))
+    assert all(len(c) == 16 and c.isdigit() for c in codes)
+    levels = {r["level"] for r in city.regions}
+    assert levels == {"district", "street", "grid"}
+    kinds = {u["kind"] for u in city.units if u["level"] == "district"}
+    assert {"coordinating", "sanitation", "drainage", "lighting", "gas", "water"} <= kinds
+    ownerless = [a for a in city.assets if a["category"] == "ownerless"]
+    assert ownerless
+    assert all(a["owner_unit_id"] is None for a in ownerless)
+    assert all(r["max_speed_kmh"] == 8.0 and r["required_passes"] >= 1 for r in city.roads)
+
+
+def test_every_device_type_publishes_and_sweepers_keep_to_plan() -> None:
+    run = simulate(generate(SPEC), Scenario(), RunOptions(start=START, duration_s=1800, seed=1))
+    kinds = {p.topic.split("/")[2] for p in run.publications}
+    assert kinds == {"manhole", "gateway", "sweeper"}
+    fixes = [json.loads(p.payload) for p in run.publications if "/sweeper/" in p.topic]
+    sweeping = [f for f in fixes if f["brush_on"]]
+    assert sweeping
+    assert all(2.0 <= f["speed_kmh"] <= 9.0 for f in sweeping)
+    assert all(f["speed_kmh"] > 15 for f in fixes if not f["brush_on"])
+    lamps = [e for p in run.publications if "/gateway/" in p.topic for e in json.loads(p.payload)]
+    assert all(e["values"]["lamp_on"] for e in lamps)  # November night in Shenyang
+
+
+def test_injected_faults_show_in_the_messages_at_their_ground_truth_times() -> None:
+    run = simulate(generate(SPEC), ALL_FAULTS, RunOptions(start=START, duration_s=3600, seed=2))
+    by_kind: dict[str, list] = {}
+    for fault in run.faults:
+        by_kind.setdefault(fault.kind, []).append(fault)
+    assert set(by_kind) >= {
+        "cover_displaced",
+        "cabinet_outage",
+        "lamp_out",
+        "sensor_offline",
+        "gps_gap",
+        "sweeping_too_fast",
+    }
+    messages = [(p.t, p.topic, json.loads(p.payload)) for p in run.publications]
+    for fault in by_kind["cover_displaced"]:
+        alarms = [
+            t
+            for t, topic, b in messages
+            if fault.subject in topic and isinstance(b, dict) and b.get("event") == "tilt_alarm"
+        ]
+        assert alarms == [fault.start]
+    for fault in by_kind["sensor_offline"]:
+        assert not [
+            t for t, topic, _ in messages if fault.subject in topic and fault.start <= t < fault.end
+        ]
+    for fault in by_kind["cabinet_outage"]:
+        cut = [
+            t
+            for t, topic, b in messages
+            if fault.subject in topic and all(e["values"]["fault_code"] == 64 for e in b)
+        ]
+        assert cut
+        assert all(fault.start <= t < fault.end for t in cut)
+    for fault in by_kind["gps_gap"]:
+        assert not [
+            t for t, topic, _ in messages if fault.subject in topic and fault.start <= t < fault.end
+        ]
+    for fault in by_kind["sweeping_too_fast"]:
+        fast = [
+            t
+            for t, topic, b in messages
+            if "/sweeper/" in topic and b["brush_on"] and b["speed_kmh"] > 10
+        ]
+        assert any(fault.start <= t <= fault.end for t in fast)
+
+
+def test_scenario_file_is_validated(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(
+        '[rates]\ncover_open = 0.5\n[[fault]]\nkind = "lamp_out"\n'
+        'subject = "lt-1"\nstart_min = 5\nduration_min = 10\n'
+    )
+    scenario = load_scenario(good)
+    assert scenario.rates == {"cover_open": 0.5}
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[rates]\ncover_flying = 0.1\n")
+    with pytest.raises(ScenarioError, match="cover_flying"):
+        load_scenario(bad)
+    too_much = tmp_path / "rate.toml"
+    too_much.write_text("[rates]\nlamp_out = 2\n")
+    with pytest.raises(ScenarioError, match="between 0 and 1"):
+        load_scenario(too_much)
+
+
+def test_abuse_batch_announces_a_reason_for_every_bad_message() -> None:
+    batch = abuse_messages(generate(SPEC), list(ABUSE_KINDS), 3, 1_764_000_000_000)
+    assert sum(batch.quarantine.values()) == 3 * 9
+    assert batch.duplicates == 6
+    assert len(batch.messages) == 3 * 9 + 2 * 6
