@@ -27,12 +27,13 @@ from cityops.settings import (
     load_settings,
     resolve_config_path,
 )
-from cityops.simulate import sim_app
+from cityops.simulate import broker_protocol, sim_app
 from cityops.terminal import ConfigOption, err, fail, out, settings_from, setup_logging
 from devices import registry
 from ingest.contract import json_schema
 from ingest.metrics import IngestMetrics
 from ingest.worker import BrokerUnavailableError, IngestWorker
+from simulator.publish import PublishError
 
 app = typer.Typer(
     help="cityops: city operations telemetry, from MQTT to TimescaleDB and on to cases.",
@@ -261,9 +262,18 @@ def demo(
         signal.signal(signum, lambda *_: stop.set())
     workdir = workdir.resolve()
     with prepared_services(settings_from(config), workdir) as settings:
-        summary = run_demo(
-            settings, workdir=workdir, speed=speed, duration_s=duration, stop=stop, console=out
-        )
+        try:
+            summary = run_demo(
+                settings,
+                workdir=workdir,
+                speed=speed,
+                protocol=broker_protocol(settings.mqtt.url, "auto"),
+                duration_s=duration,
+                stop=stop,
+                console=out,
+            )
+        except PublishError as exc:
+            fail(str(exc))
     out.print(
         f"stopped: {summary.published:,} messages published, {summary.stored:,} readings stored, "
         f"{summary.quarantined:,} quarantined, {summary.faults} faults injected",

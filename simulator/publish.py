@@ -23,6 +23,7 @@ from simulator.city import City
 from simulator.fleet import Publication
 
 _AHEAD_S = 0.005  # sleep only when this far ahead of schedule
+_CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +70,27 @@ def _connect(options: PublishOptions) -> mqtt.Client:
         client.username_pw_set(parts.username, parts.password)
     if parts.scheme == "mqtts":
         client.tls_set()
+    answered = threading.Event()
+    refusal: list[str] = []
+
+    def on_connect(*args: object) -> None:
+        reason = args[3]
+        if getattr(reason, "is_failure", False):
+            refusal.append(str(reason))
+        answered.set()
+
+    client.on_connect = on_connect
     try:
         client.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
     except OSError as exc:
         msg = f"cannot reach the MQTT broker at {options.url}: {exc}"
         raise PublishError(msg) from exc
     client.loop_start()
+    if not answered.wait(_CONNECT_TIMEOUT_S) or refusal:
+        client.loop_stop()
+        why = refusal[0] if refusal else f"no answer in {_CONNECT_TIMEOUT_S:.0f} s"
+        msg = f"the MQTT broker at {options.url} refused MQTT {options.protocol}: {why}"
+        raise PublishError(msg)
     return client
 
 
