@@ -10,7 +10,7 @@ import json
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -24,6 +24,7 @@ from simulator.fleet import Publication
 
 _AHEAD_S = 0.005  # sleep only when this far ahead of schedule
 _CONNECT_TIMEOUT_S = 10.0
+_WINDOW = 1_000  # QoS 1 messages published and not yet confirmed by the broker
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +65,7 @@ def _connect(options: PublishOptions) -> mqtt.Client:
         client_id=f"cityops-sim-{uuid.uuid4().hex[:8]}",
         protocol=protocol,
     )
-    client.max_inflight_messages_set(1000)
+    client.max_inflight_messages_set(400)
     client.max_queued_messages_set(0)
     if parts.username:
         client.username_pw_set(parts.username, parts.password)
@@ -103,6 +104,7 @@ def publish(
     first_t = publications[0].t if publications else 0.0
     sent = 0
     last: mqtt.MQTTMessageInfo | None = None
+    window: deque[mqtt.MQTTMessageInfo] = deque()
     try:
         for i, pub in enumerate(publications):
             if options.rate:
@@ -118,6 +120,11 @@ def publish(
                 break
             last = client.publish(pub.topic, pub.payload, qos=options.qos)
             sent += 1
+            if options.qos:
+                # paho numbers messages in 16 bits and scans its queue per ack: keep it short
+                window.append(last)
+                if len(window) > _WINDOW:
+                    window.popleft().wait_for_publish(timeout=120)
         if last is not None and options.qos:
             last.wait_for_publish(timeout=120)
             if not last.is_published():
