@@ -16,7 +16,7 @@ from paho.mqtt.enums import MQTTProtocolVersion
 from cityops.settings import MqttSettings
 from cityops.terminal import ConfigOption, fail, out, settings_from
 from ingest.worker import BrokerUnavailableError, choose_protocol
-from simulator.city import CitySpec, generate, read_spec, write_bundle
+from simulator.city import CitySpec, generate, read_bundle, write_bundle
 from simulator.fleet import Publication, Run, RunOptions, simulate
 from simulator.publish import (
     ABUSE_KINDS,
@@ -25,6 +25,7 @@ from simulator.publish import (
     abuse_messages,
     publish,
 )
+from simulator.roads import RoadFileError, load_roads
 from simulator.scenario import Scenario, ScenarioError, load_scenario
 
 sim_app = typer.Typer(
@@ -40,13 +41,26 @@ def city(
     covers: Annotated[int, typer.Option(min=0, help="Manhole covers, each with a sensor.")] = 200,
     lamps: Annotated[int, typer.Option(min=0, help="Street lamps, 40 to a cabinet.")] = 120,
     sweepers: Annotated[int, typer.Option(min=0, help="Sweepers per district.")] = 2,
+    roads: Annotated[
+        Path | None,
+        typer.Option(
+            help="Real streets instead of a lattice: GeoJSON lines or an OpenStreetMap extract "
+            "(.osm, .osm.pbf); districts are laid over their extent.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Generate a deterministic city bundle that `cityops city import` takes as it is."""
     started = time.perf_counter()
     spec = CitySpec(
         seed=seed, districts=districts, covers=covers, lamps=lamps, sweepers_per_district=sweepers
     )
-    counts = write_bundle(generate(spec), out_dir)
+    try:
+        lines = load_roads(roads) if roads else None
+    except RoadFileError as exc:
+        fail(str(exc), 2)
+    counts = write_bundle(generate(spec, lines), out_dir)
     summary = ", ".join(f"{n} {part}" for part, n in counts.items())
     out.print(f"{out_dir}: {summary} ({time.perf_counter() - started:.1f} s)", highlight=False)
 
@@ -59,9 +73,8 @@ def run_fleet(
         chosen = load_scenario(scenario) if scenario else Scenario()
     except ScenarioError as exc:
         fail(str(exc), 2)
-    spec = read_spec(bundle)
     options = RunOptions(start=start, duration_s=duration_s, seed=seed)
-    return simulate(generate(spec), chosen, options)
+    return simulate(read_bundle(bundle), chosen, options)
 
 
 def write_truth(run: Run, path: Path) -> None:
@@ -185,7 +198,7 @@ def abuse(
     version = broker_protocol(settings.mqtt.url, protocol)
     chosen = list(ABUSE_KINDS) if kinds == "all" else [k.strip() for k in kinds.split(",")]
     try:
-        batch = abuse_messages(generate(read_spec(bundle)), chosen, count, int(time.time() * 1000))
+        batch = abuse_messages(read_bundle(bundle), chosen, count, int(time.time() * 1000))
     except ValueError as exc:
         fail(str(exc), 2)
     publications = [Publication(0.0, topic, payload) for topic, payload in batch.messages]

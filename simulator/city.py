@@ -10,8 +10,10 @@ controller is a gateway publishing its lamps' readings) and a few sweepers.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import numpy as np
 _M_PER_DEG = 111_320.0
 _DISTRICT_SIZE_M = 3_000.0
 _BLOCK_M = 400.0
+_MIN_SEGMENT_M = 5.0  # map vertices closer than this make no segment
 
 #: Cover categories (minor code under major 01) with their share and the kind of owner.
 COVER_CATEGORIES: tuple[tuple[str, str, float, str | None], ...] = (
@@ -86,6 +89,9 @@ class _Frame:
         self.lat, self.lon = lat, lon
         self.m_per_deg_lon = _M_PER_DEG * math.cos(math.radians(lat))
 
+    def to_metres(self, lon: float, lat: float) -> tuple[float, float]:
+        return ((lon - self.lon) * self.m_per_deg_lon, (lat - self.lat) * _M_PER_DEG)
+
     def to_lonlat(self, x_m: float, y_m: float) -> list[float]:
         return [
             round(self.lon + x_m / self.m_per_deg_lon, 7),
@@ -98,19 +104,62 @@ def _rectangle(frame: _Frame, x0: float, y0: float, x1: float, y1: float) -> dic
     return {"type": "Polygon", "coordinates": [ring]}
 
 
-def _district_origins(count: int) -> list[tuple[float, float]]:
+@dataclass(frozen=True, slots=True)
+class RoadLine:
+    """A road from a map (GeoJSON or OpenStreetMap): a polyline of (lon, lat) positions."""
+
+    name: str
+    road_class: str  # "main" or "secondary"
+    coordinates: tuple[tuple[float, float], ...]
+    line_id: str | None = None
+
+
+#: A road segment in metres east/north of the centre: id, name, class, ends, is main.
+_Segment = tuple[str, str, str, tuple[float, float], tuple[float, float], bool]
+#: What components are placed along: the two ends and whether it is a main road.
+_Road = tuple[tuple[float, float], tuple[float, float], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class _Place:
+    """A district as the component placers need it."""
+
+    layout: _Layout
+    district: int
+    district_id: str
+    division: str
+    roads: list[_Road]
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Where the districts lie: square cells of ``size_m`` from their south-west corners."""
+
+    frame: _Frame
+    size_m: float
+    origins: tuple[tuple[float, float], ...]
+
+    def cell_of(self, x: float, y: float) -> int | None:
+        for d, (x0, y0) in enumerate(self.origins):
+            if x0 <= x < x0 + self.size_m and y0 <= y < y0 + self.size_m:
+                return d
+        return None
+
+
+def _grid_layout(count: int, frame: _Frame, size_m: float, corner: tuple[float, float]) -> _Layout:
     side = math.ceil(math.sqrt(count))
-    half = side * _DISTRICT_SIZE_M / 2
-    return [
-        (i % side * _DISTRICT_SIZE_M - half, i // side * _DISTRICT_SIZE_M - half)
-        for i in range(count)
-    ]
+    origins = tuple(
+        (corner[0] + i % side * size_m, corner[1] + i // side * size_m) for i in range(count)
+    )
+    return _Layout(frame, size_m, origins)
 
 
-def generate(spec: CitySpec) -> City:
-    """Generate the city ``spec`` describes; the same spec always gives the same city."""
+def generate(spec: CitySpec, roads: Sequence[RoadLine] | None = None) -> City:
+    """Generate the city ``spec`` describes, on a lattice of streets or on ``roads`` from a map.
+
+    The same spec (and roads) always give the same city.
+    """
     rng = np.random.default_rng(spec.seed)
-    frame = _Frame(spec.center_lat, spec.center_lon)
     city = City(spec)
     city.units.append(
         {
@@ -121,31 +170,62 @@ def generate(spec: CitySpec) -> City:
             "kind": "coordinating",
         }
     )
-    origins = _district_origins(spec.districts)
+    if roads:
+        layout, segments = _map_layout(spec.districts, roads)
+    else:
+        frame = _Frame(spec.center_lat, spec.center_lon)
+        half = math.ceil(math.sqrt(spec.districts)) * _DISTRICT_SIZE_M / 2
+        layout = _grid_layout(spec.districts, frame, _DISTRICT_SIZE_M, (-half, -half))
+        segments = [_lattice(layout, d) for d in range(spec.districts)]
     covers_left, lamps_left = spec.covers, spec.lamps
-    for d, (x0, y0) in enumerate(origins):
+    for d in range(spec.districts):
         districts_left = spec.districts - d
         n_covers = covers_left // districts_left
         n_lamps = lamps_left // districts_left
         covers_left -= n_covers
         lamps_left -= n_lamps
-        _district(city, rng, frame, d, x0=x0, y0=y0, n_covers=n_covers, n_lamps=n_lamps)
+        _district(city, rng, layout, d, segments=segments[d], n_covers=n_covers, n_lamps=n_lamps)
     return city
+
+
+def _map_layout(districts: int, roads: Sequence[RoadLine]) -> tuple[_Layout, list[list[_Segment]]]:
+    """Districts laid over the roads' extent; each road split at its vertices into segments."""
+    lons = [p[0] for r in roads for p in r.coordinates]
+    lats = [p[1] for r in roads for p in r.coordinates]
+    frame = _Frame((min(lats) + max(lats)) / 2, (min(lons) + max(lons)) / 2)
+    points = [[frame.to_metres(lon, lat) for lon, lat in r.coordinates] for r in roads]
+    xs = [x for line in points for x, _ in line]
+    ys = [y for line in points for _, y in line]
+    side = math.ceil(math.sqrt(districts))
+    size = max(max(xs) - min(xs), max(ys) - min(ys), 1.0) / side + 1.0
+    layout = _grid_layout(districts, frame, size, (min(xs) - 0.5, min(ys) - 0.5))
+    segments: list[list[_Segment]] = [[] for _ in range(districts)]
+    for n, (road, line) in enumerate(zip(roads, points, strict=True)):
+        base = road.line_id or f"r{n}"
+        for k, (p, q) in enumerate(itertools.pairwise(line)):
+            if math.dist(p, q) < _MIN_SEGMENT_M:
+                continue
+            d = layout.cell_of((p[0] + q[0]) / 2, (p[1] + q[1]) / 2)
+            if d is not None:
+                main = road.road_class == "main"
+                segments[d].append((f"{base}-{k}", road.name, road.road_class, p, q, main))
+    return layout, segments
 
 
 def _district(
     city: City,
     rng: np.random.Generator,
-    frame: _Frame,
+    layout: _Layout,
     d: int,
     *,
-    x0: float,
-    y0: float,
+    segments: list[_Segment],
     n_covers: int,
     n_lamps: int,
 ) -> None:
     spec = city.spec
-    size = _DISTRICT_SIZE_M
+    frame = layout.frame
+    size = layout.size_m
+    x0, y0 = layout.origins[d]
     division = str(spec.division_base + d)
     district_id = f"d{d}"
     city.regions.append(
@@ -207,11 +287,30 @@ def _district(
     # streets first in the file: street offices name the coordinating office as parent
     city.units.sort(key=lambda u: ("city", "district", "street").index(u["level"]))
 
-    roads = _roads(city, frame, district_id, x0, y0)
-    _covers(
-        city, rng, frame, district_id=district_id, division=division, roads=roads, count=n_covers
-    )
-    _lamps(city, rng, frame, district_id=district_id, division=division, roads=roads, count=n_lamps)
+    for segment_id, name, road_class, p, q, main in segments:
+        city.roads.append(
+            {
+                "segment_id": segment_id,
+                "name": name,
+                "road_class": road_class,
+                "region_id": district_id,
+                "geometry": {
+                    "type": "LineString",
+                    "coordinates": [frame.to_lonlat(*p), frame.to_lonlat(*q)],
+                },
+                "length_m": round(math.dist(p, q), 1),
+                "required_passes": 2 if main else 1,
+                "window_start": "00:00",
+                "window_end": "06:30",
+                "max_speed_kmh": 8.0,
+                "working_width_m": 3.0,
+            }
+        )
+    roads = [(p, q, main) for _, _, _, p, q, main in segments]
+    place = _Place(layout, d, district_id, division, roads)
+    if roads:
+        _covers(city, rng, place, n_covers)
+        _lamps(city, rng, place, n_lamps)
     for k in range(spec.sweepers_per_district):
         city.devices.append(
             {
@@ -223,78 +322,69 @@ def _district(
         )
 
 
-def _roads(
-    city: City, frame: _Frame, district_id: str, x0: float, y0: float
-) -> list[tuple[str, tuple[float, float], tuple[float, float], bool]]:
-    """A lattice of segments between intersections; every other line is a main road."""
-    lines = int(_DISTRICT_SIZE_M // _BLOCK_M)
-    out = []
+def _lattice(layout: _Layout, d: int) -> list[_Segment]:
+    """A lattice of 400 m segments between intersections; every other line is a main road."""
+    x0, y0 = layout.origins[d]
+    lines = int(layout.size_m // _BLOCK_M)
+    out: list[_Segment] = []
     for horizontal in (True, False):
         for i in range(1, lines):
             main = i % 2 == 1
+            road = f"{'East' if horizontal else 'North'} {i} {'Avenue' if main else 'Street'}"
             for j in range(lines):
                 a = (j * _BLOCK_M, i * _BLOCK_M)
                 b = ((j + 1) * _BLOCK_M, i * _BLOCK_M)
                 if not horizontal:
                     a, b = (a[1], a[0]), (b[1], b[0])
                 p, q = (x0 + a[0], y0 + a[1]), (x0 + b[0], y0 + b[1])
-                segment_id = f"{district_id}-{'h' if horizontal else 'v'}{i}-{j}"
-                road = f"{'East' if horizontal else 'North'} {i} {'Avenue' if main else 'Street'}"
-                city.roads.append(
-                    {
-                        "segment_id": segment_id,
-                        "name": f"{road}, district {district_id[1:]}",
-                        "road_class": "main" if main else "secondary",
-                        "region_id": district_id,
-                        "geometry": {
-                            "type": "LineString",
-                            "coordinates": [frame.to_lonlat(*p), frame.to_lonlat(*q)],
-                        },
-                        "length_m": _BLOCK_M,
-                        "required_passes": 2 if main else 1,
-                        "window_start": "00:00",
-                        "window_end": "06:30",
-                        "max_speed_kmh": 8.0,
-                        "working_width_m": 3.0,
-                    }
+                segment_id = f"d{d}-{'h' if horizontal else 'v'}{i}-{j}"
+                out.append(
+                    (
+                        segment_id,
+                        f"{road}, district {d}",
+                        "main" if main else "secondary",
+                        p,
+                        q,
+                        main,
+                    )
                 )
-                out.append((segment_id, p, q, main))
     return out
 
 
 def _point_on(
     rng: np.random.Generator,
-    roads: list[tuple[str, tuple[float, float], tuple[float, float], bool]],
+    roads: list[_Road],
     count: int,
     offset_m: float,
+    *,
     main_only: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    pool = [r for r in roads if r[3]] if main_only else roads
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random points beside the roads (``offset_m`` to either side), main roads only if asked."""
+    pool = ([r for r in roads if r[2]] if main_only else roads) or roads
     idx = rng.integers(0, len(pool), count)
     t = rng.random(count)
-    p = np.array([pool[i][1] for i in idx]).reshape(-1, 2)
-    q = np.array([pool[i][2] for i in idx]).reshape(-1, 2)
+    p = np.array([pool[i][0] for i in idx]).reshape(-1, 2)
+    q = np.array([pool[i][1] for i in idx]).reshape(-1, 2)
     xy = p + (q - p) * t[:, None]
-    side = rng.choice([-1.0, 1.0], count) * offset_m
-    vertical = p[:, 0] == q[:, 0]
-    xy[:, 0] += np.where(vertical, side, 0.0)
-    xy[:, 1] += np.where(vertical, 0.0, side)
-    return xy[:, 0], xy[:, 1], idx
+    along = q - p
+    normal = np.stack([-along[:, 1], along[:, 0]], axis=1)
+    normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-9)
+    xy += normal * (rng.choice([-1.0, 1.0], count) * offset_m)[:, None]
+    return xy[:, 0], xy[:, 1]
 
 
-def _covers(
-    city: City,
-    rng: np.random.Generator,
-    frame: _Frame,
-    *,
-    district_id: str,
-    division: str,
-    roads: list[tuple[str, tuple[float, float], tuple[float, float], bool]],
-    count: int,
-) -> None:
+def _covers(city: City, rng: np.random.Generator, place: _Place, count: int) -> None:
+    layout, district, district_id, division, roads = (
+        place.layout,
+        place.district,
+        place.district_id,
+        place.division,
+        place.roads,
+    )
     shares = np.array([c[2] for c in COVER_CATEGORIES])
     kinds = rng.choice(len(COVER_CATEGORIES), count, p=shares / shares.sum())
-    xs, ys, _ = _point_on(rng, roads, count, offset_m=2.0)
+    frame = layout.frame
+    xs, ys = _point_on(rng, roads, count, offset_m=2.0)
     angles = np.round(rng.uniform(0.0, 3.0, count), 1)
     serials: dict[str, int] = {}
     for n in range(count):
@@ -314,7 +404,7 @@ def _covers(
                 "lat": lat,
                 "lon": lon,
                 "accuracy_class": "B",
-                "region_id": _grid_of(district_id, float(xs[n]), float(ys[n]), city, frame),
+                "region_id": _grid_of(layout, district, float(xs[n]), float(ys[n])),
                 "properties": {"installed_angle_deg": float(angles[n])},
             }
         )
@@ -329,19 +419,18 @@ def _covers(
         )
 
 
-def _lamps(
-    city: City,
-    rng: np.random.Generator,
-    frame: _Frame,
-    *,
-    district_id: str,
-    division: str,
-    roads: list[tuple[str, tuple[float, float], tuple[float, float], bool]],
-    count: int,
-) -> None:
+def _lamps(city: City, rng: np.random.Generator, place: _Place, count: int) -> None:
+    layout, district, district_id, division, roads = (
+        place.layout,
+        place.district,
+        place.district_id,
+        place.division,
+        place.roads,
+    )
     if count == 0:
         return
-    xs, ys, _ = _point_on(rng, roads, count, offset_m=6.0, main_only=True)
+    frame = layout.frame
+    xs, ys = _point_on(rng, roads, count, offset_m=6.0, main_only=True)
     order = np.lexsort((xs, ys))  # neighbours share a cabinet
     ratings = rng.choice([100.0, 150.0, 250.0], count, p=[0.5, 0.3, 0.2])
     for n, i in enumerate(order):
@@ -385,7 +474,7 @@ def _lamps(
                 "lat": lat,
                 "lon": lon,
                 "accuracy_class": "B",
-                "region_id": _grid_of(district_id, float(xs[i]), float(ys[i]), city, frame),
+                "region_id": _grid_of(layout, district, float(xs[i]), float(ys[i])),
                 "properties": {
                     "cabinet_id": gateway,
                     "circuit": int(n % CIRCUITS_PER_CABINET) + 1,
@@ -405,16 +494,16 @@ def _lamps(
         )
 
 
-def _grid_of(district_id: str, x: float, y: float, city: City, frame: _Frame) -> str:
-    """The grid cell of a point (by the district's layout)."""
-    d = int(district_id[1:])
-    x0, y0 = _district_origins(city.spec.districts)[d]
-    half, quarter = _DISTRICT_SIZE_M / 2, _DISTRICT_SIZE_M / 4
-    rx = min(max(x - x0, 0.0), _DISTRICT_SIZE_M - 1e-6)
-    ry = min(max(y - y0, 0.0), _DISTRICT_SIZE_M - 1e-6)
+def _grid_of(layout: _Layout, d: int, x: float, y: float) -> str:
+    """The grid cell of a point of district ``d`` (four streets of four grids)."""
+    x0, y0 = layout.origins[d]
+    size = layout.size_m
+    half, quarter = size / 2, size / 4
+    rx = min(max(x - x0, 0.0), size - 1e-6)
+    ry = min(max(y - y0, 0.0), size - 1e-6)
     street = int(rx // half) + 2 * int(ry // half)
     grid = int((rx % half) // quarter) + 2 * int((ry % half) // quarter)
-    return f"{district_id}-s{street}-g{grid}"
+    return f"d{d}-s{street}-g{grid}"
 
 
 def write_bundle(city: City, folder: Path) -> dict[str, int]:
@@ -463,10 +552,30 @@ def write_bundle(city: City, folder: Path) -> dict[str, int]:
     return counts
 
 
-def read_spec(folder: Path) -> CitySpec:
-    """The spec a bundle was generated from."""
+def read_bundle(folder: Path) -> City:
+    """A bundle read back as the city it describes (generated or on a real map)."""
     manifest = json.loads((folder / "city.json").read_text(encoding="utf-8"))
-    return CitySpec(**manifest["spec"])
+    city = City(CitySpec(**manifest["spec"]))
+    city.regions = _read_features(folder / "regions.geojson")
+    city.roads = _read_features(folder / "roads.geojson")
+    city.units = _read_csv(folder / "units.csv")
+    city.devices = _read_csv(folder / "devices.csv")
+    city.assets = _read_csv(folder / "assets.csv")
+    for asset in city.assets:
+        asset["properties"] = json.loads(asset["properties"] or "{}")
+    return city
+
+
+def _read_features(path: Path) -> list[dict[str, Any]]:
+    document = json.loads(path.read_text(encoding="utf-8"))
+    return [{**f["properties"], "geometry": f["geometry"]} for f in document["features"]]
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return [
+            {k: (v if v != "" else None) for k, v in row.items()} for row in csv.DictReader(handle)
+        ]
 
 
 def _write_features(path: Path, rows: list[dict[str, Any]]) -> None:
