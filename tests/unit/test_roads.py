@@ -89,7 +89,7 @@ def test_bad_road_files_are_refused(tmp_path: Path) -> None:
     empty.write_text('{"type": "FeatureCollection", "features": []}')
     with pytest.raises(RoadFileError, match="no LineString"):
         load_roads(empty)
-    with pytest.raises(RoadFileError, match="expected .geojson"):
+    with pytest.raises(RoadFileError, match=r"expected \.geojson"):
         load_roads(tmp_path / "roads.shp")
 
 
