@@ -98,8 +98,9 @@ def simulate(city: City, scenario: Scenario, options: RunOptions) -> Run:
     for device in covers:
         faults_of = by_subject.get(device["device_id"], [])
         _cover(out, device, angles.get(device["asset_code"], 0.0), faults_of, options)
-    _cabinets(out, city, lamps, by_subject, options)
-    faults = [f for f in planned if f.subject_type not in ("segment", "sweeper")]
+    shown = _cabinets(out, city, lamps, by_subject, options)
+    # segment and sweeper faults are timed by the routes; lamp faults count once they showed
+    faults = [f for f in planned if f.subject_type == "manhole" or f in shown]
     for device in sweepers:
         faults += _sweeper(out, city, device, sweepers=sweepers, by_subject=by_subject, o=options)
     out.sort()
@@ -228,7 +229,9 @@ def _cabinets(
     lamps: list[dict[str, Any]],
     by_subject: dict[str, list[Fault]],
     o: RunOptions,
-) -> None:
+) -> set[Fault]:
+    """Publish every cabinet's lamp batches; return the faults that showed in some reading."""
+    shown: set[Fault] = set()
     rated = {a["code"]: a["properties"].get("rated_power_w", 150.0) for a in city.assets}
     members: dict[str, list[dict[str, Any]]] = {}
     for lamp in lamps:
@@ -244,7 +247,9 @@ def _cabinets(
             dark = _is_dark(city, t, sun)
             local_hour = (t / 3600 + o.utc_offset_h) % 24
             dim = o.dim_after_midnight_pct if dark and 1 <= local_hour < 5 else 100.0
-            cut = any(f.start <= t < f.end for f in outages)
+            cuts = [f for f in outages if f.start <= t < f.end]
+            cut = bool(cuts)
+            shown.update(cuts)
             batch = []
             for lamp in its_lamps:
                 faults = [f for f in by_subject.get(lamp["device_id"], []) if f.start <= t < f.end]
@@ -258,6 +263,8 @@ def _cabinets(
                     power *= 0.5
                 if "low_power_factor" in kinds and on:
                     pf = 0.55
+                # a lamp fault shows only while the lamp should be lit (a day burner by day)
+                shown.update(f for f in faults if on and (f.kind == "day_burner") != dark)
                 volts = 0.0 if cut else round(float(rng.normal(220, 2)), 1)
                 power = round(power * float(rng.normal(1, 0.01)), 1) if power else 0.0
                 energy[lamp["device_id"]] += power * o.lamp_report_s / 3.6e6
@@ -279,6 +286,7 @@ def _cabinets(
                 )
             _pub(out, t, f"cityops/v1/gateway/{cabinet}/batch", batch)
             t += o.lamp_report_s
+    return shown
 
 
 # -- sweepers -------------------------------------------------------------------------------
