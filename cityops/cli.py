@@ -179,20 +179,26 @@ def contract() -> None:
     sys.stdout.write(json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n")
 
 
-def _import(kind: str, file: Path, config: Path | None) -> None:
-    settings = settings_from(config)
+@contextlib.contextmanager
+def _import_errors(prefix: str, consequence: str) -> Iterator[None]:
+    """Print every rejected row and exit 1; other import failures exit 1 with their message."""
     try:
-        with db.connect(settings.database) as conn:
-            if kind == "assets":
-                report = registry.import_assets(conn, file, settings.registry.scheme)
-            else:
-                report = registry.import_devices(conn, file)
+        yield
     except registry.ImportRejectedError as exc:
         for where, message in exc.problems:
-            err.print(f"{file}: {where}: {message}", highlight=False, markup=False)
-        fail(f"{len(exc.problems)} problems; nothing imported")
+            err.print(f"{prefix}{where}: {message}", highlight=False, markup=False)
+        fail(f"{len(exc.problems)} problems; {consequence}")
     except (registry.RegistryError, OSError, ValueError, psycopg.OperationalError) as exc:
         fail(str(exc))
+
+
+def _import(kind: str, file: Path, config: Path | None) -> None:
+    settings = settings_from(config)
+    with _import_errors(f"{file}: ", "nothing imported"), db.connect(settings.database) as conn:
+        if kind == "assets":
+            report = registry.import_assets(conn, file, settings.registry.scheme)
+        else:
+            report = registry.import_devices(conn, file)
     out.print(
         f"{file}: {report.rows} {kind} ({report.created} new, {report.updated} updated)",
         highlight=False,
@@ -295,15 +301,9 @@ def city_import(
 ) -> None:
     """Import a city bundle in dependency order; each file all or nothing."""
     settings = settings_from(config)
-    try:
-        with db.connect(settings.database) as conn:
-            reports = registry.import_bundle(conn, folder, settings.registry.scheme)
-    except registry.ImportRejectedError as exc:
-        for where, message in exc.problems:
-            err.print(f"{where}: {message}", highlight=False, markup=False)
-        fail(f"{len(exc.problems)} problems; that file and the ones after it were not imported")
-    except (registry.RegistryError, OSError, ValueError, psycopg.OperationalError) as exc:
-        fail(str(exc))
+    after = "that file and the ones after it were not imported"
+    with _import_errors("", after), db.connect(settings.database) as conn:
+        reports = registry.import_bundle(conn, folder, settings.registry.scheme)
     for part, report in reports.items():
         out.print(
             f"{part}: {report.rows} ({report.created} new, {report.updated} updated)",

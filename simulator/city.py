@@ -374,37 +374,30 @@ def _point_on(
 
 
 def _covers(city: City, rng: np.random.Generator, place: _Place, count: int) -> None:
-    layout, district, district_id, division, roads = (
-        place.layout,
-        place.district,
-        place.district_id,
-        place.division,
-        place.roads,
-    )
     shares = np.array([c[2] for c in COVER_CATEGORIES])
     kinds = rng.choice(len(COVER_CATEGORIES), count, p=shares / shares.sum())
-    frame = layout.frame
-    xs, ys = _point_on(rng, roads, count, offset_m=2.0)
+    frame = place.layout.frame
+    xs, ys = _point_on(rng, place.roads, count, offset_m=2.0)
     angles = np.round(rng.uniform(0.0, 3.0, count), 1)
     serials: dict[str, int] = {}
     for n in range(count):
         minor, category, _, owner_kind = COVER_CATEGORIES[kinds[n]]
         serials[minor] = serials.get(minor, 0) + 1
-        code = f"{division}01{minor}{serials[minor]:06d}"
+        code = f"{place.division}01{minor}{serials[minor]:06d}"
         lon, lat = frame.to_lonlat(float(xs[n]), float(ys[n]))
-        owner = f"{district_id}-{owner_kind}" if owner_kind else None
+        owner = f"{place.district_id}-{owner_kind}" if owner_kind else None
         city.assets.append(
             {
                 "code": code,
                 "category": category,
                 "name": f"{category.replace('_', ' ')} cover",
-                "competent_unit_id": f"{district_id}-coordinating",
+                "competent_unit_id": f"{place.district_id}-coordinating",
                 "owner_unit_id": owner,
                 "maintainer_unit_id": owner,
                 "lat": lat,
                 "lon": lon,
                 "accuracy_class": "B",
-                "region_id": _grid_of(layout, district, float(xs[n]), float(ys[n])),
+                "region_id": _grid_of(place.layout, place.district, float(xs[n]), float(ys[n])),
                 "properties": {"installed_angle_deg": float(angles[n])},
             }
         )
@@ -413,29 +406,22 @@ def _covers(city: City, rng: np.random.Generator, place: _Place, count: int) -> 
                 "device_id": f"mh-{code}",
                 "type": "manhole",
                 "asset_code": code,
-                "region_id": district_id,
+                "region_id": place.district_id,
                 "firmware": "1.4.2",
             }
         )
 
 
 def _lamps(city: City, rng: np.random.Generator, place: _Place, count: int) -> None:
-    layout, district, district_id, division, roads = (
-        place.layout,
-        place.district,
-        place.district_id,
-        place.division,
-        place.roads,
-    )
     if count == 0:
         return
-    frame = layout.frame
-    xs, ys = _point_on(rng, roads, count, offset_m=6.0, main_only=True)
+    frame = place.layout.frame
+    xs, ys = _point_on(rng, place.roads, count, offset_m=6.0, main_only=True)
     order = np.lexsort((xs, ys))  # neighbours share a cabinet
     ratings = rng.choice([100.0, 150.0, 250.0], count, p=[0.5, 0.3, 0.2])
     for n, i in enumerate(order):
         cabinet = n // LAMPS_PER_CABINET
-        cabinet_code = f"{division}0220{cabinet + 1:06d}"
+        cabinet_code = f"{place.division}0220{cabinet + 1:06d}"
         gateway = f"cab-{cabinet_code}"
         if n % LAMPS_PER_CABINET == 0:
             lon, lat = frame.to_lonlat(float(xs[i]), float(ys[i]))
@@ -444,12 +430,12 @@ def _lamps(city: City, rng: np.random.Generator, place: _Place, count: int) -> N
                     "code": cabinet_code,
                     "category": "lighting_cabinet",
                     "name": "control cabinet",
-                    "owner_unit_id": f"{district_id}-lighting",
-                    "maintainer_unit_id": f"{district_id}-lighting",
+                    "owner_unit_id": f"{place.district_id}-lighting",
+                    "maintainer_unit_id": f"{place.district_id}-lighting",
                     "lat": lat,
                     "lon": lon,
                     "accuracy_class": "B",
-                    "region_id": district_id,
+                    "region_id": place.district_id,
                     "properties": {},
                 }
             )
@@ -458,23 +444,23 @@ def _lamps(city: City, rng: np.random.Generator, place: _Place, count: int) -> N
                     "device_id": gateway,
                     "type": "gateway",
                     "asset_code": cabinet_code,
-                    "region_id": district_id,
+                    "region_id": place.district_id,
                     "firmware": "2.0.1",
                 }
             )
-        code = f"{division}0201{n + 1:06d}"
+        code = f"{place.division}0201{n + 1:06d}"
         lon, lat = frame.to_lonlat(float(xs[i]), float(ys[i]))
         city.assets.append(
             {
                 "code": code,
                 "category": "street_lamp",
                 "name": "street lamp",
-                "owner_unit_id": f"{district_id}-lighting",
-                "maintainer_unit_id": f"{district_id}-lighting",
+                "owner_unit_id": f"{place.district_id}-lighting",
+                "maintainer_unit_id": f"{place.district_id}-lighting",
                 "lat": lat,
                 "lon": lon,
                 "accuracy_class": "B",
-                "region_id": _grid_of(layout, district, float(xs[i]), float(ys[i])),
+                "region_id": _grid_of(place.layout, place.district, float(xs[i]), float(ys[i])),
                 "properties": {
                     "cabinet_id": gateway,
                     "circuit": int(n % CIRCUITS_PER_CABINET) + 1,
@@ -488,7 +474,7 @@ def _lamps(city: City, rng: np.random.Generator, place: _Place, count: int) -> N
                 "type": "light",
                 "asset_code": code,
                 "gateway_id": gateway,
-                "region_id": district_id,
+                "region_id": place.district_id,
                 "firmware": "2.0.1",
             }
         )

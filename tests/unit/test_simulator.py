@@ -145,6 +145,11 @@ def test_lamp_faults_that_cannot_show_are_not_in_the_ground_truth() -> None:
     run = simulate(generate(SPEC), night_only, RunOptions(start=START, duration_s=1800, seed=2))
     assert {f.kind for f in run.faults} == {"lamp_out"}  # a day burner needs daylight
     lamps_out = {f.subject for f in run.faults}
-    failed = {e["device_id"] for p in run.publications if "/gateway/" in p.topic
-              for e in json.loads(p.payload) if e["values"]["fault_code"] == 1}
+    failed = {
+        e["device_id"]
+        for p in run.publications
+        if "/gateway/" in p.topic
+        for e in json.loads(p.payload)
+        if e["values"]["fault_code"] == 1
+    }
     assert failed == lamps_out
