@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from rich.table import Table
 
 from cityops import db, services
+from cityops.casescli import cases_app, serve, units_app
 from cityops.demo import run_demo
 from cityops.settings import (
     DatabaseSettings,
@@ -50,6 +51,8 @@ city_app = typer.Typer(help="A whole city's registry at once.", no_args_is_help=
 app.add_typer(devices_app, name="devices")
 app.add_typer(city_app, name="city")
 app.add_typer(sim_app, name="sim")
+app.add_typer(cases_app, name="cases")
+app.add_typer(units_app, name="units")
 
 
 @config_app.command("check")
@@ -171,6 +174,17 @@ def _ingest(settings: Settings, metrics_port: int | None) -> None:
     finally:
         if server is not None:
             server[0].shutdown()
+
+
+@app.command()
+def api(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Default: cases.api_host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: cases.api_port.")] = None,
+) -> None:
+    """Serve the case API (OpenAPI at /docs) for units, offices and operators."""
+    setup_logging()
+    serve(settings_from(config), host, port)
 
 
 @app.command()

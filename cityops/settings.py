@@ -205,6 +205,16 @@ class RegistrySettings(_Section):
         return CodeScheme.parse(self.code_scheme)
 
 
+class CasesSettings(_Section):
+    """The case system and its HTTP API."""
+
+    catalog: Path = Field(
+        default=Path("config/categories.toml"), description="The problem catalog (TOML)."
+    )
+    api_host: str = Field(default="127.0.0.1")
+    api_port: int = Field(default=8080, ge=1, le=65535)
+
+
 class MetricsSettings(_Section):
     """The Prometheus endpoint."""
 
@@ -227,6 +237,7 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     ingest: IngestSettings = IngestSettings()
     registry: RegistrySettings = RegistrySettings()
+    cases: CasesSettings = CasesSettings()
     metrics: MetricsSettings = MetricsSettings()
 
     @classmethod

@@ -1,0 +1,512 @@
+"""Cases in the database: reporting, routing, lifecycle actions, visibility, escalation.
+
+Every change goes through ``lifecycle.apply``: the row is updated to what the event makes of it
+and the event is appended in the same transaction, so the row is always its history's fold.
+
+Errors (all CaseError)::
+
+    CaseError
+    ├── CaseNotFoundError        no such case, or the caller may not see it (HTTP 404)
+    ├── ForbiddenActionError     the caller sees the case but may not do this (HTTP 403)
+    ├── IllegalActionError       the state does not allow it; names state and allowed (HTTP 409)
+    └── BadReportError           unknown category, no subject, nothing to route to (HTTP 422)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import psycopg
+from psycopg.rows import dict_row
+from shapely.geometry import Point, shape
+
+from cases.catalog import Catalog, Category
+from cases.lifecycle import (
+    Action,
+    CaseState,
+    Event,
+    IllegalTransitionError,
+    State,
+    allowed_actions,
+    apply,
+    next_state,
+)
+
+Role = Literal["unit", "coordinator", "operator"]
+Source = Literal["sensor", "inspector", "citizen"]
+SYSTEM = "system"
+_CASE_COLUMNS = tuple(CaseState.__dataclass_fields__)
+
+
+class CaseError(Exception):
+    """Base of the case errors."""
+
+
+class CaseNotFoundError(CaseError):
+    """No such case, or not one the caller may see."""
+
+
+class ForbiddenActionError(CaseError):
+    """The caller may see the case but not do this to it."""
+
+
+class IllegalActionError(CaseError):
+    """The case's state does not allow the action."""
+
+    def __init__(self, error: IllegalTransitionError) -> None:
+        super().__init__(str(error))
+        self.state = error.state.value
+        self.allowed = error.allowed
+
+
+class BadReportError(CaseError):
+    """A report the platform cannot turn into a case."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who acts: a unit with a role; a coordinator acts for its district."""
+
+    unit_id: str
+    role: Role
+    district_id: str | None = None
+
+
+OPERATOR = Caller(SYSTEM, "operator")
+
+#: Who may do what, besides seeing the case: the responsible unit, or the district's office.
+_UNIT_ACTIONS = frozenset({Action.ACCEPT, Action.RETURN, Action.DISPOSE})
+_OFFICE_ACTIONS = frozenset(
+    {Action.REGISTER, Action.CANCEL, Action.DISPATCH, Action.VERIFY, Action.REOPEN}
+)
+
+
+def hash_token(token: str) -> str:
+    """How a token is stored: its SHA-256 (tokens are 32 random bytes, so no salt is needed)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(conn: psycopg.Connection, unit_id: str, role: Role) -> str:
+    """A new token for ``unit_id``; only its hash is kept."""
+    token = secrets.token_urlsafe(32)
+    conn.execute(
+        "insert into unit_tokens (token_sha256, unit_id, role) values (%s, %s, %s)",
+        (hash_token(token), unit_id, role),
+    )
+    return token
+
+
+def caller_for_token(conn: psycopg.Connection, token: str) -> Caller | None:
+    """The unit a token belongs to, with its district."""
+    row = conn.execute(
+        "select t.unit_id, t.role, u.region_id from unit_tokens t join units u using (unit_id) "
+        "where t.token_sha256 = %s",
+        (hash_token(token),),
+    ).fetchone()
+    return Caller(row[0], row[1], row[2]) if row else None
+
+
+def district_of_region(conn: psycopg.Connection, region_id: str | None) -> str | None:
+    """The district a region (grid, street or district) lies in."""
+    row = conn.execute(
+        "with recursive up as (select region_id, parent_id, level from regions where region_id = %s"
+        " union all select r.region_id, r.parent_id, r.level from regions r "
+        "join up on r.region_id = up.parent_id) select region_id from up where level = 'district'",
+        (region_id,),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def district_at(conn: psycopg.Connection, lat: float, lon: float) -> str | None:
+    """The district whose boundary contains the point."""
+    point = Point(lon, lat)
+    for region_id, boundary in conn.execute(
+        "select region_id, boundary from regions where level = 'district' and boundary is not null"
+    ):
+        if shape(boundary).covers(point):
+            return str(region_id)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What a sensor scene, an inspector or a citizen reports."""
+
+    category: str
+    source: Source
+    asset_code: str | None = None
+    device_id: str | None = None
+    segment_id: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    description: str | None = None
+    photo_url: str | None = None
+
+
+class CaseService:
+    """Case operations over one connection (each call is one transaction)."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        catalog: Catalog,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._conn = conn
+        self._catalog = catalog
+        self._clock = clock
+
+    # -- reporting and routing --------------------------------------------------------------
+
+    def report(self, report: Report, actor: str = SYSTEM) -> tuple[int, bool]:
+        """Open a case, or add the report to the open one; return (case id, whether new).
+
+        Sensor reports are registered and dispatched at once; inspectors' and citizens' wait at
+        ``reported`` for the district's coordinating office.
+        """
+        try:
+            category = self._catalog.get(report.category)
+        except KeyError as exc:
+            raise BadReportError(str(exc).strip("'\"")) from None
+        with self._conn.transaction():
+            subject, district, owner, lat, lon = self._locate(report)
+            office = self._unit(district, "coordinating")
+            routed = self._route(category, district, owner) or office
+            if office is None or routed is None:
+                msg = f"no coordinating office for district {district!r}; import the city's units"
+                raise BadReportError(msg)
+            now = self._clock()
+            first_state = State.DISPATCHED if report.source == "sensor" else State.REPORTED
+            row = self._conn.execute(
+                "insert into cases (category, subject, source, state, unit_id, routed_unit_id, "
+                "district_id, severity, description, photo_url, lat, lon, reported_at, "
+                "updated_at) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "on conflict (subject, category) where state not in ('closed', 'cancelled') "
+                "do nothing returning case_id",
+                (
+                    category.code,
+                    subject,
+                    report.source,
+                    State.REPORTED,
+                    office,
+                    routed,
+                    district,
+                    category.severity,
+                    report.description,
+                    report.photo_url,
+                    lat,
+                    lon,
+                    now,
+                    now,
+                ),
+            ).fetchone()
+            if row is None:
+                existing = self._conn.execute(
+                    "select case_id from cases where subject = %s and category = %s "
+                    "and state not in ('closed', 'cancelled')",
+                    (subject, category.code),
+                ).fetchone()
+                assert existing is not None  # the conflict was with it
+                self._record(int(existing[0]), Action.REPORT, actor, note=report.description)
+                return int(existing[0]), False
+            case_id = int(row[0])
+            self._insert_event(
+                case_id,
+                Event(
+                    now, actor, Action.OPEN, State.REPORTED, unit_id=office, note=report.description
+                ),
+                None,
+            )
+            if first_state is State.DISPATCHED:
+                self._record(case_id, Action.REGISTER, SYSTEM)
+                self._record(case_id, Action.DISPATCH, SYSTEM, unit_id=routed)
+            return case_id, True
+
+    def _locate(self, report: Report) -> tuple[str, str | None, str | None, Any, Any]:
+        """Subject, district, owner unit and position of what a report is about."""
+        if report.asset_code:
+            row = self._conn.execute(
+                "select region_id, owner_unit_id, lat, lon from assets where code = %s",
+                (report.asset_code,),
+            ).fetchone()
+            if row is None:
+                msg = f"no component with code {report.asset_code}"
+                raise BadReportError(msg)
+            return (
+                report.asset_code,
+                district_of_region(self._conn, row[0]),
+                row[1],
+                row[2],
+                row[3],
+            )
+        if report.device_id:
+            row = self._conn.execute(
+                "select d.asset_code, coalesce(a.region_id, d.region_id), a.owner_unit_id, "
+                "a.lat, a.lon from devices d left join assets a on a.code = d.asset_code "
+                "where d.device_id = %s",
+                (report.device_id,),
+            ).fetchone()
+            if row is None:
+                msg = f"no device {report.device_id}"
+                raise BadReportError(msg)
+            subject = row[0] or report.device_id
+            return subject, district_of_region(self._conn, row[1]), row[2], row[3], row[4]
+        if report.segment_id:
+            row = self._conn.execute(
+                "select region_id from road_segments where segment_id = %s", (report.segment_id,)
+            ).fetchone()
+            if row is None:
+                msg = f"no road segment {report.segment_id}"
+                raise BadReportError(msg)
+            return report.segment_id, district_of_region(self._conn, row[0]), None, None, None
+        if report.lat is not None and report.lon is not None:
+            district = district_at(self._conn, report.lat, report.lon)
+            if district is None:
+                msg = f"({report.lat}, {report.lon}) lies in no district of the city"
+                raise BadReportError(msg)
+            subject = f"{report.lat:.5f},{report.lon:.5f}"
+            return subject, district, None, report.lat, report.lon
+        msg = "a report needs an asset code, a device, a road segment or a position"
+        raise BadReportError(msg)
+
+    def _unit(self, district: str | None, kind: str) -> str | None:
+        row = self._conn.execute(
+            "select unit_id from units where region_id = %s and kind = %s and level = 'district' "
+            "order by unit_id limit 1",
+            (district, kind),
+        ).fetchone()
+        return row[0] if row else None
+
+    def _route(self, category: Category, district: str | None, owner: str | None) -> str | None:
+        """Territory first, responsibility follows authority, exactly one responsible party."""
+        if category.responsible == "owner":
+            return owner  # ownerless covers and unknown owners go to the office (caller)
+        return self._unit(district, category.responsible)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def act(
+        self,
+        case_id: int,
+        action: Action,
+        caller: Caller,
+        *,
+        note: str | None = None,
+        unit_id: str | None = None,
+        photo_url: str | None = None,
+    ) -> dict[str, Any]:
+        """Do ``action`` to a case as ``caller``; return the case after it."""
+        with self._conn.transaction():
+            case = self._visible(case_id, caller, lock=True)
+            if not self._may(caller, action, case):
+                msg = f"{caller.unit_id} ({caller.role}) may not {action.value} case {case_id}"
+                raise ForbiddenActionError(msg)
+            target = unit_id
+            if action is Action.DISPATCH:
+                target = unit_id or case["routed_unit_id"]
+                known = self._conn.execute("select 1 from units where unit_id = %s", (target,))
+                if known.fetchone() is None:
+                    msg = f"no unit {target!r} to dispatch to"
+                    raise BadReportError(msg)
+            elif action is Action.RETURN:
+                target = self._unit(case["district_id"], "coordinating")
+            self._record(
+                case_id, action, caller.unit_id, unit_id=target, note=note, photo_url=photo_url
+            )
+            return self._visible(case_id, OPERATOR, lock=False)
+
+    def _may(self, caller: Caller, action: Action, case: dict[str, Any]) -> bool:
+        if caller.role == "operator":
+            return True
+        if action in _UNIT_ACTIONS:
+            return bool(case["unit_id"] == caller.unit_id)
+        if action in _OFFICE_ACTIONS:
+            return caller.role == "coordinator"
+        return True  # comment, report
+
+    def _record(
+        self,
+        case_id: int,
+        action: Action,
+        actor: str,
+        *,
+        unit_id: str | None = None,
+        note: str | None = None,
+        photo_url: str | None = None,
+    ) -> None:
+        """Apply one event to the row, locked for it, and append the event."""
+        self._conn.execute("select 1 from cases where case_id = %s for update", (case_id,))
+        current = self.state_of(case_id)
+        category = self._conn.execute(
+            "select category from cases where case_id = %s", (case_id,)
+        ).fetchone()
+        assert category is not None
+        try:
+            to_state = next_state(current.state, action)
+        except IllegalTransitionError as exc:
+            raise IllegalActionError(exc) from None
+        deadline_h = None
+        if action in (Action.DISPATCH, Action.REOPEN):
+            deadline_h = self._catalog.get(category[0]).deadline_h
+        event = Event(
+            self._clock(),
+            actor,
+            action,
+            to_state,
+            unit_id=unit_id,
+            deadline_h=deadline_h,
+            note=note,
+        )
+        self._insert_event(case_id, event, current.state, photo_url)
+        after = apply(current, event)
+        assignments = ", ".join(f"{c} = %s" for c in _CASE_COLUMNS)
+        self._conn.execute(
+            f"update cases set {assignments} where case_id = %s",
+            (*(getattr(after, c) for c in _CASE_COLUMNS), case_id),
+        )
+
+    def _insert_event(
+        self, case_id: int, event: Event, from_state: State | None, photo_url: str | None = None
+    ) -> None:
+        data = json.dumps({"deadline_h": event.deadline_h}) if event.deadline_h else None
+        self._conn.execute(
+            "insert into case_events (case_id, at, actor, action, from_state, to_state, unit_id, "
+            "note, photo_url, data) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                case_id,
+                event.at,
+                event.actor,
+                event.action,
+                from_state,
+                event.to_state,
+                event.unit_id,
+                event.note,
+                photo_url,
+                data,
+            ),
+        )
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _visible(self, case_id: int, caller: Caller, *, lock: bool) -> dict[str, Any]:
+        where, params = _visibility(caller)
+        cur = self._conn.cursor(row_factory=dict_row)
+        row = cur.execute(
+            f"select * from cases where case_id = %s and {where}{' for update' if lock else ''}",
+            (case_id, *params),
+        ).fetchone()
+        if row is None:
+            msg = f"no case {case_id}"
+            raise CaseNotFoundError(msg)
+        return row
+
+    def history(self, case_id: int) -> list[Event]:
+        """The case's events, oldest first, as ``lifecycle.rebuild`` takes them."""
+        return [
+            Event(
+                at,
+                actor,
+                Action(action),
+                State(to_state),
+                unit_id=unit_id,
+                deadline_h=(data or {}).get("deadline_h"),
+                note=note,
+            )
+            for at, actor, action, to_state, unit_id, note, data in self._conn.execute(
+                "select at, actor, action, to_state, unit_id, note, data from case_events "
+                "where case_id = %s order by event_id",
+                (case_id,),
+            )
+        ]
+
+    def state_of(self, case_id: int) -> CaseState:
+        """The lifecycle columns of the case row as stored."""
+        row = self._conn.execute(
+            f"select {', '.join(_CASE_COLUMNS)} from cases where case_id = %s", (case_id,)
+        ).fetchone()
+        if row is None:
+            msg = f"no case {case_id}"
+            raise CaseNotFoundError(msg)
+        values = dict(zip(_CASE_COLUMNS, row, strict=True))
+        return CaseState(**{**values, "state": State(values["state"])})
+
+    def show(self, case_id: int, caller: Caller) -> dict[str, Any]:
+        """One case with its history and the actions its state allows."""
+        case = self._visible(case_id, caller, lock=False)
+        cur = self._conn.cursor(row_factory=dict_row)
+        case["events"] = cur.execute(
+            "select at, actor, action, from_state, to_state, unit_id, note, photo_url "
+            "from case_events where case_id = %s order by event_id",
+            (case_id,),
+        ).fetchall()
+        case["allowed_actions"] = allowed_actions(State(case["state"]))
+        return case
+
+    def find(
+        self,
+        caller: Caller,
+        *,
+        state: str | None = None,
+        unit_id: str | None = None,
+        district_id: str | None = None,
+        category: str | None = None,
+        overdue: bool | None = None,
+        after_id: int | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """Cases the caller may see, newest first, filtered; page with ``after_id``."""
+        where, params = _visibility(caller)
+        clauses = [where]
+        for column, value in (
+            ("state", state),
+            ("unit_id", unit_id),
+            ("district_id", district_id),
+            ("category", category),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = %s")
+                params.append(value)
+        if overdue is not None:
+            test = "deadline < now() and state not in ('closed', 'cancelled', 'disposed')"
+            clauses.append(test if overdue else f"not coalesce({test}, false)")
+        if after_id is not None:
+            clauses.append("case_id < %s")
+            params.append(after_id)
+        cur = self._conn.cursor(row_factory=dict_row)
+        return cur.execute(
+            "select case_id, category, subject, source, state, unit_id, district_id, severity, "
+            "reported_at, deadline, escalated_at, updated_at from cases where "
+            f"{' and '.join(clauses)} order by case_id desc limit %s",
+            (*params, limit),
+        ).fetchall()
+
+    def escalate_overdue(self) -> list[int]:
+        """Escalate, once, every unfinished case past its deadline; return their ids."""
+        with self._conn.transaction():
+            due = [
+                r[0]
+                for r in self._conn.execute(
+                    "select case_id from cases where deadline < %s and escalated_at is null and "
+                    "state in ('dispatched', 'accepted', 'returned') order by case_id "
+                    "for update skip locked",
+                    (self._clock(),),
+                )
+            ]
+            for case_id in due:
+                self._record(case_id, Action.ESCALATE, SYSTEM, note="past its deadline")
+        return due
+
+
+def _visibility(caller: Caller) -> tuple[str, list[Any]]:
+    if caller.role == "operator":
+        return "true", []
+    if caller.role == "coordinator":
+        return "district_id = %s", [caller.district_id]
+    return "unit_id = %s", [caller.unit_id]

@@ -1,0 +1,232 @@
+"""The HTTP API for units, offices and operators: report, list, show and act on cases.
+
+Every caller is a unit with a bearer token (`cityops units token UNIT`). A unit sees the cases it
+is responsible for, a coordinating office those of its district, an operator all. A case the
+caller may not see is 404, whether or not it exists. Errors are JSON: {"error": reason, ...}.
+The OpenAPI document is served at /openapi.json, its pages at /docs.
+
+Annotations here are evaluated at definition (no ``from __future__ import annotations``):
+FastAPI reads the dependencies of the endpoints, which are closures, from them.
+"""
+
+import logging
+from collections.abc import Iterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import psycopg
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from psycopg_pool import ConnectionPool
+from pydantic import BaseModel, ConfigDict, Field
+
+from cases.catalog import Catalog
+from cases.lifecycle import Action
+from cases.service import (
+    BadReportError,
+    Caller,
+    CaseNotFoundError,
+    CaseService,
+    ForbiddenActionError,
+    IllegalActionError,
+    Report,
+    caller_for_token,
+)
+
+logger = logging.getLogger(__name__)
+_bearer = HTTPBearer(auto_error=False)
+_ACTIONS = tuple(a.value for a in Action if a not in (Action.OPEN, Action.ESCALATE, Action.REPORT))
+
+
+class ReportIn(BaseModel):
+    """A problem reported by an inspector or a citizen."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    category: str = Field(description="A code of the problem catalog.")
+    source: Literal["inspector", "citizen"] = "citizen"
+    asset_code: str | None = Field(default=None, pattern=r"^[0-9]{16}$")
+    device_id: str | None = None
+    segment_id: str | None = None
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+    description: str | None = Field(default=None, max_length=4000)
+    photo_url: str | None = Field(default=None, max_length=2000)
+
+
+class ActionIn(BaseModel):
+    """Details of a lifecycle action."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    note: str | None = Field(default=None, max_length=4000)
+    unit_id: str | None = Field(default=None, description="dispatch: the unit to send it to")
+    photo_url: str | None = Field(default=None, max_length=2000)
+
+
+class CaseOut(BaseModel):
+    """A case in a list."""
+
+    case_id: int
+    category: str
+    subject: str
+    source: str
+    state: str
+    unit_id: str | None
+    district_id: str | None
+    severity: str
+    reported_at: datetime
+    deadline: datetime | None
+    escalated_at: datetime | None
+    updated_at: datetime
+
+
+def _error(status: int, reason: str, **extra: Any) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": reason, **extra})
+
+
+def create_app(database_url: str, catalog: Catalog, *, pool_size: int = 8) -> FastAPI:
+    """The API over a connection pool to ``database_url``."""
+    pool = ConnectionPool(
+        database_url, min_size=1, max_size=pool_size, open=False, kwargs={"autocommit": True}
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> Any:
+        pool.open(wait=True, timeout=30)
+        yield
+        pool.close()
+
+    app = FastAPI(title="cityops cases", version="1", lifespan=lifespan)
+
+    def service() -> Iterator[CaseService]:
+        with pool.connection() as conn:
+            yield CaseService(conn, catalog)
+
+    def caller(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Caller:
+        if credentials is None:
+            raise _Unauthorized
+        with pool.connection() as conn:
+            found = caller_for_token(conn, credentials.credentials)
+        if found is None:
+            raise _Unauthorized
+        return found
+
+    @app.exception_handler(_Unauthorized)
+    async def _unauthorized(_r: Request, _e: Exception) -> JSONResponse:
+        return _error(401, "a valid bearer token is required (cityops units token UNIT)")
+
+    @app.exception_handler(CaseNotFoundError)
+    async def _not_found(_r: Request, exc: Exception) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(ForbiddenActionError)
+    async def _forbidden(_r: Request, exc: Exception) -> JSONResponse:
+        return _error(403, str(exc))
+
+    @app.exception_handler(IllegalActionError)
+    async def _illegal(_r: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, IllegalActionError)
+        return _error(409, str(exc), state=exc.state, allowed=exc.allowed)
+
+    @app.exception_handler(BadReportError)
+    async def _bad(_r: Request, exc: Exception) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_r: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = [
+            {"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()
+        ]
+        return _error(422, "invalid request", problems=problems)
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def _database(_r: Request, exc: Exception) -> JSONResponse:
+        logger.warning("database unavailable: %s", exc)
+        return _error(503, "the database is unavailable; try again")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_r: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error", exc_info=exc)
+        return _error(500, "internal error; it has been logged")
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/cases", status_code=201)
+    def report(
+        body: ReportIn,
+        who: Annotated[Caller, Depends(caller)],
+        cases: Annotated[CaseService, Depends(service)],
+    ) -> dict[str, Any]:
+        """Report a problem; a second report on an open case adds to it (201 either way)."""
+        case_id, created = cases.report(Report(**body.model_dump()), actor=who.unit_id)
+        return {"case_id": case_id, "created": created}
+
+    @app.get("/cases", response_model=list[CaseOut])
+    def list_cases(
+        who: Annotated[Caller, Depends(caller)],
+        cases: Annotated[CaseService, Depends(service)],
+        state: str | None = None,
+        unit: str | None = None,
+        district: str | None = None,
+        category: str | None = None,
+        overdue: bool | None = None,
+        after: Annotated[int | None, Query(description="page: case ids below this")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> list[dict[str, Any]]:
+        """Cases the caller may see, newest first."""
+        return cases.find(
+            who,
+            state=state,
+            unit_id=unit,
+            district_id=district,
+            category=category,
+            overdue=overdue,
+            after_id=after,
+            limit=limit,
+        )
+
+    @app.get("/cases/{case_id}")
+    def show(
+        case_id: int,
+        who: Annotated[Caller, Depends(caller)],
+        cases: Annotated[CaseService, Depends(service)],
+    ) -> dict[str, Any]:
+        """One case with its history and the actions its state allows."""
+        return cases.show(case_id, who)
+
+    @app.post("/cases/{case_id}/{action}")
+    def act(
+        case_id: int,
+        action: Action,
+        who: Annotated[Caller, Depends(caller)],
+        cases: Annotated[CaseService, Depends(service)],
+        body: ActionIn | None = None,
+    ) -> dict[str, Any]:
+        """Register, cancel, dispatch, accept, return, dispose, verify, reopen or comment."""
+        if action.value not in _ACTIONS:
+            msg = f"{action.value} is not an action a caller takes; use one of {_ACTIONS}"
+            raise BadReportError(msg)
+        details = body or ActionIn()
+        return cases.act(
+            case_id,
+            action,
+            who,
+            note=details.note,
+            unit_id=details.unit_id,
+            photo_url=details.photo_url,
+        )
+
+    return app
+
+
+class _Unauthorized(Exception):  # noqa: N818 - mapped to HTTP 401 above
+    pass

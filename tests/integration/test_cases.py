@@ -1,0 +1,344 @@
+"""Cases against a real database: routing, lifecycle over the API and the CLI, escalation,
+one open case per subject under concurrency, and the monthly evaluation."""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from cases.catalog import load_catalog
+from cases.evaluation import evaluate
+from cases.lifecycle import Action, rebuild
+from cases.service import OPERATOR, CaseService, Report, create_token
+from cityops.api import create_app
+from cityops.cli import app as cli_app
+from devices.codes import CodeScheme
+from devices.registry import import_bundle
+from simulator.city import COVER_CATEGORIES, CitySpec, generate, write_bundle
+
+ROOT = Path(__file__).resolve().parents[2]
+CATALOG = load_catalog(ROOT / "config/categories.toml")
+
+
+@pytest.fixture
+def city(conn: psycopg.Connection, tmp_path: Path):
+    """A small city whose component codes no other test uses (its own division code)."""
+    division = random.randrange(300_000, 900_000)
+    spec = CitySpec(seed=division, covers=120, lamps=40, division_base=division)
+    built = generate(spec)
+    write_bundle(built, tmp_path / "city")
+    import_bundle(conn, tmp_path / "city", CodeScheme.parse("6+2+2+6"))
+    return built
+
+
+def cover(city, category: str) -> dict:
+    return next(a for a in city.assets if a["category"] == category)
+
+
+@pytest.fixture
+def api(database_url: str, conn: psycopg.Connection):
+    with TestClient(create_app(database_url, CATALOG)) as client:
+        tokens = {
+            unit: create_token(conn, unit, role)
+            for unit, role in (
+                ("d0-coordinating", "coordinator"),
+                ("d0-drainage", "unit"),
+                ("d0-water", "unit"),
+                ("d0-gas", "unit"),
+            )
+        }
+
+        def call(method: str, path: str, unit: str, **kwargs):
+            headers = {"Authorization": f"Bearer {tokens[unit]}"}
+            return client.request(method, path, headers=headers, **kwargs)
+
+        yield call
+
+
+def test_each_cover_category_routes_to_its_owner_and_ownerless_to_the_office(conn, city) -> None:
+    cases = CaseService(conn, CATALOG)
+    for minor, category, _, owner_kind in COVER_CATEGORIES:
+        asset = cover(city, category)
+        assert asset["code"][8:10] == minor
+        case_id, created = cases.report(
+            Report("cover_displaced", "sensor", asset_code=asset["code"])
+        )
+        assert created
+        row = cases.show(case_id, OPERATOR)
+        expected = f"d0-{owner_kind}" if owner_kind else "d0-coordinating"
+        assert (row["state"], row["unit_id"], row["district_id"]) == (
+            "dispatched",
+            expected,
+            "d0",
+        ), category
+        assert row["deadline"] - row["dispatched_at"] == timedelta(hours=4)
+
+
+def test_whole_lifecycle_over_the_api_with_return_rework_and_cancel(api, conn, city) -> None:
+    sewage = cover(city, "sewage")
+    opened = api(
+        "POST",
+        "/cases",
+        "d0-coordinating",
+        json={
+            "category": "cover_damaged",
+            "asset_code": sewage["code"],
+            "source": "inspector",
+            "description": "crack across the lid",
+        },
+    )
+    assert opened.status_code == 201, opened.json()
+    case_id = opened.json()["case_id"]
+    steps = [
+        ("d0-coordinating", "register", {}, "registered"),
+        ("d0-coordinating", "dispatch", {"unit_id": "d0-water"}, "dispatched"),
+        ("d0-water", "return", {"note": "sewage is not ours"}, "returned"),
+        ("d0-coordinating", "dispatch", {}, "dispatched"),  # routing: the drainage company
+        ("d0-drainage", "accept", {}, "accepted"),
+        (
+            "d0-drainage",
+            "dispose",
+            {"note": "lid replaced", "photo_url": "https://x/1.jpg"},
+            "disposed",
+        ),
+        ("d0-coordinating", "reopen", {"note": "still rocks"}, "dispatched"),
+        ("d0-drainage", "accept", {}, "accepted"),
+        ("d0-drainage", "comment", {"note": "parts ordered"}, "accepted"),
+        ("d0-drainage", "dispose", {"note": "new frame"}, "disposed"),
+        ("d0-coordinating", "verify", {}, "closed"),
+    ]
+    for unit, action, body, state in steps:
+        response = api("POST", f"/cases/{case_id}/{action}", unit, json=body)
+        assert response.status_code == 200, (action, response.json())
+        assert response.json()["state"] == state, action
+    shown = api("GET", f"/cases/{case_id}", "d0-coordinating").json()
+    assert [e["action"] for e in shown["events"]] == ["open"] + [s[1] for s in steps]
+    assert (shown["returns"], shown["reworks"], shown["unit_id"]) == (1, 1, "d0-drainage")
+    cases = CaseService(conn, CATALOG)
+    assert rebuild(cases.history(case_id)) == cases.state_of(case_id)
+
+    other = api(
+        "POST",
+        "/cases",
+        "d0-coordinating",
+        json={"category": "litter", "lat": 41.8057, "lon": 123.4315},
+    ).json()["case_id"]
+    cancelled = api(
+        "POST",
+        f"/cases/{other}/cancel",
+        "d0-coordinating",
+        json={"note": "duplicate of a hotline report"},
+    )
+    assert cancelled.json()["state"] == "cancelled"
+
+
+def test_illegal_transitions_and_foreign_cases_are_refused(api, conn, city, database_url) -> None:
+    gas = cover(city, "gas")
+    case_id = CaseService(conn, CATALOG).report(
+        Report("cover_missing", "sensor", asset_code=gas["code"])
+    )[0]
+    refused = api("POST", f"/cases/{case_id}/verify", "d0-coordinating")
+    assert refused.status_code == 409
+    assert refused.json() == {
+        "error": "cannot verify a case that is dispatched; allowed: accept, return, comment, "
+        "escalate, report",
+        "state": "dispatched",
+        "allowed": ["accept", "return", "comment", "escalate", "report"],
+    }
+    for unit in ("d0-water", "d0-drainage"):
+        assert api("GET", f"/cases/{case_id}", unit).status_code == 404
+        assert api("POST", f"/cases/{case_id}/accept", unit).status_code == 404
+    assert api("GET", "/cases/999999999", "d0-gas").status_code == 404
+    office_only = api("POST", f"/cases/{case_id}/dispatch", "d0-gas", json={})
+    assert office_only.status_code == 403
+    assert "may not dispatch" in office_only.json()["error"]
+    assert api("POST", f"/cases/{case_id}/accept", "d0-gas").json()["state"] == "accepted"
+    assert api("GET", "/cases", "d0-water").status_code == 200
+    mine = [c["case_id"] for c in api("GET", "/cases?state=accepted", "d0-gas").json()]
+    assert case_id in mine
+    assert case_id not in [c["case_id"] for c in api("GET", "/cases", "d0-water").json()]
+    with TestClient(create_app(database_url, CATALOG)) as anonymous:
+        for headers in ({}, {"Authorization": "Bearer not-a-token"}):
+            refused_anonymous = anonymous.get("/cases", headers=headers)
+            assert refused_anonymous.status_code == 401
+            assert "bearer token" in refused_anonymous.json()["error"]
+
+
+def test_a_second_report_adds_an_event_and_concurrent_reports_make_one_case(
+    database_url, conn, city
+) -> None:
+    asset = cover(city, "storm_water")
+    errors: list[BaseException] = []
+    results: list[tuple[int, bool]] = []
+
+    def report() -> None:
+        try:
+            with psycopg.connect(database_url, autocommit=True) as own:
+                results.append(
+                    CaseService(own, CATALOG).report(
+                        Report("cover_displaced", "sensor", asset_code=asset["code"])
+                    )
+                )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=report) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len({case_id for case_id, _ in results}) == 1
+    assert sorted(created for _, created in results) == [False] * 5 + [True]
+    case_id = results[0][0]
+    row = conn.execute("select reports, state from cases where case_id = %s", (case_id,))
+    assert row.fetchone() == (6, "dispatched")
+    assert conn.execute(
+        "select count(*) from cases where subject = %s", (asset["code"],)
+    ).fetchone() == (1,)
+
+
+def test_concurrent_reports_from_two_processes_still_give_one_case(
+    database_url, conn, city, tmp_path
+) -> None:
+    import subprocess
+    import sys
+
+    asset = cover(city, "telecom")
+    script = (
+        "import sys; from pathlib import Path; import psycopg;"
+        "from cases.catalog import load_catalog; from cases.service import CaseService, Report;"
+        f"c = load_catalog(Path({str(ROOT / 'config/categories.toml')!r}));"
+        f"conn = psycopg.connect({database_url!r}, autocommit=True);"
+        "s = CaseService(conn, c);"
+        f"[s.report(Report('cover_displaced', 'sensor', asset_code={asset['code']!r})) "
+        "for _ in range(20)]"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT) for _ in range(2)]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    assert conn.execute(
+        "select count(*), sum(reports) from cases where subject = %s", (asset["code"],)
+    ).fetchone() == (1, 40)
+
+
+def test_overdue_cases_are_escalated_once(conn, city) -> None:
+    now = [datetime.now(UTC) - timedelta(hours=10)]
+    cases = CaseService(conn, CATALOG, clock=lambda: now[0])
+    asset = cover(city, "heating")
+    case_id = cases.report(Report("cover_missing", "sensor", asset_code=asset["code"]))[0]
+    now[0] += timedelta(hours=1)  # deadline is 2 h
+    assert case_id not in cases.escalate_overdue()
+    now[0] += timedelta(hours=2)
+    assert case_id in cases.escalate_overdue()
+    now[0] += timedelta(hours=2)
+    assert case_id not in cases.escalate_overdue()
+    actions = [e.action for e in cases.history(case_id)]
+    assert actions.count(Action.ESCALATE) == 1
+    listed = cases.find(OPERATOR, overdue=True, limit=500)
+    assert case_id in [c["case_id"] for c in listed]
+
+
+def test_cli_walks_a_case_through_its_life(database_url, conn, city) -> None:
+    runner = CliRunner()
+    env = {"CITYOPS_DATABASE_URL": database_url}
+
+    def cli(*args: str):
+        result = runner.invoke(cli_app, list(args), env=env)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    asset = cover(city, "water_supply")
+    opened = cli(
+        "cases", "report", "cover_damaged", "--asset", asset["code"], "--as", "d0-s0-office"
+    )
+    case_id = opened.split()[1]
+    cli("cases", "register", case_id, "--as", "d0-coordinating")
+    assert "dispatched (d0-water)" in cli("cases", "dispatch", case_id, "--as", "d0-coordinating")
+    cli("cases", "accept", case_id, "--as", "d0-water")
+    cli("cases", "dispose", case_id, "--note", "lid reseated", "--as", "d0-water")
+    assert "closed" in cli("cases", "verify", case_id, "--as", "d0-coordinating")
+    refused = runner.invoke(cli_app, ["cases", "accept", case_id, "--as", "d0-water"], env=env)
+    assert refused.exit_code == 1
+    assert "cannot accept a case that is closed" in refused.output
+    assert '"action": "verify"' in cli("cases", "show", case_id)
+    assert case_id in cli("cases", "list", "--state", "closed", "--as", "d0-water")
+
+
+def test_evaluation_figures_equal_the_ones_worked_out_by_hand(conn, city) -> None:
+    t0 = datetime(2025, 3, 3, 1, 0, tzinfo=UTC)  # 09:00 in the city
+    clock = [t0]
+    cases = CaseService(conn, CATALOG, clock=lambda: clock[0])
+
+    def at(hours: float) -> None:
+        clock[0] = t0 + timedelta(hours=hours)
+
+    sewage = [a for a in city.assets if a["category"] == "sewage"][:3]
+    water = cover(city, "water_supply")
+    drainage = replace(OPERATOR)  # the operator acts for every unit here
+    # case A (drainage): disposed in 2 h, closed in 3 h (deadline 4 h): on time
+    a = cases.report(Report("cover_displaced", "sensor", asset_code=sewage[0]["code"]))[0]
+    at(1)
+    cases.act(a, Action.ACCEPT, drainage)
+    at(2)
+    cases.act(a, Action.DISPOSE, drainage)
+    at(3)
+    cases.act(a, Action.VERIFY, drainage)
+    # case B (drainage): disposed at 5 h, reopened, disposed at 8 h, closed at 9 h (late)
+    at(0)
+    b = cases.report(Report("cover_displaced", "sensor", asset_code=sewage[1]["code"]))[0]
+    at(5)
+    cases.act(b, Action.ACCEPT, drainage)
+    cases.act(b, Action.DISPOSE, drainage)
+    at(6)
+    cases.act(b, Action.REOPEN, drainage)  # new deadline: 6 h + 4 h = 10 h
+    at(7)
+    cases.act(b, Action.ACCEPT, drainage)
+    at(8)
+    cases.act(b, Action.DISPOSE, drainage)
+    at(9)
+    cases.act(b, Action.VERIFY, drainage)  # before the new deadline: on time
+    # case C (drainage): never disposed, deadline long past by the month's end
+    at(0)
+    c = cases.report(Report("cover_displaced", "sensor", asset_code=sewage[2]["code"]))[0]
+    # case D: first sent to water (wrong), returned, re-dispatched to water again (routing)
+    d = cases.report(Report("cover_damaged", "inspector", asset_code=water["code"]))[0]
+    cases.act(d, Action.REGISTER, drainage)
+    cases.act(d, Action.DISPATCH, drainage, unit_id="d0-drainage")
+    at(1)
+    cases.act(d, Action.RETURN, drainage)
+    cases.act(d, Action.DISPATCH, drainage)  # routed: d0-water
+    at(30)
+    cases.act(d, Action.ACCEPT, drainage)
+    cases.act(d, Action.DISPOSE, drainage)  # deadline 1 h + 24 h = 25 h: late
+    del c
+
+    results = {(r.scope, r.name): r for r in evaluate(conn, "2025-03")}
+    drain = results["unit", "d0-drainage"]
+    assert drain.cases == 3
+    assert drain.closure_rate == round(2 / 3, 4)
+    assert drain.on_time_closure_rate == round(2 / 3, 4)  # A and B on time; C due, open
+    assert drain.disposal_rate == round(2 / 3, 4)
+    assert drain.on_time_disposal_rate == round(1 / 3, 4)  # B's first disposal at 5 h > 4 h
+    assert drain.rework_rate == 0.5  # B reopened, of 2 closed
+    assert drain.mean_disposal_hours == 3.5  # A 2 h, B 5 h
+    assert drain.accurate_dispatch_rate == round(3 / 4, 4)  # A, B, C kept; D's returned
+    water_unit = results["unit", "d0-water"]
+    assert (water_unit.cases, water_unit.disposal_rate, water_unit.on_time_disposal_rate) == (
+        1,
+        1.0,
+        0.0,
+    )
+    district = results["district", "d0"]
+    assert district.cases == 4
+    assert district.closure_rate == 0.5
+    assert district.accurate_dispatch_rate == round(4 / 5, 4)
+    ranks = [r.name for r in evaluate(conn, "2025-03") if r.scope == "unit"]
+    assert ranks.index("d0-drainage") < ranks.index("d0-water")
