@@ -225,8 +225,8 @@ class CaseService:
                 None,
             )
             if first_state is State.DISPATCHED:
-                self._record(case_id, Action.REGISTER, SYSTEM)
-                self._record(case_id, Action.DISPATCH, SYSTEM, unit_id=routed)
+                registered = self._record(case_id, Action.REGISTER, SYSTEM)
+                self._record(case_id, Action.DISPATCH, SYSTEM, unit_id=routed, row=registered)
             return case_id, True
 
     def _locate(self, report: Report) -> tuple[str, str | None, str | None, Any, Any]:
@@ -317,10 +317,15 @@ class CaseService:
                     raise BadReportError(msg)
             elif action is Action.RETURN:
                 target = self._unit(case["district_id"], "coordinating")
-            self._record(
-                case_id, action, caller.unit_id, unit_id=target, note=note, photo_url=photo_url
+            return self._record(
+                case_id,
+                action,
+                caller.unit_id,
+                unit_id=target,
+                note=note,
+                photo_url=photo_url,
+                row=case,
             )
-            return self._visible(case_id, OPERATOR, lock=False)
 
     def _may(self, caller: Caller, action: Action, case: dict[str, Any]) -> bool:
         if caller.role == "operator":
@@ -340,21 +345,22 @@ class CaseService:
         unit_id: str | None = None,
         note: str | None = None,
         photo_url: str | None = None,
-    ) -> None:
-        """Apply one event to the row, locked for it, and append the event."""
-        self._conn.execute("select 1 from cases where case_id = %s for update", (case_id,))
-        current = self.state_of(case_id)
-        category = self._conn.execute(
-            "select category from cases where case_id = %s", (case_id,)
-        ).fetchone()
-        assert category is not None
+        row: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Apply one event to the case row and append it; return the row after it.
+
+        ``row`` is the case as already selected ``for update`` in this transaction, if it was.
+        """
+        if row is None:
+            row = self._locked(case_id)
+        current = _state_from(row)
         try:
             to_state = next_state(current.state, action)
         except IllegalTransitionError as exc:
             raise IllegalActionError(exc) from None
         deadline_h = None
         if action in (Action.DISPATCH, Action.REOPEN):
-            deadline_h = self._catalog.get(category[0]).deadline_h
+            deadline_h = self._catalog.get(row["category"]).deadline_h
         event = Event(
             self._clock(),
             actor,
@@ -371,6 +377,16 @@ class CaseService:
             f"update cases set {assignments} where case_id = %s",
             (*(getattr(after, c) for c in _CASE_COLUMNS), case_id),
         )
+        return {**row, **{c: getattr(after, c) for c in _CASE_COLUMNS}, "state": after.state.value}
+
+    def _locked(self, case_id: int) -> dict[str, Any]:
+        cur = self._conn.cursor(row_factory=dict_row)
+        row = cur.execute("select * from cases where case_id = %s for update", (case_id,))
+        found = row.fetchone()
+        if found is None:
+            msg = f"no case {case_id}"
+            raise CaseNotFoundError(msg)
+        return found
 
     def _insert_event(
         self, case_id: int, event: Event, from_state: State | None, photo_url: str | None = None
@@ -428,14 +444,12 @@ class CaseService:
 
     def state_of(self, case_id: int) -> CaseState:
         """The lifecycle columns of the case row as stored."""
-        row = self._conn.execute(
-            f"select {', '.join(_CASE_COLUMNS)} from cases where case_id = %s", (case_id,)
-        ).fetchone()
+        cur = self._conn.cursor(row_factory=dict_row)
+        row = cur.execute("select * from cases where case_id = %s", (case_id,)).fetchone()
         if row is None:
             msg = f"no case {case_id}"
             raise CaseNotFoundError(msg)
-        values = dict(zip(_CASE_COLUMNS, row, strict=True))
-        return CaseState(**{**values, "state": State(values["state"])})
+        return _state_from(row)
 
     def show(self, case_id: int, caller: Caller) -> dict[str, Any]:
         """One case with its history and the actions its state allows."""
@@ -502,6 +516,11 @@ class CaseService:
             for case_id in due:
                 self._record(case_id, Action.ESCALATE, SYSTEM, note="past its deadline")
         return due
+
+
+def _state_from(row: dict[str, Any]) -> CaseState:
+    values = {c: row[c] for c in _CASE_COLUMNS}
+    return CaseState(**{**values, "state": State(values["state"])})
 
 
 def _visibility(caller: Caller) -> tuple[str, list[Any]]:

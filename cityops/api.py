@@ -10,6 +10,7 @@ FastAPI reads the dependencies of the endpoints, which are closures, from them.
 """
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -38,6 +39,7 @@ from cases.service import (
 
 logger = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False)
+_TOKEN_CACHE_S = 60.0  # a deleted token keeps working this long in a running API
 _ACTIONS = tuple(a.value for a in Action if a not in (Action.OPEN, Action.ESCALATE, Action.REPORT))
 
 
@@ -106,15 +108,21 @@ def create_app(database_url: str, catalog: Catalog, *, pool_size: int = 8) -> Fa
         with pool.connection() as conn:
             yield CaseService(conn, catalog)
 
+    tokens: dict[str, tuple[Caller, float]] = {}
+
     def caller(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Caller:
         if credentials is None:
             raise _Unauthorized
+        cached = tokens.get(credentials.credentials)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
         with pool.connection() as conn:
             found = caller_for_token(conn, credentials.credentials)
         if found is None:
             raise _Unauthorized
+        tokens[credentials.credentials] = (found, time.monotonic() + _TOKEN_CACHE_S)
         return found
 
     @app.exception_handler(_Unauthorized)

@@ -46,18 +46,20 @@ def test_history_folds_into_the_case_row() -> None:
     def event(hours: float, action: Action, to: State, **kw: object) -> Event:
         return Event(T0 + timedelta(hours=hours), "x", action, to, **kw)  # type: ignore[arg-type]
 
-    case = rebuild([
-        event(0, Action.OPEN, State.REPORTED, unit_id="office"),
-        event(0.5, Action.REGISTER, State.REGISTERED),
-        event(1, Action.DISPATCH, State.DISPATCHED, unit_id="water", deadline_h=4),
-        event(2, Action.RETURN, State.RETURNED, unit_id="office"),
-        event(3, Action.DISPATCH, State.DISPATCHED, unit_id="drainage", deadline_h=4),
-        event(4, Action.REPORT, State.DISPATCHED),
-        event(5, Action.ACCEPT, State.ACCEPTED),
-        event(6, Action.DISPOSE, State.DISPOSED),
-        event(7, Action.REOPEN, State.DISPATCHED, deadline_h=4),
-        event(8, Action.ESCALATE, State.DISPATCHED),
-    ])
+    case = rebuild(
+        [
+            event(0, Action.OPEN, State.REPORTED, unit_id="office"),
+            event(0.5, Action.REGISTER, State.REGISTERED),
+            event(1, Action.DISPATCH, State.DISPATCHED, unit_id="water", deadline_h=4),
+            event(2, Action.RETURN, State.RETURNED, unit_id="office"),
+            event(3, Action.DISPATCH, State.DISPATCHED, unit_id="drainage", deadline_h=4),
+            event(4, Action.REPORT, State.DISPATCHED),
+            event(5, Action.ACCEPT, State.ACCEPTED),
+            event(6, Action.DISPOSE, State.DISPOSED),
+            event(7, Action.REOPEN, State.DISPATCHED, deadline_h=4),
+            event(8, Action.ESCALATE, State.DISPATCHED),
+        ]
+    )
     assert case.state is State.DISPATCHED
     assert case.unit_id == "drainage"
     assert case.deadline == T0 + timedelta(hours=11)
