@@ -302,7 +302,9 @@ def serve(settings: Settings, host: str | None, port: int | None) -> None:
 
     from cityops.api import create_app
 
-    app = create_app(settings.database.url, catalog_of(settings))
+    app = create_app(
+        settings.database.url, catalog_of(settings), pool_size=settings.cases.api_pool_size
+    )
     uvicorn.run(
         app,
         host=host or settings.cases.api_host,

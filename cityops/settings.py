@@ -213,6 +213,12 @@ class CasesSettings(_Section):
     )
     api_host: str = Field(default="127.0.0.1")
     api_port: int = Field(default=8080, ge=1, le=65535)
+    api_pool_size: int = Field(
+        default=24,
+        ge=1,
+        le=500,
+        description="Database connections of the API; concurrent commits share the WAL flush.",
+    )
 
 
 class MetricsSettings(_Section):
