@@ -163,6 +163,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=1, help="API server processes")
     parser.add_argument(
         "--database-server",
         default=os.environ.get(
@@ -188,7 +189,8 @@ def main() -> None:
         BASE[0] = f"http://127.0.0.1:{port}"
         env = {**os.environ, "CITYOPS_DATABASE_URL": url, "CITYOPS_METRICS_PORT": "0"}
         server = subprocess.Popen(
-            [sys.executable, "-m", "cityops", "api", "--port", str(port)],
+            [sys.executable, "-m", "cityops", "api", "--port", str(port), "--workers",
+             str(args.workers)],
             env=env,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,

@@ -12,7 +12,7 @@ FastAPI reads the dependencies of the endpoints, which are closures, from them.
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -23,8 +23,9 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
-from cases.catalog import Catalog
+from cases.catalog import Catalog, load_catalog
 from cases.lifecycle import Action
 from cases.service import (
     BadReportError,
@@ -36,6 +37,7 @@ from cases.service import (
     Report,
     caller_for_token,
 )
+from cityops.settings import load_settings
 
 logger = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False)
@@ -104,26 +106,108 @@ def create_app(database_url: str, catalog: Catalog, *, pool_size: int = 8) -> Fa
 
     app = FastAPI(title="cityops cases", version="1", lifespan=lifespan)
 
-    def service() -> Iterator[CaseService]:
+    @contextmanager
+    def case_service() -> Iterator[CaseService]:
         with pool.connection() as conn:
             yield CaseService(conn, catalog)
 
     tokens: dict[str, tuple[Caller, float]] = {}
 
-    def caller(
+    async def caller(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Caller:
+        # async, so a cached token costs no thread hop; a new one is looked up on a worker
         if credentials is None:
             raise _Unauthorized
         cached = tokens.get(credentials.credentials)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        with pool.connection() as conn:
-            found = caller_for_token(conn, credentials.credentials)
+        found = await run_in_threadpool(look_up, credentials.credentials)
         if found is None:
             raise _Unauthorized
         tokens[credentials.credentials] = (found, time.monotonic() + _TOKEN_CACHE_S)
         return found
+
+    def look_up(token: str) -> Caller | None:
+        with pool.connection() as conn:
+            return caller_for_token(conn, token)
+
+    _install_error_handlers(app)
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/cases", status_code=201)
+    def report(
+        body: ReportIn,
+        who: Annotated[Caller, Depends(caller)],
+    ) -> dict[str, Any]:
+        """Report a problem; a second report on an open case adds to it (201 either way)."""
+        with case_service() as cases:
+            case_id, created = cases.report(Report(**body.model_dump()), actor=who.unit_id)
+        return {"case_id": case_id, "created": created}
+
+    @app.get("/cases", response_model=list[CaseOut])
+    def list_cases(
+        who: Annotated[Caller, Depends(caller)],
+        state: str | None = None,
+        unit: str | None = None,
+        district: str | None = None,
+        category: str | None = None,
+        overdue: bool | None = None,
+        after: Annotated[int | None, Query(description="page: case ids below this")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> list[dict[str, Any]]:
+        """Cases the caller may see, newest first."""
+        with case_service() as cases:
+            return cases.find(
+                who,
+                state=state,
+                unit_id=unit,
+                district_id=district,
+                category=category,
+                overdue=overdue,
+                after_id=after,
+                limit=limit,
+            )
+
+    @app.get("/cases/{case_id}")
+    def show(
+        case_id: int,
+        who: Annotated[Caller, Depends(caller)],
+    ) -> dict[str, Any]:
+        """One case with its history and the actions its state allows."""
+        with case_service() as cases:
+            return cases.show(case_id, who)
+
+    @app.post("/cases/{case_id}/{action}", response_model=CaseOut)
+    def act(
+        case_id: int,
+        action: Action,
+        who: Annotated[Caller, Depends(caller)],
+        body: ActionIn | None = None,
+    ) -> dict[str, Any]:
+        """Register, cancel, dispatch, accept, return, dispose, verify, reopen or comment."""
+        if action.value not in _ACTIONS:
+            msg = f"{action.value} is not an action a caller takes; use one of {_ACTIONS}"
+            raise BadReportError(msg)
+        details = body or ActionIn()
+        with case_service() as cases:
+            return cases.act(
+                case_id,
+                action,
+                who,
+                note=details.note,
+                unit_id=details.unit_id,
+                photo_url=details.photo_url,
+            )
+
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error a caller can meet, as JSON with a reason; never a stack trace."""
 
     @app.exception_handler(_Unauthorized)
     async def _unauthorized(_r: Request, _e: Exception) -> JSONResponse:
@@ -164,76 +248,12 @@ def create_app(database_url: str, catalog: Catalog, *, pool_size: int = 8) -> Fa
         logger.exception("unexpected error", exc_info=exc)
         return _error(500, "internal error; it has been logged")
 
-    @app.get("/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
 
-    @app.post("/cases", status_code=201)
-    def report(
-        body: ReportIn,
-        who: Annotated[Caller, Depends(caller)],
-        cases: Annotated[CaseService, Depends(service)],
-    ) -> dict[str, Any]:
-        """Report a problem; a second report on an open case adds to it (201 either way)."""
-        case_id, created = cases.report(Report(**body.model_dump()), actor=who.unit_id)
-        return {"case_id": case_id, "created": created}
-
-    @app.get("/cases", response_model=list[CaseOut])
-    def list_cases(
-        who: Annotated[Caller, Depends(caller)],
-        cases: Annotated[CaseService, Depends(service)],
-        state: str | None = None,
-        unit: str | None = None,
-        district: str | None = None,
-        category: str | None = None,
-        overdue: bool | None = None,
-        after: Annotated[int | None, Query(description="page: case ids below this")] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    ) -> list[dict[str, Any]]:
-        """Cases the caller may see, newest first."""
-        return cases.find(
-            who,
-            state=state,
-            unit_id=unit,
-            district_id=district,
-            category=category,
-            overdue=overdue,
-            after_id=after,
-            limit=limit,
-        )
-
-    @app.get("/cases/{case_id}")
-    def show(
-        case_id: int,
-        who: Annotated[Caller, Depends(caller)],
-        cases: Annotated[CaseService, Depends(service)],
-    ) -> dict[str, Any]:
-        """One case with its history and the actions its state allows."""
-        return cases.show(case_id, who)
-
-    @app.post("/cases/{case_id}/{action}")
-    def act(
-        case_id: int,
-        action: Action,
-        who: Annotated[Caller, Depends(caller)],
-        cases: Annotated[CaseService, Depends(service)],
-        body: ActionIn | None = None,
-    ) -> dict[str, Any]:
-        """Register, cancel, dispatch, accept, return, dispose, verify, reopen or comment."""
-        if action.value not in _ACTIONS:
-            msg = f"{action.value} is not an action a caller takes; use one of {_ACTIONS}"
-            raise BadReportError(msg)
-        details = body or ActionIn()
-        return cases.act(
-            case_id,
-            action,
-            who,
-            note=details.note,
-            unit_id=details.unit_id,
-            photo_url=details.photo_url,
-        )
-
-    return app
+def app_from_settings() -> FastAPI:
+    """The API as configured (settings file and CITYOPS_* environment): uvicorn's factory."""
+    settings = load_settings()
+    catalog = load_catalog(settings.cases.catalog)
+    return create_app(settings.database.url, catalog, pool_size=settings.cases.api_pool_size)
 
 
 class _Unauthorized(Exception):  # noqa: N818 - mapped to HTTP 401 above

@@ -296,18 +296,16 @@ def token_command(
     typer.echo(token)
 
 
-def serve(settings: Settings, host: str | None, port: int | None) -> None:
-    """Run the case API with uvicorn until Ctrl-C."""
+def serve(settings: Settings, host: str | None, port: int | None, workers: int) -> None:
+    """Run the case API with uvicorn until Ctrl-C (``workers`` processes share the port)."""
     import uvicorn
 
-    from cityops.api import create_app
-
-    app = create_app(
-        settings.database.url, catalog_of(settings), pool_size=settings.cases.api_pool_size
-    )
+    catalog_of(settings)  # fail here, before the workers start, if the catalog is bad
     uvicorn.run(
-        app,
+        "cityops.api:app_from_settings",
+        factory=True,
         host=host or settings.cases.api_host,
         port=port or settings.cases.api_port,
-        log_level="info",
+        workers=workers,
+        log_level="warning",
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -181,10 +182,13 @@ def api(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Default: cases.api_host.")] = None,
     port: Annotated[int | None, typer.Option(help="Default: cases.api_port.")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Server processes.")] = 1,
 ) -> None:
     """Serve the case API (OpenAPI at /docs) for units, offices and operators."""
     setup_logging()
-    serve(settings_from(config), host, port)
+    if config is not None:
+        os.environ["CITYOPS_CONFIG"] = str(config)  # the worker processes read it too
+    serve(settings_from(config), host, port, workers)
 
 
 @app.command()
