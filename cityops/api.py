@@ -208,27 +208,25 @@ def create_app(database_url: str, catalog: Catalog, *, pool_size: int = 8) -> Fa
 
 def _install_error_handlers(app: FastAPI) -> None:
     """Every error a caller can meet, as JSON with a reason; never a stack trace."""
+    statuses: dict[type[Exception], int] = {
+        CaseNotFoundError: 404,
+        ForbiddenActionError: 403,
+        BadReportError: 422,
+    }
 
-    @app.exception_handler(_Unauthorized)
-    async def _unauthorized(_r: Request, _e: Exception) -> JSONResponse:
-        return _error(401, "a valid bearer token is required (cityops units token UNIT)")
+    async def _by_status(_r: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, _Unauthorized):
+            return _error(401, "a valid bearer token is required (cityops units token UNIT)")
+        return _error(statuses[type(exc)], str(exc))
 
-    @app.exception_handler(CaseNotFoundError)
-    async def _not_found(_r: Request, exc: Exception) -> JSONResponse:
-        return _error(404, str(exc))
-
-    @app.exception_handler(ForbiddenActionError)
-    async def _forbidden(_r: Request, exc: Exception) -> JSONResponse:
-        return _error(403, str(exc))
+    handled: list[type[Exception]] = [_Unauthorized, *statuses]
+    for error_type in handled:
+        app.add_exception_handler(error_type, _by_status)
 
     @app.exception_handler(IllegalActionError)
     async def _illegal(_r: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, IllegalActionError)
         return _error(409, str(exc), state=exc.state, allowed=exc.allowed)
-
-    @app.exception_handler(BadReportError)
-    async def _bad(_r: Request, exc: Exception) -> JSONResponse:
-        return _error(422, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_r: Request, exc: Exception) -> JSONResponse:
