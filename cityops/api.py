@@ -10,9 +10,10 @@ FastAPI reads the dependencies of the endpoints, which are closures, from them.
 """
 
 import logging
+import threading
 import time
-from collections.abc import Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -21,6 +22,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry, Counter, make_asgi_app
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -92,19 +94,48 @@ def _error(status: int, reason: str, **extra: Any) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": reason, **extra})
 
 
-def create_app(database_url: str, catalog: Catalog, *, pool_size: int = 8) -> FastAPI:
-    """The API over a connection pool to ``database_url``."""
+def create_app(
+    database_url: str,
+    catalog: Catalog,
+    *,
+    pool_size: int = 8,
+    escalate_every_s: float = 60.0,
+    registry: CollectorRegistry | None = None,
+) -> FastAPI:
+    """The API over a connection pool to ``database_url``.
+
+    While it runs it also escalates overdue cases every ``escalate_every_s`` and serves
+    Prometheus metrics at /metrics.
+    """
     pool = ConnectionPool(
         database_url, min_size=1, max_size=pool_size, open=False, kwargs={"autocommit": True}
     )
+    metrics = registry or CollectorRegistry()
+    escalated = Counter(
+        "cityops_cases_escalated", "Cases escalated past their deadline.", registry=metrics
+    )
+    stop = threading.Event()
+
+    def escalate_periodically() -> None:
+        while not stop.wait(escalate_every_s):
+            try:
+                with case_service() as cases:
+                    escalated.inc(len(cases.escalate_overdue()))
+            except psycopg.Error as exc:
+                logger.warning("escalation skipped: %s", exc)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> Any:
         pool.open(wait=True, timeout=30)
+        escalator = threading.Thread(target=escalate_periodically, name="escalation")
+        escalator.start()
         yield
+        stop.set()
+        escalator.join()
         pool.close()
 
     app = FastAPI(title="cityops cases", version="1", lifespan=lifespan)
+    app.mount("/metrics", make_asgi_app(registry=metrics))
 
     @contextmanager
     def case_service() -> Iterator[CaseService]:
@@ -133,6 +164,17 @@ def create_app(database_url: str, catalog: Catalog, *, pool_size: int = 8) -> Fa
             return caller_for_token(conn, token)
 
     _install_error_handlers(app)
+
+    _install_routes(app, case_service, caller)
+    return app
+
+
+def _install_routes(
+    app: FastAPI,
+    case_service: Callable[[], AbstractContextManager[CaseService]],
+    caller: Callable[..., Awaitable[Caller]],
+) -> None:
+    """The endpoints; each works on a pooled connection for exactly its own request."""
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -203,8 +245,6 @@ def create_app(database_url: str, catalog: Catalog, *, pool_size: int = 8) -> Fa
                 photo_url=details.photo_url,
             )
 
-    return app
-
 
 def _install_error_handlers(app: FastAPI) -> None:
     """Every error a caller can meet, as JSON with a reason; never a stack trace."""
@@ -251,7 +291,12 @@ def app_from_settings() -> FastAPI:
     """The API as configured (settings file and CITYOPS_* environment): uvicorn's factory."""
     settings = load_settings()
     catalog = load_catalog(settings.cases.catalog)
-    return create_app(settings.database.url, catalog, pool_size=settings.cases.api_pool_size)
+    return create_app(
+        settings.database.url,
+        catalog,
+        pool_size=settings.cases.api_pool_size,
+        escalate_every_s=settings.cases.escalate_every_s,
+    )
 
 
 class _Unauthorized(Exception):  # noqa: N818 - mapped to HTTP 401 above

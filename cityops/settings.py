@@ -213,6 +213,9 @@ class CasesSettings(_Section):
     )
     api_host: str = Field(default="127.0.0.1")
     api_port: int = Field(default=8080, ge=1, le=65535)
+    escalate_every_s: float = Field(
+        default=60.0, gt=0, le=3600, description="How often the API escalates overdue cases."
+    )
     api_pool_size: int = Field(
         default=24,
         ge=1,

@@ -4,6 +4,7 @@ one open case per subject under concurrency, and the monthly evaluation."""
 from __future__ import annotations
 
 import random
+import re
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from cityops.cli import app as cli_app
 from devices.codes import CodeScheme
 from devices.registry import import_bundle
 from simulator.city import COVER_CATEGORIES, CitySpec, generate, write_bundle
+from tests.plugin import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog(ROOT / "config/categories.toml")
@@ -244,6 +246,29 @@ def test_overdue_cases_are_escalated_once(conn, city) -> None:
     assert actions.count(Action.ESCALATE) == 1
     listed = cases.find(OPERATOR, overdue=True, limit=500)
     assert case_id in [c["case_id"] for c in listed]
+
+
+def test_the_api_escalates_overdue_cases_by_itself_and_counts_them(
+    database_url, conn, city
+) -> None:
+    old = CaseService(conn, CATALOG, clock=lambda: datetime.now(UTC) - timedelta(hours=5))
+    case_id = old.report(
+        Report("cover_missing", "sensor", asset_code=cover(city, "power")["code"])
+    )[0]
+    with TestClient(create_app(database_url, CATALOG, escalate_every_s=0.05)) as client:
+        wait_for(
+            lambda: (
+                conn.execute(
+                    "select escalated_at from cases where case_id = %s", (case_id,)
+                ).fetchone()[0]
+                is not None
+            ),
+            what="the API's escalation of the overdue case",
+        )
+        exposition = client.get("/metrics/").text
+    escalated = re.search(r"^cityops_cases_escalated_total (\S+)$", exposition, re.M)
+    assert escalated is not None
+    assert float(escalated.group(1)) >= 1
 
 
 def test_cli_walks_a_case_through_its_life(database_url, conn, city) -> None:
