@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--samples", type=int, default=500)
-    parser.add_argument("--workers", type=int, default=1, help="API server processes")
+    parser.add_argument("--workers", type=int, help="API processes (default: as configured)")
     parser.add_argument(
         "--database-server",
         default=os.environ.get(

@@ -296,7 +296,7 @@ def token_command(
     typer.echo(token)
 
 
-def serve(settings: Settings, host: str | None, port: int | None, workers: int) -> None:
+def serve(settings: Settings, host: str | None, port: int | None, workers: int | None) -> None:
     """Run the case API with uvicorn until Ctrl-C (``workers`` processes share the port)."""
     import uvicorn
 
@@ -306,6 +306,6 @@ def serve(settings: Settings, host: str | None, port: int | None, workers: int) 
         factory=True,
         host=host or settings.cases.api_host,
         port=port or settings.cases.api_port,
-        workers=workers,
+        workers=workers or settings.cases.api_workers,
         log_level="warning",
     )

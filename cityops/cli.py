@@ -182,7 +182,9 @@ def api(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Default: cases.api_host.")] = None,
     port: Annotated[int | None, typer.Option(help="Default: cases.api_port.")] = None,
-    workers: Annotated[int, typer.Option(min=1, max=64, help="Server processes.")] = 1,
+    workers: Annotated[
+        int | None, typer.Option(min=1, max=64, help="Server processes (cases.api_workers).")
+    ] = None,
 ) -> None:
     """Serve the case API (OpenAPI at /docs) for units, offices and operators."""
     setup_logging()

@@ -213,6 +213,9 @@ class CasesSettings(_Section):
     )
     api_host: str = Field(default="127.0.0.1")
     api_port: int = Field(default=8080, ge=1, le=65535)
+    api_workers: int = Field(
+        default=2, ge=1, le=64, description="API server processes sharing the port."
+    )
     escalate_every_s: float = Field(
         default=60.0, gt=0, le=3600, description="How often the API escalates overdue cases."
     )
