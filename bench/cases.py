@@ -189,16 +189,8 @@ def main() -> None:
         BASE[0] = f"http://127.0.0.1:{port}"
         env = {**os.environ, "CITYOPS_DATABASE_URL": url, "CITYOPS_METRICS_PORT": "0"}
         server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cityops",
-                "api",
-                "--port",
-                str(port),
-                "--workers",
-                str(args.workers),
-            ],
+            [sys.executable, "-m", "cityops", "api", "--port", str(port)]
+            + (["--workers", str(args.workers)] if args.workers else []),
             env=env,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
