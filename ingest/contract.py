@@ -106,9 +106,6 @@ STATUS: Final = ReadingKind("status", DeviceStatus, "device_status")
 TELEMETRY_KINDS: Final[dict[str, ReadingKind]] = {k.name: k for k in (MANHOLE, SWEEPER, LIGHT)}
 #: Every stored kind of reading.
 READING_KINDS: Final[tuple[ReadingKind, ...]] = (MANHOLE, SWEEPER, LIGHT, STATUS)
-#: Device types the registry accepts (gateways publish batches for the others).
-DEVICE_TYPES: Final[tuple[str, ...]] = (*TELEMETRY_KINDS, "gateway")
-
 
 class GatewayEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One entry of a gateway batch: a device's reading with its fields under ``values``.
