@@ -303,8 +303,7 @@ class CaseService:
         photo_url: str | None = None,
     ) -> dict[str, Any]:
         """Do ``action`` to a case as ``caller``; return the case after it."""
-        # pipeline: BEGIN rides with the locking select, the event, update and COMMIT go as one
-        with self._conn.pipeline(), self._conn.transaction():
+        with self._conn.transaction():
             case = self._visible(case_id, caller, lock=True)
             if not self._may(caller, action, case):
                 msg = f"{caller.unit_id} ({caller.role}) may not {action.value} case {case_id}"
