@@ -14,6 +14,7 @@ Errors (all CaseError)::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
@@ -42,6 +43,7 @@ Role = Literal["unit", "coordinator", "operator"]
 Source = Literal["sensor", "inspector", "citizen"]
 SYSTEM = "system"
 _CASE_COLUMNS = tuple(CaseState.__dataclass_fields__)
+_ATTEMPTS = 3  # optimistic tries before an action locks the case
 
 
 class CaseError(Exception):
@@ -63,6 +65,10 @@ class IllegalActionError(CaseError):
         super().__init__(str(error))
         self.state = error.state.value
         self.allowed = error.allowed
+
+
+class _StaleCaseError(CaseError):
+    """The case changed between reading and writing it (the caller decides again)."""
 
 
 class BadReportError(CaseError):
@@ -132,6 +138,15 @@ def district_at(conn: psycopg.Connection, lat: float, lon: float) -> str | None:
         if shape(boundary).covers(point):
             return str(region_id)
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Details:
+    """What an action carries besides its name."""
+
+    note: str | None
+    unit_id: str | None
+    photo_url: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,30 +317,45 @@ class CaseService:
         unit_id: str | None = None,
         photo_url: str | None = None,
     ) -> dict[str, Any]:
-        """Do ``action`` to a case as ``caller``; return the case after it."""
+        """Do ``action`` to a case as ``caller``; return the case after it.
+
+        Optimistic: read the case, decide, then write event and row in one statement that
+        applies only to the version read; if the case moved meanwhile, decide again. After
+        ``_ATTEMPTS`` such tries the case is locked for the last one, so an action always lands.
+        """
+        details = _Details(note, unit_id, photo_url)
+        for _ in range(_ATTEMPTS):
+            with contextlib.suppress(_StaleCaseError):
+                return self._act_once(case_id, action, caller, details, lock=False)
         with self._conn.transaction():
-            case = self._visible(case_id, caller, lock=True)
-            if not self._may(caller, action, case):
-                msg = f"{caller.unit_id} ({caller.role}) may not {action.value} case {case_id}"
-                raise ForbiddenActionError(msg)
-            target = unit_id
-            if action is Action.DISPATCH:
-                target = unit_id or case["routed_unit_id"]
-                known = self._conn.execute("select 1 from units where unit_id = %s", (target,))
-                if known.fetchone() is None:
-                    msg = f"no unit {target!r} to dispatch to"
-                    raise BadReportError(msg)
-            elif action is Action.RETURN:
-                target = self._unit(case["district_id"], "coordinating")
-            return self._record(
-                case_id,
-                action,
-                caller.unit_id,
-                unit_id=target,
-                note=note,
-                photo_url=photo_url,
-                row=case,
-            )
+            return self._act_once(case_id, action, caller, details, lock=True)
+
+    def _act_once(
+        self, case_id: int, action: Action, caller: Caller, details: _Details, *, lock: bool
+    ) -> dict[str, Any]:
+        note, unit_id, photo_url = details.note, details.unit_id, details.photo_url
+        case = self._visible(case_id, caller, lock=lock)
+        if not self._may(caller, action, case):
+            msg = f"{caller.unit_id} ({caller.role}) may not {action.value} case {case_id}"
+            raise ForbiddenActionError(msg)
+        target = unit_id
+        if action is Action.DISPATCH:
+            target = unit_id or case["routed_unit_id"]
+            known = self._conn.execute("select 1 from units where unit_id = %s", (target,))
+            if known.fetchone() is None:
+                msg = f"no unit {target!r} to dispatch to"
+                raise BadReportError(msg)
+        elif action is Action.RETURN:
+            target = self._unit(case["district_id"], "coordinating")
+        return self._record(
+            case_id,
+            action,
+            caller.unit_id,
+            unit_id=target,
+            note=note,
+            photo_url=photo_url,
+            row=case,
+        )
 
     def _may(self, caller: Caller, action: Action, case: dict[str, Any]) -> bool:
         if caller.role == "operator":
@@ -349,7 +379,8 @@ class CaseService:
     ) -> dict[str, Any]:
         """Apply one event to the case row and append it; return the row after it.
 
-        ``row`` is the case as already selected ``for update`` in this transaction, if it was.
+        ``row`` is the case as read (by ``act``) or as locked in this transaction; the write
+        applies only if the row still has that version, else _StaleCaseError.
         """
         if row is None:
             row = self._locked(case_id)
@@ -370,14 +401,28 @@ class CaseService:
             deadline_h=deadline_h,
             note=note,
         )
-        self._insert_event(case_id, event, current.state, photo_url)
         after = apply(current, event)
         assignments = ", ".join(f"{c} = %s" for c in _CASE_COLUMNS)
-        self._conn.execute(
-            f"update cases set {assignments} where case_id = %s",
-            (*(getattr(after, c) for c in _CASE_COLUMNS), case_id),
-        )
-        return {**row, **{c: getattr(after, c) for c in _CASE_COLUMNS}, "state": after.state.value}
+        written = self._conn.execute(
+            f"with moved as (update cases set {assignments}, version = version + 1 "
+            "where case_id = %s and version = %s returning case_id) "
+            "insert into case_events (case_id, at, actor, action, from_state, to_state, unit_id, "
+            "note, photo_url, data) select case_id, %s, %s, %s, %s, %s, %s, %s, %s, %s from moved",
+            (
+                *(getattr(after, c) for c in _CASE_COLUMNS),
+                case_id,
+                row["version"],
+                *self._event_values(event, current.state, photo_url),
+            ),
+        ).rowcount
+        if written != 1:
+            raise _StaleCaseError
+        return {
+            **row,
+            **{c: getattr(after, c) for c in _CASE_COLUMNS},
+            "state": after.state.value,
+            "version": row["version"] + 1,
+        }
 
     def _locked(self, case_id: int) -> dict[str, Any]:
         cur = self._conn.cursor(row_factory=dict_row)
@@ -391,22 +436,27 @@ class CaseService:
     def _insert_event(
         self, case_id: int, event: Event, from_state: State | None, photo_url: str | None = None
     ) -> None:
-        data = json.dumps({"deadline_h": event.deadline_h}) if event.deadline_h else None
         self._conn.execute(
             "insert into case_events (case_id, at, actor, action, from_state, to_state, unit_id, "
             "note, photo_url, data) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                case_id,
-                event.at,
-                event.actor,
-                event.action,
-                from_state,
-                event.to_state,
-                event.unit_id,
-                event.note,
-                photo_url,
-                data,
-            ),
+            (case_id, *self._event_values(event, from_state, photo_url)),
+        )
+
+    @staticmethod
+    def _event_values(
+        event: Event, from_state: State | None, photo_url: str | None
+    ) -> tuple[Any, ...]:
+        data = json.dumps({"deadline_h": event.deadline_h}) if event.deadline_h else None
+        return (
+            event.at,
+            event.actor,
+            event.action,
+            from_state,
+            event.to_state,
+            event.unit_id,
+            event.note,
+            photo_url,
+            data,
         )
 
     # -- reading ----------------------------------------------------------------------------

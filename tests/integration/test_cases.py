@@ -231,6 +231,39 @@ def test_concurrent_reports_from_two_processes_still_give_one_case(
     ).fetchone() == (1, 40)
 
 
+def test_concurrent_actions_on_one_case_all_land_in_its_history(database_url, conn, city) -> None:
+    asset = cover(city, "street_light")
+    case_id = CaseService(conn, CATALOG).report(
+        Report("cover_damaged", "sensor", asset_code=asset["code"])
+    )[0]
+    errors: list[BaseException] = []
+
+    def comment(n: int) -> None:
+        try:
+            with psycopg.connect(database_url, autocommit=True) as own:
+                cases = CaseService(own, CATALOG)
+                for k in range(15):
+                    cases.act(case_id, Action.COMMENT, OPERATOR, note=f"{n}-{k}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=comment, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    cases = CaseService(conn, CATALOG)
+    history = cases.history(case_id)
+    assert sorted(e.note for e in history if e.action is Action.COMMENT) == sorted(
+        f"{n}-{k}" for n in range(3) for k in range(15)
+    )
+    assert rebuild(history) == cases.state_of(case_id)
+    assert conn.execute("select version from cases where case_id = %s", (case_id,)).fetchone() == (
+        len(history) - 1,
+    )
+
+
 def test_overdue_cases_are_escalated_once(conn, city) -> None:
     now = [datetime.now(UTC) - timedelta(hours=10)]
     cases = CaseService(conn, CATALOG, clock=lambda: now[0])
