@@ -44,6 +44,13 @@ Source = Literal["sensor", "inspector", "citizen"]
 SYSTEM = "system"
 _CASE_COLUMNS = tuple(CaseState.__dataclass_fields__)
 _ATTEMPTS = 3  # optimistic tries before an action locks the case
+#: One lifecycle step: the new row (only if still at the version read) and its event.
+_WRITE = (
+    f"with moved as (update cases set {', '.join(f'{c} = %s' for c in _CASE_COLUMNS)}, "
+    "version = version + 1 where case_id = %s and version = %s returning case_id) "
+    "insert into case_events (case_id, at, actor, action, from_state, to_state, unit_id, note, "
+    "photo_url, data) select case_id, %s, %s, %s, %s, %s, %s, %s, %s, %s from moved"
+)
 
 
 class CaseError(Exception):
@@ -340,11 +347,7 @@ class CaseService:
             raise ForbiddenActionError(msg)
         target = unit_id
         if action is Action.DISPATCH:
-            target = unit_id or case["routed_unit_id"]
-            known = self._conn.execute("select 1 from units where unit_id = %s", (target,))
-            if known.fetchone() is None:
-                msg = f"no unit {target!r} to dispatch to"
-                raise BadReportError(msg)
+            target = unit_id or case["routed_unit_id"]  # an unknown unit fails its foreign key
         elif action is Action.RETURN:
             target = self._unit(case["district_id"], "coordinating")
         return self._record(
@@ -402,19 +405,18 @@ class CaseService:
             note=note,
         )
         after = apply(current, event)
-        assignments = ", ".join(f"{c} = %s" for c in _CASE_COLUMNS)
-        written = self._conn.execute(
-            f"with moved as (update cases set {assignments}, version = version + 1 "
-            "where case_id = %s and version = %s returning case_id) "
-            "insert into case_events (case_id, at, actor, action, from_state, to_state, unit_id, "
-            "note, photo_url, data) select case_id, %s, %s, %s, %s, %s, %s, %s, %s, %s from moved",
-            (
-                *(getattr(after, c) for c in _CASE_COLUMNS),
+        try:
+            written = self._write(
                 case_id,
-                row["version"],
-                *self._event_values(event, current.state, photo_url),
-            ),
-        ).rowcount
+                version=row["version"],
+                after=after,
+                event=event,
+                from_state=current.state,
+                photo_url=photo_url,
+            )
+        except psycopg.errors.ForeignKeyViolation:
+            msg = f"no unit {event.unit_id!r} to dispatch to"
+            raise BadReportError(msg) from None
         if written != 1:
             raise _StaleCaseError
         return {
@@ -423,6 +425,27 @@ class CaseService:
             "state": after.state.value,
             "version": row["version"] + 1,
         }
+
+    def _write(
+        self,
+        case_id: int,
+        *,
+        version: int,
+        after: CaseState,
+        event: Event,
+        from_state: State,
+        photo_url: str | None,
+    ) -> int:
+        """Event and new row in one statement, if the row is still at ``version``."""
+        return self._conn.execute(
+            _WRITE,
+            (
+                *(getattr(after, c) for c in _CASE_COLUMNS),
+                case_id,
+                version,
+                *self._event_values(event, from_state, photo_url),
+            ),
+        ).rowcount
 
     def _locked(self, case_id: int) -> dict[str, Any]:
         cur = self._conn.cursor(row_factory=dict_row)

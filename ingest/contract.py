@@ -107,6 +107,7 @@ TELEMETRY_KINDS: Final[dict[str, ReadingKind]] = {k.name: k for k in (MANHOLE, S
 #: Every stored kind of reading.
 READING_KINDS: Final[tuple[ReadingKind, ...]] = (MANHOLE, SWEEPER, LIGHT, STATUS)
 
+
 class GatewayEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """One entry of a gateway batch: a device's reading with its fields under ``values``.
 

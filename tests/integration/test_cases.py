@@ -117,12 +117,19 @@ def test_whole_lifecycle_over_the_api_with_return_rework_and_cancel(api, conn, c
         ("d0-drainage", "dispose", {"note": "new frame"}, "disposed"),
         ("d0-coordinating", "verify", {}, "closed"),
     ]
+    assert api("POST", f"/cases/{case_id}/register", "d0-coordinating").status_code == 200
+    unknown = api(
+        "POST", f"/cases/{case_id}/dispatch", "d0-coordinating", json={"unit_id": "nobody"}
+    )
+    assert unknown.status_code == 422
+    assert unknown.json() == {"error": "no unit 'nobody' to dispatch to"}
+    steps = steps[1:]
     for unit, action, body, state in steps:
         response = api("POST", f"/cases/{case_id}/{action}", unit, json=body)
         assert response.status_code == 200, (action, response.json())
         assert response.json()["state"] == state, action
     shown = api("GET", f"/cases/{case_id}", "d0-coordinating").json()
-    assert [e["action"] for e in shown["events"]] == ["open"] + [s[1] for s in steps]
+    assert [e["action"] for e in shown["events"]] == ["open", "register"] + [s[1] for s in steps]
     assert (shown["returns"], shown["reworks"], shown["unit_id"]) == (1, 1, "d0-drainage")
     cases = CaseService(conn, CATALOG)
     assert rebuild(cases.history(case_id)) == cases.state_of(case_id)
