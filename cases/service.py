@@ -27,7 +27,7 @@ import psycopg
 from psycopg.rows import dict_row
 from shapely.geometry import Point, shape
 
-from cases.catalog import Catalog, Category
+from cases.catalog import Catalog
 from cases.lifecycle import (
     Action,
     CaseState,
@@ -199,36 +199,45 @@ class CaseService:
             raise BadReportError(str(exc).strip("'\"")) from None
         with self._conn.transaction():
             subject, district, owner, lat, lon = self._locate(report)
-            office = self._unit(district, "coordinating")
-            routed = self._route(category, district, owner) or office
+            units = self._units_of(district)
+            office = units.get("coordinating")
+            # territory first, responsibility follows authority: the component's owner, or
+            # the district's unit of the category's kind; no owner: the coordinating office
+            routed = (
+                owner if category.responsible == "owner" else units.get(category.responsible)
+            ) or office
             if office is None or routed is None:
                 msg = f"no coordinating office for district {district!r}; import the city's units"
                 raise BadReportError(msg)
             now = self._clock()
             first_state = State.DISPATCHED if report.source == "sensor" else State.REPORTED
-            row = self._conn.execute(
-                "insert into cases (category, subject, source, state, unit_id, routed_unit_id, "
-                "district_id, severity, description, photo_url, lat, lon, reported_at, "
-                "updated_at) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                "on conflict (subject, category) where state not in ('closed', 'cancelled') "
-                "do nothing returning case_id",
-                (
-                    category.code,
-                    subject,
-                    report.source,
-                    State.REPORTED,
-                    office,
-                    routed,
-                    district,
-                    category.severity,
-                    report.description,
-                    report.photo_url,
-                    lat,
-                    lon,
-                    now,
-                    now,
-                ),
-            ).fetchone()
+            row = (
+                self._conn.cursor(row_factory=dict_row)
+                .execute(
+                    "insert into cases (category, subject, source, state, unit_id, routed_unit_id, "
+                    "district_id, severity, description, photo_url, lat, lon, reported_at, "
+                    "updated_at) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                    "on conflict (subject, category) where state not in ('closed', 'cancelled') "
+                    "do nothing returning *",
+                    (
+                        category.code,
+                        subject,
+                        report.source,
+                        State.REPORTED,
+                        office,
+                        routed,
+                        district,
+                        category.severity,
+                        report.description,
+                        report.photo_url,
+                        lat,
+                        lon,
+                        now,
+                        now,
+                    ),
+                )
+                .fetchone()
+            )
             if row is None:
                 existing = self._conn.execute(
                     "select case_id from cases where subject = %s and category = %s "
@@ -238,7 +247,7 @@ class CaseService:
                 assert existing is not None  # the conflict was with it
                 self._record(int(existing[0]), Action.REPORT, actor, note=report.description)
                 return int(existing[0]), False
-            case_id = int(row[0])
+            case_id = int(row["case_id"])
             self._insert_event(
                 case_id,
                 Event(
@@ -247,7 +256,7 @@ class CaseService:
                 None,
             )
             if first_state is State.DISPATCHED:
-                registered = self._record(case_id, Action.REGISTER, SYSTEM)
+                registered = self._record(case_id, Action.REGISTER, SYSTEM, row=row)
                 self._record(case_id, Action.DISPATCH, SYSTEM, unit_id=routed, row=registered)
             return case_id, True
 
@@ -298,19 +307,14 @@ class CaseService:
         msg = "a report needs an asset code, a device, a road segment or a position"
         raise BadReportError(msg)
 
-    def _unit(self, district: str | None, kind: str) -> str | None:
-        row = self._conn.execute(
-            "select unit_id from units where region_id = %s and kind = %s and level = 'district' "
-            "order by unit_id limit 1",
-            (district, kind),
-        ).fetchone()
-        return row[0] if row else None
-
-    def _route(self, category: Category, district: str | None, owner: str | None) -> str | None:
-        """Territory first, responsibility follows authority, exactly one responsible party."""
-        if category.responsible == "owner":
-            return owner  # ownerless covers and unknown owners go to the office (caller)
-        return self._unit(district, category.responsible)
+    def _units_of(self, district: str | None) -> dict[str, str]:
+        """The district's units by kind (the first by id where a kind has several)."""
+        rows = self._conn.execute(
+            "select kind, min(unit_id) from units where region_id = %s and level = 'district' "
+            "group by kind",
+            (district,),
+        ).fetchall()
+        return dict(rows)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -349,7 +353,7 @@ class CaseService:
         if action is Action.DISPATCH:
             target = unit_id or case["routed_unit_id"]  # an unknown unit fails its foreign key
         elif action is Action.RETURN:
-            target = self._unit(case["district_id"], "coordinating")
+            target = self._units_of(case["district_id"]).get("coordinating")
         return self._record(
             case_id,
             action,
