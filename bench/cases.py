@@ -1,10 +1,11 @@
 """Case API throughput and latency: transitions/s with 20 clients, list/show on 1 M cases.
 
-A fresh database gets a small city and a backlog of --backlog cases (default 1,000,000, made
-in SQL), then `cityops api` runs under uvicorn in its own process. Measured over HTTP:
+A fresh database gets a small city and `cityops api` runs under uvicorn in its own processes;
+a backlog of --backlog cases (default 1,000,000) is made in SQL half-way. Measured over HTTP:
 1. transitions per second: 20 concurrent clients each report cases and take them through
-   register, dispatch, accept, dispose, verify; baseline: the same clients calling GET /health
-   (the HTTP stack's own ceiling in this run);
+   register, dispatch, accept, dispose, verify, first on the empty database, then again with
+   the backlog; baseline: the same clients calling GET /health (the HTTP stack's own ceiling in
+   this run);
 2. p50/p99 latency of list (operator, office, unit, state filter) and show, one client;
    baseline: GET /health latency.
 The last line is JSON. Targets (issue 4): >= 1,000 transitions/s, p99 list < 50 ms.
@@ -192,8 +193,6 @@ def main() -> None:
         city = generate(CitySpec(seed=1, covers=10, lamps=0, sweepers_per_district=0))
         write_bundle(city, Path(tmp))
         import_bundle(conn, Path(tmp), CodeScheme.parse("6+2+2+6"))
-        made = backlog(conn, args.backlog)
-        print(f"backlog of {args.backlog:,} cases made in {made:.1f} s", flush=True)
         operator = {"Authorization": f"Bearer {create_token(conn, 'city-office', 'operator')}"}
         office = {"Authorization": f"Bearer {create_token(conn, 'd0-coordinating', 'coordinator')}"}
         unit = {"Authorization": f"Bearer {create_token(conn, 'd0-drainage', 'unit')}"}
@@ -247,25 +246,33 @@ def main() -> None:
 
             calls, elapsed = run_clients(args.clients, args.seconds / 2, health)
             health_rate = calls / elapsed
-            api_cpu, bench_cpu = cpu_seconds(server.pid), time.process_time()
-            moves, elapsed = run_clients(args.clients, args.seconds, lifecycle)
-            api_cpu, bench_cpu = cpu_seconds(server.pid) - api_cpu, time.process_time() - bench_cpu
-            transitions = moves / elapsed
-            results["transitions"] = {
-                "clients": args.clients,
-                "transitions_per_s": round(transitions),
-                "health_calls_per_s": round(health_rate),
-                "ratio_to_health": round(transitions / health_rate, 3),
-                # where the two cores went: the API processes and the clients, per transition
-                "api_cpu_us_per_transition": round(api_cpu / moves * 1e6),
-                "client_cpu_us_per_transition": round(bench_cpu / moves * 1e6),
-            }
-            print(
-                f"transitions: {transitions:,.0f}/s with {args.clients} clients "
-                f"(GET /health: {health_rate:,.0f}/s); CPU per transition: API "
-                f"{api_cpu / moves * 1e6:,.0f} us, clients {bench_cpu / moves * 1e6:,.0f} us",
-                flush=True,
-            )
+
+            def transitions(label: str) -> None:
+                api_cpu, bench_cpu = cpu_seconds(server.pid), time.process_time()
+                moves, elapsed = run_clients(args.clients, args.seconds, lifecycle)
+                api_cpu = cpu_seconds(server.pid) - api_cpu
+                bench_cpu = time.process_time() - bench_cpu
+                rate = moves / elapsed
+                results[label] = {
+                    "clients": args.clients,
+                    "transitions_per_s": round(rate),
+                    "health_calls_per_s": round(health_rate),
+                    "ratio_to_health": round(rate / health_rate, 3),
+                    # where the two cores went: the API processes and the clients
+                    "api_cpu_us_per_transition": round(api_cpu / moves * 1e6),
+                    "client_cpu_us_per_transition": round(bench_cpu / moves * 1e6),
+                }
+                print(
+                    f"{label}: {rate:,.0f}/s with {args.clients} clients "
+                    f"(GET /health: {health_rate:,.0f}/s); CPU per transition: API "
+                    f"{api_cpu / moves * 1e6:,.0f} us, clients {bench_cpu / moves * 1e6:,.0f} us",
+                    flush=True,
+                )
+
+            transitions("transitions")
+            made = backlog(conn, args.backlog)
+            print(f"backlog of {args.backlog:,} cases made in {made:.1f} s", flush=True)
+            transitions("transitions_with_backlog")
             with Client(BASE[0]) as client:
                 latency = {
                     "health": percentiles(timed(client, "/health", {}, args.samples)),
