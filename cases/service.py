@@ -21,13 +21,13 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import psycopg
 from psycopg.rows import dict_row
 from shapely.geometry import Point, shape
 
-from cases.catalog import Catalog
+from cases.catalog import Catalog, Category
 from cases.lifecycle import (
     Action,
     CaseState,
@@ -44,6 +44,17 @@ Source = Literal["sensor", "inspector", "citizen"]
 SYSTEM = "system"
 _CASE_COLUMNS = tuple(CaseState.__dataclass_fields__)
 _ATTEMPTS = 3  # optimistic tries before an action locks the case
+#: A new case and its 'open' event in one statement (nothing when one is already open).
+_OPEN = (
+    "with opened as (insert into cases (category, subject, source, state, unit_id, "
+    "routed_unit_id, district_id, severity, description, photo_url, lat, lon, reported_at, "
+    "updated_at) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "on conflict (subject, category) where state not in ('closed', 'cancelled') do nothing "
+    "returning *), "
+    "event as (insert into case_events (case_id, at, actor, action, to_state, unit_id, note) "
+    "select case_id, %s, %s, 'open', 'reported', %s, %s from opened) "
+    "select * from opened"
+)
 #: One lifecycle step: the new row (only if still at the version read) and its event.
 _WRITE = (
     f"with moved as (update cases set {', '.join(f'{c} = %s' for c in _CASE_COLUMNS)}, "
@@ -197,28 +208,45 @@ class CaseService:
             category = self._catalog.get(report.category)
         except KeyError as exc:
             raise BadReportError(str(exc).strip("'\"")) from None
-        with self._conn.transaction():
-            subject, district, owner, lat, lon = self._locate(report)
-            units = self._units_of(district)
-            office = units.get("coordinating")
-            # territory first, responsibility follows authority: the component's owner, or
-            # the district's unit of the category's kind; no owner: the coordinating office
-            routed = (
-                owner if category.responsible == "owner" else units.get(category.responsible)
-            ) or office
-            if office is None or routed is None:
-                msg = f"no coordinating office for district {district!r}; import the city's units"
-                raise BadReportError(msg)
-            now = self._clock()
-            first_state = State.DISPATCHED if report.source == "sensor" else State.REPORTED
+        if report.source != "sensor":
+            # one statement makes the case and its first event: no transaction needed
+            return self._open(report, category, actor)
+        with self._conn.transaction():  # a sensor case is opened, registered, dispatched at once
+            case_id, created, row = self._open(report, category, actor, returning_row=True)
+            if created:
+                registered = self._record(case_id, Action.REGISTER, SYSTEM, row=row)
+                routed = registered["routed_unit_id"]
+                self._record(case_id, Action.DISPATCH, SYSTEM, unit_id=routed, row=registered)
+            return case_id, created
+
+    @overload
+    def _open(self, report: Report, category: Category, actor: str) -> tuple[int, bool]: ...
+
+    @overload
+    def _open(
+        self, report: Report, category: Category, actor: str, *, returning_row: Literal[True]
+    ) -> tuple[int, bool, dict[str, Any]]: ...
+
+    def _open(
+        self, report: Report, category: Category, actor: str, *, returning_row: bool = False
+    ) -> tuple[int, bool] | tuple[int, bool, dict[str, Any]]:
+        """Insert the case with its 'open' event, or add a 'report' event to the open one."""
+        subject, district, owner, lat, lon = self._locate(report)
+        units = self._units_of(district)
+        office = units.get("coordinating")
+        # territory first, responsibility follows authority: the component's owner, or the
+        # district's unit of the category's kind; no owner: the coordinating office
+        responsible = owner if category.responsible == "owner" else units.get(category.responsible)
+        routed = responsible or office
+        if office is None or routed is None:
+            msg = f"no coordinating office for district {district!r}; import the city's units"
+            raise BadReportError(msg)
+        now = self._clock()
+        for _ in range(_ATTEMPTS):
             row = (
                 self._conn.cursor(row_factory=dict_row)
                 .execute(
-                    "insert into cases (category, subject, source, state, unit_id, routed_unit_id, "
-                    "district_id, severity, description, photo_url, lat, lon, reported_at, "
-                    "updated_at) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                    "on conflict (subject, category) where state not in ('closed', 'cancelled') "
-                    "do nothing returning *",
+                    _OPEN,
                     (
                         category.code,
                         subject,
@@ -234,31 +262,30 @@ class CaseService:
                         lon,
                         now,
                         now,
+                        now,
+                        actor,
+                        office,
+                        report.description,
                     ),
                 )
                 .fetchone()
             )
-            if row is None:
-                existing = self._conn.execute(
-                    "select case_id from cases where subject = %s and category = %s "
-                    "and state not in ('closed', 'cancelled')",
-                    (subject, category.code),
-                ).fetchone()
-                assert existing is not None  # the conflict was with it
-                self._record(int(existing[0]), Action.REPORT, actor, note=report.description)
-                return int(existing[0]), False
-            case_id = int(row["case_id"])
-            self._insert_event(
-                case_id,
-                Event(
-                    now, actor, Action.OPEN, State.REPORTED, unit_id=office, note=report.description
-                ),
-                None,
-            )
-            if first_state is State.DISPATCHED:
-                registered = self._record(case_id, Action.REGISTER, SYSTEM, row=row)
-                self._record(case_id, Action.DISPATCH, SYSTEM, unit_id=routed, row=registered)
-            return case_id, True
+            if row is not None:
+                case_id = int(row["case_id"])
+                return (case_id, True, row) if returning_row else (case_id, True)
+            existing = self._conn.execute(
+                "select case_id from cases where subject = %s and category = %s "
+                "and state not in ('closed', 'cancelled')",
+                (subject, category.code),
+            ).fetchone()
+            if existing is None:
+                continue  # the open case was finished meanwhile: open a new one
+            case_id = int(existing[0])
+            with self._conn.transaction():
+                after = self._record(case_id, Action.REPORT, actor, note=report.description)
+            return (case_id, False, after) if returning_row else (case_id, False)
+        msg = f"could not open a case on {subject}; try again"
+        raise CaseError(msg)
 
     def _locate(self, report: Report) -> tuple[str, str | None, str | None, Any, Any]:
         """Subject, district, owner unit and position of what a report is about."""
@@ -459,15 +486,6 @@ class CaseService:
             msg = f"no case {case_id}"
             raise CaseNotFoundError(msg)
         return found
-
-    def _insert_event(
-        self, case_id: int, event: Event, from_state: State | None, photo_url: str | None = None
-    ) -> None:
-        self._conn.execute(
-            "insert into case_events (case_id, at, actor, action, from_state, to_state, unit_id, "
-            "note, photo_url, data) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (case_id, *self._event_values(event, from_state, photo_url)),
-        )
 
     @staticmethod
     def _event_values(
