@@ -121,11 +121,12 @@ def run_demo(
     with db.connect(settings.database) as conn:
         registry.import_bundle(conn, bundle, settings.registry.scheme)
         base_stored, _, base_quarantined = _counts(conn)
-    fleet = simulate(
-        city,
-        DEMO_FAULTS,
-        RunOptions(start=last_night_start(time.time()), duration_s=_RUN_S, seed=DEMO_CITY.seed),
+    # A new behaviour seed each run: heartbeats and faults fall at other times, so a second
+    # demo on the same database stores new readings instead of duplicates of the first.
+    run = RunOptions(
+        start=last_night_start(time.time()), duration_s=_RUN_S, seed=time.time_ns() % 1_000_000
     )
+    fleet = simulate(city, DEMO_FAULTS, run)
     (bundle / "ground_truth.jsonl").write_text(
         "".join(f.truth_line() + "\n" for f in fleet.faults), encoding="utf-8"
     )
