@@ -417,7 +417,7 @@ class CaseService:
         applies only if the row still has that version, else _StaleCaseError.
         """
         if row is None:
-            row = self._locked(case_id)
+            row = self._visible(case_id, OPERATOR, lock=True)
         current = _state_from(row)
         try:
             to_state = next_state(current.state, action)
@@ -478,15 +478,6 @@ class CaseService:
             ),
         ).rowcount
 
-    def _locked(self, case_id: int) -> dict[str, Any]:
-        cur = self._conn.cursor(row_factory=dict_row)
-        row = cur.execute("select * from cases where case_id = %s for update", (case_id,))
-        found = row.fetchone()
-        if found is None:
-            msg = f"no case {case_id}"
-            raise CaseNotFoundError(msg)
-        return found
-
     @staticmethod
     def _event_values(
         event: Event, from_state: State | None, photo_url: str | None
@@ -539,12 +530,7 @@ class CaseService:
 
     def state_of(self, case_id: int) -> CaseState:
         """The lifecycle columns of the case row as stored."""
-        cur = self._conn.cursor(row_factory=dict_row)
-        row = cur.execute("select * from cases where case_id = %s", (case_id,)).fetchone()
-        if row is None:
-            msg = f"no case {case_id}"
-            raise CaseNotFoundError(msg)
-        return _state_from(row)
+        return _state_from(self._visible(case_id, OPERATOR, lock=False))
 
     def show(self, case_id: int, caller: Caller) -> dict[str, Any]:
         """One case with its history and the actions its state allows."""

@@ -6,9 +6,7 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,7 +28,15 @@ from cityops.settings import (
     resolve_config_path,
 )
 from cityops.simulate import broker_protocol, sim_app
-from cityops.terminal import ConfigOption, err, fail, out, settings_from, setup_logging
+from cityops.terminal import (
+    ConfigOption,
+    err,
+    fail,
+    out,
+    settings_from,
+    setup_logging,
+    stop_on_signals,
+)
 from devices import registry
 from ingest.contract import json_schema
 from ingest.metrics import IngestMetrics
@@ -159,9 +165,7 @@ def _ingest(settings: Settings, metrics_port: int | None) -> None:
     prometheus = CollectorRegistry()
     port = settings.metrics.port if metrics_port is None else metrics_port
     server = start_http_server(port, settings.metrics.host, prometheus) if port else None
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals()
     worker = IngestWorker(
         database=settings.database,
         mqtt_settings=settings.mqtt,
@@ -283,9 +287,7 @@ def demo(
     answer; Ctrl-C stops everything cleanly.
     """
     logging.basicConfig(level=logging.WARNING)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals()
     workdir = workdir.resolve()
     with prepared_services(settings_from(config), workdir) as settings:
         try:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -138,27 +138,33 @@ def start_mosquitto(config_file: Path, workdir: Path, port: int | None = None) -
         yield f"mqtt://127.0.0.1:{port}"
 
 
-@contextlib.contextmanager
-def database_service(url: str | None, workdir: Path) -> Iterator[str]:
+def database_service(url: str | None, workdir: Path) -> contextlib.AbstractContextManager[str]:
     """Yield ``url``, else the local PostgreSQL if it answers, else an embedded one's URL."""
-    if url is not None:
-        yield url
-    elif is_listening("127.0.0.1", 5432):
-        yield LOCAL_DATABASE_URL
-    else:
-        logger.info("no PostgreSQL on 127.0.0.1:5432: starting an embedded one")
-        with embedded_postgres(workdir / "postgres") as embedded_url:
-            yield embedded_url
+    return _given_local_or_embedded(
+        url, 5432, LOCAL_DATABASE_URL, lambda: embedded_postgres(workdir / "postgres"), "PostgreSQL"
+    )
+
+
+def broker_service(url: str | None, workdir: Path) -> contextlib.AbstractContextManager[str]:
+    """Yield ``url``, else the local broker if it answers, else an embedded one's URL."""
+    return _given_local_or_embedded(
+        url, 1883, LOCAL_MQTT_URL, lambda: embedded_broker(workdir / "amqtt"), "MQTT broker"
+    )
 
 
 @contextlib.contextmanager
-def broker_service(url: str | None, workdir: Path) -> Iterator[str]:
-    """Yield ``url``, else the local broker if it answers, else an embedded one's URL."""
+def _given_local_or_embedded(
+    url: str | None,
+    port: int,
+    local_url: str,
+    embedded: Callable[[], contextlib.AbstractContextManager[str]],
+    what: str,
+) -> Iterator[str]:
     if url is not None:
         yield url
-    elif is_listening("127.0.0.1", 1883):
-        yield LOCAL_MQTT_URL
+    elif is_listening("127.0.0.1", port):
+        yield local_url
     else:
-        logger.info("no MQTT broker on 127.0.0.1:1883: starting an embedded one")
-        with embedded_broker(workdir / "amqtt") as embedded_url:
+        logger.info("no %s on 127.0.0.1:%d: starting an embedded one", what, port)
+        with embedded() as embedded_url:
             yield embedded_url

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import threading
 import time
 from datetime import datetime
@@ -14,7 +13,7 @@ import typer
 from paho.mqtt.enums import MQTTProtocolVersion
 
 from cityops.settings import MqttSettings
-from cityops.terminal import ConfigOption, fail, out, settings_from
+from cityops.terminal import ConfigOption, fail, out, settings_from, stop_on_signals
 from ingest.worker import BrokerUnavailableError, choose_protocol
 from simulator.city import CitySpec, generate, read_bundle, write_bundle
 from simulator.fleet import Publication, Run, RunOptions, simulate
@@ -95,13 +94,6 @@ def broker_protocol(url: str, protocol: str) -> Literal["5", "3.1.1"]:
     return "5" if spoken == MQTTProtocolVersion.MQTTv5 else "3.1.1"
 
 
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    return stop
-
-
 @sim_app.command("run")
 def run(
     bundle: Annotated[
@@ -161,7 +153,7 @@ def run(
         rate=rate,
     )
     try:
-        report = publish(fleet.publications, options, _stop_on_signals())
+        report = publish(fleet.publications, options, stop_on_signals())
     except PublishError as exc:
         fail(str(exc))
     out.print(

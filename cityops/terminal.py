@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -37,6 +39,14 @@ def settings_from(config: Path | None) -> Settings:
         return load_settings(config)
     except SettingsError as exc:
         fail(str(exc), 2)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM and SIGINT (Ctrl-C) set: the long-running commands' stop."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
 
 
 def setup_logging() -> None:
