@@ -19,6 +19,7 @@ from rich.table import Table
 from cityops import db, services
 from cityops.casescli import cases_app, serve, units_app
 from cityops.demo import run_demo
+from cityops.redact import redact
 from cityops.settings import (
     DatabaseSettings,
     MqttSettings,
@@ -86,7 +87,7 @@ def migrate(config: ConfigOption = None) -> None:
     settings = settings_from(config)
     try:
         if db.ensure_database(settings.database):
-            out.print(f"created database {settings.database.url}", highlight=False)
+            out.print(f"created database {redact(settings.database.url)}", highlight=False)
         report = db.migrate(settings.database)
     except (psycopg.OperationalError, db.MigrationError) as exc:
         fail(str(exc))
@@ -149,7 +150,8 @@ def prepared_services(settings: Settings, workdir: Path) -> Iterator[Settings]:
         except (psycopg.OperationalError, db.MigrationError) as exc:
             fail(str(exc))
         out.print(
-            f"database {database_url} ({report.path.value}), broker {mqtt_url}", highlight=False
+            f"database {redact(database_url)} ({report.path.value}), broker {redact(mqtt_url)}",
+            highlight=False,
         )
         yield settings
 

@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from cityops.redact import redact
 from cityops.settings import DatabaseSettings
 from ingest.contract import READING_KINDS
 
@@ -51,7 +52,7 @@ def connect(settings: DatabaseSettings, *, autocommit: bool = False) -> psycopg.
     try:
         return psycopg.connect(settings.url, autocommit=autocommit, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        msg = f"cannot connect to the database at {settings.url}: {exc}".strip()
+        msg = redact(f"cannot connect to the database at {settings.url}: {exc}".strip())
         raise psycopg.OperationalError(msg) from exc
 
 
@@ -72,7 +73,7 @@ def ensure_database(settings: DatabaseSettings) -> bool:
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(str(name))))
             return True
     except psycopg.OperationalError as exc:
-        msg = f"cannot connect to the database server at {settings.url}: {exc}".strip()
+        msg = redact(f"cannot connect to the database server at {settings.url}: {exc}".strip())
         raise psycopg.OperationalError(msg) from exc
 
 

@@ -150,12 +150,13 @@ class IngestSettings(_Section):
             "stops sending when the database stalls."
         ),
     )
-    max_payload_bytes: int = Field(default=256 * 1024, ge=64, description="Larger is quarantined.")
+    max_payload_bytes: int = Field(
+        default=256 * 1024,
+        ge=64,
+        description="Larger is quarantined; the quarantine keeps payloads whole up to this size.",
+    )
     max_future_s: float = Field(
         default=300.0, ge=0, description="Readings dated further ahead than this are quarantined."
-    )
-    quarantine_raw_max_bytes: int = Field(
-        default=4096, ge=0, description="Raw payload bytes kept per quarantine entry."
     )
     auto_register: bool = Field(
         default=False, description="Register unknown devices instead of quarantining them."

@@ -1,11 +1,14 @@
 """Topic grammar and payload decoding: one MQTT message in, typed rows and quarantine entries out.
 
-Nothing here does I/O. ``decode_message`` never raises on bad input: everything it cannot store
-comes back as a ``Rejection`` with a reason from ``Reason`` and a detail naming the bad value.
+Nothing here does I/O. ``decode_message`` never raises: everything it cannot store comes back as
+a ``Rejection`` with a reason from ``Reason`` and a detail naming the bad value, and an exception
+nobody foresaw (a decoder bug, a hostile payload) becomes a ``decode_failed`` rejection of that
+message alone, so one message can never stop ingest (tests/unit/test_decode_fuzz.py fuzzes it).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +19,8 @@ from typing import Any, Final
 import msgspec
 
 from ingest.contract import READING_KINDS, STATUS, TELEMETRY_KINDS, GatewayEntry, ReadingKind
+
+logger = logging.getLogger(__name__)
 
 TOPIC_ROOT: Final = "cityops/v1"
 #: A message body as paho hands it over.
@@ -45,6 +50,7 @@ class Reason(StrEnum):
     FUTURE_TIMESTAMP = "future_timestamp"
     EMPTY_READING = "empty_reading"
     REJECTED_BY_DATABASE = "rejected_by_database"
+    DECODE_FAILED = "decode_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +200,12 @@ class Decoder:
                 raise _Reject(Reason.EMPTY_READING, "the message holds no readings")
         except _Reject as exc:
             out.rejections.append(exc.rejection)
+        except Exception as exc:  # any other failure must end this message only, never ingest
+            logger.warning("decoding a message on %r failed", topic, exc_info=True)
+            return Decoded(
+                rejections=[Rejection(Reason.DECODE_FAILED, f"{type(exc).__name__}: {exc}")],
+                device_type=out.device_type,
+            )
         return out
 
     def _route(self, topic: str) -> _Route:
@@ -220,7 +232,7 @@ class Decoder:
     ) -> None:
         try:  # the common case: one flat reading, decoded straight into its type
             reading = self._typed[kind].decode(payload)
-        except msgspec.MsgspecError:  # anything else, and errors, take the general path
+        except (msgspec.MsgspecError, RecursionError):  # anything else takes the general path
             for index, item in _items(self._parse(payload)):
                 self._append(
                     out, index, kind=kind, device_id=device_id, item=item, received_us=received_us
@@ -233,6 +245,8 @@ class Decoder:
             return self._json.decode(payload)
         except msgspec.DecodeError as exc:
             raise _Reject(Reason.MALFORMED_JSON, str(exc)) from None
+        except RecursionError:  # msgspec's own depth limit ("[[[[..." or '{"a":{"a":...')
+            raise _Reject(Reason.MALFORMED_JSON, "JSON nested too deeply") from None
 
     @staticmethod
     def _kind_for(device_type: str, channel: str) -> ReadingKind:

@@ -29,6 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cityops.db import StoragePath, connect, delete_expired_readings, storage_path
+from cityops.redact import redact
 from cityops.settings import DatabaseSettings, IngestSettings, MqttSettings
 from ingest.decode import TOPIC_FILTER, DecodeLimits, Decoder, Payload
 from ingest.metrics import IngestMetrics
@@ -72,14 +73,14 @@ def choose_protocol(settings: MqttSettings) -> MQTTProtocolVersion:
     try:
         probe.connect(settings.host, settings.port, settings.keepalive_s, clean_start=True)
     except OSError as exc:
-        msg = f"cannot reach the MQTT broker at {settings.url}: {exc}"
+        msg = f"cannot reach the MQTT broker at {redact(settings.url)}: {exc}"
         raise BrokerUnavailableError(msg) from exc
     probe.loop_start()
     answered.wait(settings.connect_timeout_s)
     probe.disconnect()
     probe.loop_stop()
     speaks_5 = bool(outcome) and outcome[0]
-    logger.info("broker %s speaks MQTT %s", settings.url, "5" if speaks_5 else "3.1.1")
+    logger.info("broker %s speaks MQTT %s", redact(settings.url), "5" if speaks_5 else "3.1.1")
     return MQTTProtocolVersion.MQTTv5 if speaks_5 else MQTTProtocolVersion.MQTTv311
 
 
@@ -142,6 +143,7 @@ class IngestWorker:
         self._writer: BatchWriter | None = None
         self._client: mqtt.Client | None = None
         self._is_v5 = False
+        self._outage_since: float | None = None  # monotonic start of a database outage
 
     def _registered_type(self, device_id: str) -> str | None:
         # Looked up through self on every call: housekeeping replaces the whole dict.
@@ -169,7 +171,7 @@ class IngestWorker:
             client.subscribe(topic, qos=1)
         logger.info(
             "connected to %s (session present: %s), subscribed to %s",
-            self._mqtt.url,
+            redact(self._mqtt.url),
             flags.session_present,
             topic,
         )
@@ -284,7 +286,11 @@ class IngestWorker:
         return batch
 
     def _commit_and_ack(self, batch: list[Message], stop: threading.Event) -> bool:
-        """Write until committed (then queue the acks) or until stopped; return if committed."""
+        """Write until committed (then queue the acks) or until stopped; return if committed.
+
+        Any error the writer raises is an outage (it has already isolated refused records): the
+        same batch is retried with backoff and nothing is acknowledged meanwhile.
+        """
         delay_s = 0.5
         committed = False
         while True:
@@ -294,21 +300,19 @@ class IngestWorker:
                 if writer is None:
                     break
                 result = writer.write(batch)
-            except psycopg.OperationalError as exc:
-                self._drop_connection()
-                self._metrics.database_errors.inc()
+            except psycopg.Error as exc:
+                self._database_failed(exc)
                 if stop.is_set():
                     logger.warning(
-                        "database down at shutdown; %d messages stay unacknowledged "
-                        "and will be redelivered: %s",
+                        "database unavailable at shutdown; %d messages stay unacknowledged "
+                        "and will be redelivered",
                         len(batch),
-                        exc,
                     )
                     break
-                logger.warning("database write failed, retrying in %.1f s: %s", delay_s, exc)
                 stop.wait(delay_s)
                 delay_s = min(delay_s * 2, self._ingest.retry_max_s)
                 continue
+            self._database_recovered()
             self._metrics.record_commit(len(batch), result, time.perf_counter() - started, now_us())
             self._acks.extend((m.generation, m.mid) for m in batch if m.mid)
             committed = True
@@ -317,6 +321,28 @@ class IngestWorker:
             self._writing = 0
             self._cond.notify_all()
         return committed
+
+    def _database_failed(self, exc: psycopg.Error) -> None:
+        """Count a failed attempt, drop the connection, log once when an outage starts."""
+        self._drop_connection()
+        kind = "unreachable" if isinstance(exc, psycopg.OperationalError) else "refused"
+        self._metrics.database_errors.labels(kind).inc()
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            logger.warning(
+                "database outage (%s): %s; retrying with backoff up to %.1f s, acknowledging "
+                "nothing until it ends",
+                kind,
+                redact(str(exc).strip()),
+                self._ingest.retry_max_s,
+            )
+
+    def _database_recovered(self) -> None:
+        if self._outage_since is not None:
+            logger.warning(
+                "database outage over after %.1f s", time.monotonic() - self._outage_since
+            )
+            self._outage_since = None
 
     def _send_acks(self, client: mqtt.Client) -> None:
         """Acknowledge committed messages; safe from both threads (each pop is atomic)."""
@@ -337,18 +363,17 @@ class IngestWorker:
                 self._conn = connect(self._database)
                 self._writer = BatchWriter(
                     self._conn,
-                    raw_max_bytes=self._ingest.quarantine_raw_max_bytes,
+                    raw_max_bytes=self._ingest.max_payload_bytes,
                     last_seen_resolution_s=self._ingest.last_seen_resolution_s,
                 )
                 self._device_types = load_device_types(self._conn)
                 self._conn.commit()
                 self._metrics.database_up.set(1)
                 logger.info("database connected, %d devices registered", len(self._device_types))
-            except psycopg.OperationalError as exc:
-                self._drop_connection()
+            except psycopg.Error as exc:
+                self._database_failed(exc)
                 if stop.is_set():
                     return None
-                logger.warning("database unavailable, retrying in %.1f s: %s", delay_s, exc)
                 stop.wait(delay_s)
                 delay_s = min(delay_s * 2, self._ingest.retry_max_s)
         return self._writer
@@ -375,6 +400,6 @@ class IngestWorker:
                     self._database.retention_days,
                 )
             conn.commit()
-        except psycopg.OperationalError as exc:
-            logger.warning("housekeeping skipped, database unavailable: %s", exc)
+        except psycopg.Error as exc:
+            logger.warning("housekeeping skipped: %s", redact(str(exc).strip()))
             self._drop_connection()

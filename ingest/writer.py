@@ -2,9 +2,15 @@
 
 Rows go through binary COPY into a per-connection staging table, then ``insert ... on conflict
 do nothing`` into the real table, so a redelivered or replayed reading never makes a second row
-(the natural key is (device_id, ts)). If the database refuses a batch for its data (not for being
-unreachable), the batch is written again message by message under savepoints and each refused
-message goes to the quarantine with the database's reason, so one bad row cannot jam ingest.
+(the natural key is (device_id, ts)).
+
+Two kinds of database error, told apart by SQLSTATE class (``is_record_error``):
+- the database refuses a record for its data (a check constraint, a value out of a column's
+  range): the batch is bisected under savepoints until the refused messages are isolated, and only
+  those go to the quarantine as ``rejected_by_database``, whole, with the database's reason;
+- anything else (unreachable, privileges revoked, a column gone, a trigger failing, a read-only
+  server) would refuse every record: ``write`` raises, nothing is committed, and the caller
+  retries the same batch later and acknowledges nothing meanwhile.
 """
 
 from __future__ import annotations
@@ -82,6 +88,21 @@ class WriteResult:
         self.seen_written.update(other.seen_written)
 
 
+#: SQLSTATE classes of errors about the data of a record, which other records would not cause:
+#: 22 data exception, 23 integrity constraint violation, 54 program limit exceeded (a row or
+#: index entry too large). Every other class is about the server, the schema or the session.
+_RECORD_ERROR_CLASSES = frozenset({"22", "23", "54"})
+
+
+def is_record_error(exc: psycopg.Error) -> bool:
+    """Whether the database refused a record for its data (not for a reason any record hits)."""
+    return (exc.sqlstate or "")[:2] in _RECORD_ERROR_CLASSES
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().split("\n", 1)[0]
+
+
 def load_device_types(conn: psycopg.Connection) -> dict[str, str]:
     """Every registered device and its type."""
     return dict(conn.execute("select device_id, type from devices").fetchall())
@@ -117,36 +138,53 @@ class BatchWriter:
     def write(self, messages: list[Message]) -> WriteResult:
         """Store every row and rejection of ``messages`` in one transaction and commit it.
 
-        Raises psycopg.OperationalError when the database is unreachable; nothing is committed
-        then and the same messages can be written again.
+        Raises psycopg.Error when the database refuses the batch for any reason but the data of
+        some of its messages (``is_record_error``); nothing is committed then and the same
+        messages can be written again.
         """
         try:
             with self._conn.transaction():
                 result = self._write(messages)
-        except psycopg.OperationalError:
-            raise
         except psycopg.Error as exc:
+            if not is_record_error(exc):
+                raise
             logger.warning(
-                "batch of %d messages refused (%s); writing one by one", len(messages), exc
+                "batch of %d messages refused (%s); isolating the refused ones",
+                len(messages),
+                _first_line(exc),
             )
-        else:
-            self._seen_written.update(result.seen_written)
-            return result
-        result = WriteResult()
-        with self._conn.transaction():
-            for message in messages:
-                try:
-                    with self._conn.transaction():
-                        result.add(self._write([message]))
-                except psycopg.OperationalError:
-                    raise
-                except psycopg.Error as exc:
-                    message.decoded = Decoded(
-                        rejections=[Rejection(Reason.REJECTED_BY_DATABASE, str(exc).strip())],
-                        device_type=message.decoded.device_type,
-                    )
-                    result.add(self._write([message]))
+            with self._conn.transaction():
+                result = self._isolate(messages, exc)
         self._seen_written.update(result.seen_written)
+        return result
+
+    def _isolate(self, messages: list[Message], refusal: psycopg.Error) -> WriteResult:
+        """Write ``messages`` that the database refused with ``refusal``, bisecting them.
+
+        Each half is tried under a savepoint; a message refused on its own goes to the
+        quarantine with the database's reason.
+        """
+        if len(messages) == 1:
+            message = messages[0]
+            decoded = message.decoded
+            message.decoded = Decoded(
+                rejections=[
+                    *decoded.rejections,
+                    Rejection(Reason.REJECTED_BY_DATABASE, str(refusal).strip()),
+                ],
+                device_type=decoded.device_type,
+            )
+            return self._write([message])
+        result = WriteResult()
+        middle = len(messages) // 2
+        for half in (messages[:middle], messages[middle:]):
+            try:
+                with self._conn.transaction():
+                    result.add(self._write(half))
+            except psycopg.Error as exc:
+                if not is_record_error(exc):
+                    raise
+                result.add(self._isolate(half, exc))
         return result
 
     def _write(self, messages: list[Message]) -> WriteResult:
@@ -170,7 +208,7 @@ class BatchWriter:
                 continue
             outcomes[decoded.device_type, "partial" if decoded.rows else "quarantined"] += 1
             for rejection in decoded.rejections:
-                quarantine.append(self._quarantine_row(message, rejection))
+                quarantine.append(quarantine_row(message, rejection, self._raw_max_bytes))
                 result.quarantined[rejection.reason] += 1
         if new_devices:
             self._conn.cursor().executemany(
@@ -234,12 +272,25 @@ class BatchWriter:
             for row in rows:
                 copy.write_row(row)
 
-    def _quarantine_row(self, message: Message, rejection: Rejection) -> tuple[Any, ...]:
-        return (
-            message.received_us,
-            message.topic,
-            rejection.reason.value,
-            rejection.detail,
-            message.payload[: self._raw_max_bytes],
-            len(message.payload),
-        )
+
+def storable_text(text: str) -> str:
+    """``text`` as PostgreSQL stores it: valid UTF-8 without NUL (both escaped, not dropped)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def quarantine_row(message: Message, rejection: Rejection, raw_max_bytes: int) -> tuple[Any, ...]:
+    """The quarantine table row of one rejection: topic and detail made storable, raw bytes."""
+    return (
+        message.received_us,
+        storable_text(message.topic),
+        rejection.reason.value,
+        storable_text(rejection.detail),
+        bytes(message.payload[:raw_max_bytes]),
+        len(message.payload),
+    )

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from cityops.redact import redact
 from simulator.city import City
 from simulator.fleet import Publication
 
@@ -84,13 +85,13 @@ def _connect(options: PublishOptions) -> mqtt.Client:
     try:
         client.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
     except OSError as exc:
-        msg = f"cannot reach the MQTT broker at {options.url}: {exc}"
+        msg = f"cannot reach the MQTT broker at {redact(options.url)}: {exc}"
         raise PublishError(msg) from exc
     client.loop_start()
     if not answered.wait(_CONNECT_TIMEOUT_S) or refusal:
         client.loop_stop()
         why = refusal[0] if refusal else f"no answer in {_CONNECT_TIMEOUT_S:.0f} s"
-        msg = f"the MQTT broker at {options.url} refused MQTT {options.protocol}: {why}"
+        msg = f"the MQTT broker at {redact(options.url)} refused MQTT {options.protocol}: {why}"
         raise PublishError(msg)
     return client
 

@@ -151,7 +151,7 @@ def test_database_restart_while_ingest_runs_loses_nothing_and_recovers_by_itself
     # keeps the rest until ingest acknowledges again.
     wait_for(
         lambda: (
-            running.metric("cityops_ingest_database_errors_total") >= 1
+            running.metric("cityops_ingest_database_errors_total", kind="unreachable") >= 1
             and running.metric("cityops_ingest_buffered_messages") == 300
         ),
         what="a full, bounded buffer while the database is down",

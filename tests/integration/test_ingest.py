@@ -239,9 +239,12 @@ def test_every_bad_input_kind_is_quarantined_with_its_reason_and_ingest_goes_on(
     assert [(t, reason) for t, reason, _, _ in got] == [
         (t, reason) for t, (reason, _, _) in zip(topics, BAD_INPUTS, strict=True)
     ]
-    oversized = got[0]
-    assert len(oversized[2]) <= 4096
-    assert oversized[3] == len(BAD_INPUTS[0][2])
+    # Kept whole for replay, up to the accepted maximum: the oversized one is cut at 256 bytes.
+    oversized_payload = BAD_INPUTS[0][2]
+    assert len(oversized_payload) > 256
+    assert (bytes(got[0][2]), got[0][3]) == (oversized_payload[:256], len(oversized_payload))
+    for (_, _, payload, size), (_, _, published) in zip(got[1:], BAD_INPUTS[1:], strict=True):
+        assert (bytes(payload), size) == (published, len(published))
     for reason in {r for r, _, _ in BAD_INPUTS}:
         expected = sum(1 for r, _, _ in BAD_INPUTS if r == reason)
         assert running.metric("cityops_ingest_quarantined_total", reason=reason) == expected

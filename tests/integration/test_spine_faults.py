@@ -1,0 +1,150 @@
+"""Ingest under hostile input and database faults: nothing stops it, nothing is lost."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+
+from tests.plugin import Publisher, register, wait_for
+
+T0_MS = 1_764_000_000_000
+
+#: Payloads that once escaped the decoder (or the quarantine insert) and stopped ingest.
+POISON = [
+    ("malformed_json", b"[" * 100_000),
+    ("malformed_json", b'{"values":' * 15_000),
+    ("malformed_json", b"\xff\xfe\x00{"),
+    ("unknown_field", b'{"\\u0000": 1, "tilt_deg": 1}'),
+    ("wrong_type", b'[{"ts": 1764000000000, "values": [[[[1]]]]}]'),
+]
+
+
+def good(device: str, i: int) -> tuple[str, str]:
+    return f"cityops/v1/manhole/{device}/telemetry", json.dumps({"ts": T0_MS + i, "tilt_deg": 2})
+
+
+def stored_ts(conn: psycopg.Connection, device: str) -> list[int]:
+    rows = conn.execute(
+        "select (extract(epoch from ts) * 1000)::bigint from manhole_readings "
+        "where device_id = %s order by ts",
+        (device,),
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def quarantined(conn: psycopg.Connection, device: str) -> list[tuple[str, bytes]]:
+    rows = conn.execute(
+        "select reason, payload from quarantine where topic like %s order by id", (f"%/{device}/%",)
+    ).fetchall()
+    return [(reason, bytes(payload)) for reason, payload in rows]
+
+
+def test_poison_messages_in_a_backlog_are_quarantined_and_every_good_reading_lands(
+    conn, tag, make_settings, start_worker, publisher: Publisher
+) -> None:
+    device = f"{tag}-mh"
+    register(conn, {device: "manhole"})
+    settings = make_settings(batch_max_rows=20, buffer_max_messages=40, max_payload_bytes=200_000)
+    expected_ts: list[int] = []
+    expected_poison: list[tuple[str, bytes]] = []
+    for round_ in range(2):  # a backlog, then another one after a restart
+        running = start_worker(settings)
+        running.close()  # the persistent session now collects what follows
+        backlog = []
+        for i, (reason, payload) in enumerate(POISON):
+            for j in range(10):
+                n = round_ * 1000 + i * 10 + j
+                backlog.append(good(device, n))
+                expected_ts.append(T0_MS + n)
+            backlog.append((f"cityops/v1/manhole/{device}/telemetry", payload))  # type: ignore[arg-type]
+            expected_poison.append((reason, payload))
+        publisher.publish_many(backlog)
+        running = start_worker(settings)
+        wait_for(
+            lambda: len(quarantined(conn, device)) == len(expected_poison),
+            what="every poison message quarantined",
+        )
+        wait_for(lambda: stored_ts(conn, device) == expected_ts, what="every good reading")
+        assert running.thread.is_alive()
+    assert quarantined(conn, device) == expected_poison
+
+
+def test_a_record_the_database_refuses_is_isolated_and_the_rest_of_its_batch_lands(
+    conn, tag, make_settings, start_worker, publisher: Publisher
+) -> None:
+    device = f"{tag}-mh"
+    register(conn, {device: "manhole"})
+    constraint = f"no_tilt_77_{tag}"
+    conn.execute(
+        f"alter table manhole_readings add constraint {constraint} check (tilt_deg <> 77) not valid"
+    )
+    try:
+        running = start_worker(make_settings(batch_max_rows=500, buffer_max_messages=1000))
+        running.close()
+        refused = {37, 201, 202, 499}
+        messages = [
+            (
+                f"cityops/v1/manhole/{device}/telemetry",
+                json.dumps({"ts": T0_MS + i, "tilt_deg": 77 if i in refused else 1}),
+            )
+            for i in range(500)
+        ]
+        publisher.publish_many(messages)
+        running = start_worker(make_settings(batch_max_rows=500, buffer_max_messages=1000))
+        wait_for(lambda: len(stored_ts(conn, device)) == 496, what="the 496 accepted readings")
+        wait_for(lambda: len(quarantined(conn, device)) == 4, what="the 4 refused readings")
+    finally:
+        conn.execute(f"alter table manhole_readings drop constraint {constraint}")
+    assert stored_ts(conn, device) == [T0_MS + i for i in range(500) if i not in refused]
+    assert quarantined(conn, device) == [
+        ("rejected_by_database", messages[i][1].encode()) for i in sorted(refused)
+    ]
+    detail = conn.execute(
+        "select detail from quarantine where topic like %s limit 1", (f"%/{device}/%",)
+    ).fetchone()
+    assert detail is not None
+    assert constraint in detail[0]
+    assert running.metric("cityops_ingest_quarantined_total", reason="rejected_by_database") == 4
+
+
+def test_an_error_that_refuses_every_record_is_an_outage_nothing_is_quarantined_or_acked(
+    conn, tag, make_settings, start_worker, publisher: Publisher
+) -> None:
+    device = f"{tag}-mh"
+    register(conn, {device: "manhole"})
+    function, trigger = f"refuse_{tag}", f"refuse_{tag}"
+    conn.execute(
+        f"create function {function}() returns trigger language plpgsql as "
+        "$$ begin raise exception 'readings are frozen for maintenance'; end $$"
+    )
+    conn.execute(
+        f"create trigger {trigger} before insert on manhole_readings "
+        f"for each statement execute function {function}()"
+    )
+    try:
+        running = start_worker(
+            make_settings(batch_max_rows=50, buffer_max_messages=100, retry_max_s=0.2)
+        )
+        publisher.publish_many([good(device, i) for i in range(300)])
+        wait_for(
+            lambda: (
+                running.metric("cityops_ingest_database_errors_total", kind="refused") >= 3
+                and running.metric("cityops_ingest_buffered_messages") == 100
+            ),
+            what="repeated refusals with a full, unacknowledged buffer",
+        )
+        assert stored_ts(conn, device) == []
+        assert quarantined(conn, device) == []
+        assert (
+            running.metric("cityops_ingest_messages_total", device_type="manhole", result="stored")
+            == 0
+        )
+    finally:
+        conn.execute(f"drop trigger {trigger} on manhole_readings")
+        conn.execute(f"drop function {function}()")
+    wait_for(
+        lambda: stored_ts(conn, device) == [T0_MS + i for i in range(300)],
+        what="all 300 readings once the trigger is gone",
+    )
+    assert quarantined(conn, device) == []
