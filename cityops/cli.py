@@ -34,6 +34,7 @@ from cityops.terminal import (
     err,
     fail,
     out,
+    run_cli,
     settings_from,
     setup_logging,
     stop_on_signals,
@@ -53,6 +54,20 @@ app = typer.Typer(
 config_app = typer.Typer(help="Check settings files.", no_args_is_help=True)
 assets_app = typer.Typer(help="The component dictionary (16-digit codes).", no_args_is_help=True)
 devices_app = typer.Typer(help="The device registry.", no_args_is_help=True)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Debug logs, and a traceback when a command fails.")
+    ] = False,
+) -> None:
+    """Log to stderr (INFO, or DEBUG with --debug), passwords redacted."""
+    ctx.obj = debug
+    setup_logging(logging.DEBUG if debug else logging.INFO)
+
+
 app.add_typer(config_app, name="config")
 app.add_typer(assets_app, name="assets")
 city_app = typer.Typer(help="A whole city's registry at once.", no_args_is_help=True)
@@ -83,7 +98,6 @@ def config_check(
 @app.command()
 def migrate(config: ConfigOption = None) -> None:
     """Create or upgrade the schema (creating the database if needed); report the storage path."""
-    setup_logging()
     settings = settings_from(config)
     try:
         if db.ensure_database(settings.database):
@@ -110,7 +124,6 @@ MetricsPortOption = Annotated[
 @app.command()
 def ingest(config: ConfigOption = None, metrics_port: MetricsPortOption = None) -> None:
     """Move telemetry from MQTT into the database until SIGTERM or Ctrl-C, losing nothing."""
-    setup_logging()
     _ingest(settings_from(config), metrics_port)
 
 
@@ -123,7 +136,6 @@ def run(
     ] = Path(".cityops"),
 ) -> None:
     """Migrate, then ingest; where the default database or broker does not answer, embed one."""
-    setup_logging()
     with prepared_services(settings_from(config), workdir.resolve()) as settings:
         _ingest(settings, metrics_port)
 
@@ -193,7 +205,6 @@ def api(
     ] = None,
 ) -> None:
     """Serve the case API (OpenAPI at /docs) for units, offices and operators."""
-    setup_logging()
     if config is not None:
         os.environ["CITYOPS_CONFIG"] = str(config)  # the worker processes read it too
     serve(settings_from(config), host, port, workers)
@@ -274,6 +285,7 @@ def devices_import(
 
 @app.command()
 def demo(
+    ctx: typer.Context,
     config: ConfigOption = None,
     duration: Annotated[
         float | None, typer.Option(help="Stop after this many seconds (default: at Ctrl-C).")
@@ -288,7 +300,8 @@ def demo(
     Uses the database and broker of the settings, or embedded ones where the defaults do not
     answer; Ctrl-C stops everything cleanly.
     """
-    logging.basicConfig(level=logging.WARNING)
+    if not ctx.obj:  # the live view is the output; logs only for what goes wrong
+        logging.getLogger().setLevel(logging.WARNING)
     stop = stop_on_signals()
     workdir = workdir.resolve()
     with prepared_services(settings_from(config), workdir) as settings:
@@ -336,5 +349,5 @@ def city_import(
 
 
 def main() -> None:
-    """Entry point of the console script."""
-    app()
+    """Entry point of the console script: one line per failure, a traceback with --debug."""
+    run_cli(app, debug="--debug" in sys.argv[1:])

@@ -52,8 +52,16 @@ def connect(settings: DatabaseSettings, *, autocommit: bool = False) -> psycopg.
     try:
         return psycopg.connect(settings.url, autocommit=autocommit, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        msg = redact(f"cannot connect to the database at {settings.url}: {exc}".strip())
-        raise psycopg.OperationalError(msg) from exc
+        raise psycopg.OperationalError(_cannot_connect("the database", settings.url, exc)) from exc
+
+
+def _cannot_connect(what: str, url: str, exc: psycopg.Error) -> str:
+    """One line: which server, why (libpq's first line), and where to fix it."""
+    why = (str(exc).strip().splitlines() or ["no answer"])[0]
+    return redact(
+        f"cannot connect to {what} at {url}: {why}; "
+        "check database.url (or CITYOPS_DATABASE_URL) and that PostgreSQL runs"
+    )
 
 
 def with_database(url: str, name: str) -> str:
@@ -73,7 +81,7 @@ def ensure_database(settings: DatabaseSettings) -> bool:
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(str(name))))
             return True
     except psycopg.OperationalError as exc:
-        msg = redact(f"cannot connect to the database server at {settings.url}: {exc}".strip())
+        msg = _cannot_connect("the database server", settings.url, exc)
         raise psycopg.OperationalError(msg) from exc
 
 
@@ -109,12 +117,46 @@ def timescaledb_statements(settings: DatabaseSettings) -> list[sql.Composed]:
     return statements
 
 
-def is_timescaledb_available(conn: psycopg.Connection) -> bool:
-    """Whether the server can load the TimescaleDB extension."""
+class TimescaleDBState(StrEnum):
+    """What the server offers of TimescaleDB."""
+
+    ABSENT = "absent"  # the extension is not installed
+    NOT_PRELOADED = "not_preloaded"  # installed, but not in shared_preload_libraries
+    READY = "ready"
+
+
+def timescaledb_state(conn: psycopg.Connection) -> TimescaleDBState:
+    """Whether the server can load the TimescaleDB extension, and if not, why."""
     row = conn.execute(
         "select 1 from pg_available_extensions where name = 'timescaledb'"
     ).fetchone()
-    return row is not None
+    if row is None:
+        return TimescaleDBState.ABSENT
+    preload = conn.execute("select current_setting('shared_preload_libraries')").fetchone()
+    libraries = {name.strip() for name in (preload[0] if preload else "").split(",")}
+    return TimescaleDBState.READY if "timescaledb" in libraries else TimescaleDBState.NOT_PRELOADED
+
+
+def choose_storage_path(wanted: str, state: TimescaleDBState) -> StoragePath:
+    """The path a new schema takes for ``database.timescaledb`` = ``wanted`` on this server."""
+    if wanted == "off":
+        return StoragePath.POSTGRESQL
+    if state is TimescaleDBState.READY:
+        return StoragePath.TIMESCALEDB
+    if state is TimescaleDBState.NOT_PRELOADED:
+        msg = (
+            "TimescaleDB is installed on the database server but not preloaded: add "
+            "shared_preload_libraries = 'timescaledb' to postgresql.conf and restart PostgreSQL, "
+            'or set database.timescaledb = "off" to build plain PostgreSQL tables'
+        )
+        raise MigrationError(msg)
+    if wanted == "required":
+        msg = (
+            'database.timescaledb = "required" but the database server has no TimescaleDB: '
+            'install it (package timescaledb-2-postgresql-15), or set it to "auto" or "off"'
+        )
+        raise MigrationError(msg)
+    return StoragePath.POSTGRESQL
 
 
 def storage_path(conn: psycopg.Connection) -> StoragePath:
@@ -138,34 +180,41 @@ def migrate(settings: DatabaseSettings) -> MigrationReport:
             "create table if not exists cityops_storage ("
             " path text not null, chosen_at timestamptz not null default now())"
         )
-        available = is_timescaledb_available(conn)
+        state = timescaledb_state(conn)
+        chosen = conn.execute("select path from cityops_storage").fetchone()
+        # Decided before anything is applied, so a server that cannot serve the wanted path
+        # fails with nothing changed.
+        new_path = None if chosen else choose_storage_path(settings.timescaledb, state)
         done = {row[0] for row in conn.execute("select name from cityops_migrations")}
-        applied = []
+        applied = [name for name, text in _migration_files() if name not in done]
         for name, text in _migration_files():
             if name in done:
                 continue
             logger.info("applying migration %s", name)
-            try:
-                conn.execute(text.encode())
-            except psycopg.Error as exc:
-                msg = f"migration {name} failed: {exc}"
-                raise MigrationError(msg) from exc
+            _execute(conn, name, text.encode())
             conn.execute("insert into cityops_migrations (name) values (%s)", (name,))
-            applied.append(name)
-        if conn.execute("select 1 from cityops_storage").fetchone() is None:
-            path = StoragePath.TIMESCALEDB if available else StoragePath.POSTGRESQL
-            if path is StoragePath.TIMESCALEDB:
+        if new_path is not None:
+            if new_path is StoragePath.TIMESCALEDB:
                 for statement in timescaledb_statements(settings):
-                    conn.execute(statement)
-            conn.execute("insert into cityops_storage (path) values (%s)", (path.value,))
-            applied.append(f"storage:{path.value}")
+                    _execute(conn, "storage:timescaledb", statement)
+            conn.execute("insert into cityops_storage (path) values (%s)", (new_path.value,))
+            applied.append(f"storage:{new_path.value}")
         path = storage_path(conn)
-    if path is StoragePath.POSTGRESQL and available:
+    available = state is TimescaleDBState.READY
+    if path is StoragePath.POSTGRESQL and available and settings.timescaledb != "off":
         logger.warning(
             "TimescaleDB is available but the schema was built on plain PostgreSQL; "
             "converting existing tables is a manual step (docs/operations.md)"
         )
     return MigrationReport(path=path, applied=tuple(applied), timescaledb_available=available)
+
+
+def _execute(conn: psycopg.Connection, step: str, statement: bytes | sql.Composed) -> None:
+    try:
+        conn.execute(statement)
+    except psycopg.Error as exc:
+        msg = f"migration {step} failed: {str(exc).strip().splitlines()[0]}"
+        raise MigrationError(msg) from exc
 
 
 def delete_expired_readings(conn: psycopg.Connection, retention_days: int) -> int:

@@ -50,6 +50,14 @@ class DatabaseSettings(_Section):
     compress_after_days: int = Field(
         default=7, ge=1, le=3650, description="TimescaleDB path: compress chunks older than this."
     )
+    timescaledb: Literal["auto", "required", "off"] = Field(
+        default="auto",
+        description=(
+            "auto: TimescaleDB when the server has it loaded, plain tables when it is not "
+            "installed (installed but not preloaded is an error); required: TimescaleDB or "
+            "fail; off: plain PostgreSQL tables."
+        ),
+    )
 
     @field_validator("url")
     @classmethod

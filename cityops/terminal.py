@@ -1,16 +1,26 @@
-"""What every command shares: output consoles, failing with a message, the --config option."""
+"""What every command shares: output consoles, failing with one line, the --config option.
+
+A command that fails for a known reason says so in one line (what failed, why, what to do) and
+exits 2; anything else ends in one line too, and ``--debug`` shows the traceback. Every line a
+command or its logs print passes through ``redact``, so no password in a URL reaches them.
+"""
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, NoReturn
 
+import psycopg
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from cityops.redact import redact
 from cityops.settings import Settings, SettingsError, load_settings
 
 out = Console(soft_wrap=True)
@@ -27,10 +37,46 @@ ConfigOption = Annotated[
 ]
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    """Print an error and leave with ``code``."""
-    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print one error line (passwords redacted) and leave with ``code``."""
+    err.print(f"[red]error:[/red] {escape(redact(message))}", highlight=False, markup=True)
     raise typer.Exit(code)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def describe_failure(exc: Exception) -> tuple[str, int]:
+    """One line for a failure no command handled itself, and the exit code (2: known cause)."""
+    if isinstance(exc, psycopg.OperationalError):
+        why = _first_line(exc)
+        if why.startswith("cannot connect"):  # db.connect's message names the fix already
+            return why, 2
+        return f"lost the database: {why}; check that PostgreSQL runs and run again", 2
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return f"the schema is missing ({_first_line(exc)}): run `cityops migrate` first", 2
+    if isinstance(exc, psycopg.Error):
+        return f"the database refused: {_first_line(exc)}", 2
+    if isinstance(exc, OSError):
+        return f"{_first_line(exc)} ({type(exc).__name__})", 2
+    return (
+        f"unexpected {type(exc).__name__}: {_first_line(exc)} "
+        "(run again with --debug for the traceback)",
+        1,
+    )
+
+
+def run_cli(app: Callable[[], object], *, debug: bool) -> None:
+    """Run a Typer app; a failure it did not handle ends in one line, or a traceback if debug."""
+    try:
+        app()
+    except Exception as exc:
+        if debug:
+            raise
+        message, code = describe_failure(exc)
+        err.print(f"[red]error:[/red] {escape(redact(message))}", highlight=False, markup=True)
+        sys.exit(code)
 
 
 def settings_from(config: Path | None) -> Settings:
@@ -49,8 +95,16 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def setup_logging() -> None:
-    """INFO to stderr, with time and logger name."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+class RedactingFormatter(logging.Formatter):
+    """A formatter whose lines (tracebacks included) carry no password."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Format as usual, then redact."""
+        return redact(super().format(record))
+
+
+def setup_logging(level: int) -> None:
+    """Log to stderr with time and logger name, passwords redacted."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)

@@ -331,7 +331,7 @@ def test_cli_walks_a_case_through_its_life(database_url, conn, city) -> None:
     cli("cases", "dispose", case_id, "--note", "lid reseated", "--as", "d0-water")
     assert "closed" in cli("cases", "verify", case_id, "--as", "d0-coordinating")
     refused = runner.invoke(cli_app, ["cases", "accept", case_id, "--as", "d0-water"], env=env)
-    assert refused.exit_code == 1
+    assert refused.exit_code == 2
     assert "cannot accept a case that is closed" in refused.output
     assert '"action": "verify"' in cli("cases", "show", case_id)
     assert case_id in cli("cases", "list", "--state", "closed", "--as", "d0-water")

@@ -50,7 +50,7 @@ def test_migrate_twice_changes_nothing_the_second_time(empty_database: str) -> N
 def test_storage_path_follows_whether_the_server_has_timescaledb(empty_database: str) -> None:
     report = db.migrate(DatabaseSettings(url=empty_database))
     with psycopg.connect(empty_database) as conn:
-        available = db.is_timescaledb_available(conn)
+        available = db.timescaledb_state(conn) is db.TimescaleDBState.READY
         extensions = conn.execute(
             "select count(*) from pg_extension where extname = 'timescaledb'"
         ).fetchone()

@@ -85,7 +85,7 @@ def test_a_file_with_bad_rows_imports_nothing_and_names_each_line(
         encoding="utf-8",
     )
     result = cli("assets", "import", str(path))
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     out = result.output
     assert "line 3: code = '12345'" in out
     assert "line 4: owner_unit_id = 'no-such-unit': no such unit" in out
@@ -146,7 +146,7 @@ def test_devices_file_with_unknown_type_or_gateway_is_refused_whole(
         encoding="utf-8",
     )
     result = cli("devices", "import", str(path))
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "line 3: type = 'toaster'" in result.output
     assert f"line 4: gateway_id = '{tag}-nowhere': no such gateway" in result.output
     assert conn.execute(

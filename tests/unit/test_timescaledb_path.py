@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from cityops.db import timescaledb_statements
+import pytest
+
+from cityops.db import (
+    MigrationError,
+    StoragePath,
+    TimescaleDBState,
+    choose_storage_path,
+    timescaledb_statements,
+)
 from cityops.settings import DatabaseSettings
 from ingest.contract import READING_KINDS
 
@@ -28,3 +36,33 @@ def test_statements_per_readings_table_match_the_reviewed_forms() -> None:
             f"select add_retention_policy('{kind.table}', drop_after => interval '400 days')"
         )
     assert len(texts) == 1 + 4 * len(READING_KINDS)
+
+
+@pytest.mark.parametrize(
+    ("wanted", "state", "path"),
+    [
+        ("auto", TimescaleDBState.READY, StoragePath.TIMESCALEDB),
+        ("auto", TimescaleDBState.ABSENT, StoragePath.POSTGRESQL),
+        ("required", TimescaleDBState.READY, StoragePath.TIMESCALEDB),
+        ("off", TimescaleDBState.READY, StoragePath.POSTGRESQL),
+        ("off", TimescaleDBState.NOT_PRELOADED, StoragePath.POSTGRESQL),
+        ("off", TimescaleDBState.ABSENT, StoragePath.POSTGRESQL),
+    ],
+)
+def test_storage_path_follows_the_setting_and_the_server(
+    wanted: str, state: TimescaleDBState, path: StoragePath
+) -> None:
+    assert choose_storage_path(wanted, state) is path
+
+
+@pytest.mark.parametrize("wanted", ["auto", "required"])
+def test_installed_but_not_preloaded_fails_with_the_line_to_add(wanted: str) -> None:
+    with pytest.raises(MigrationError) as refused:
+        choose_storage_path(wanted, TimescaleDBState.NOT_PRELOADED)
+    assert "shared_preload_libraries = 'timescaledb'" in str(refused.value)
+    assert 'database.timescaledb = "off"' in str(refused.value)
+
+
+def test_required_without_timescaledb_fails() -> None:
+    with pytest.raises(MigrationError, match="has no TimescaleDB"):
+        choose_storage_path("required", TimescaleDBState.ABSENT)

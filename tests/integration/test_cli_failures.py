@@ -1,0 +1,132 @@
+"""Every command, run as a user runs it: no password in its output or logs, failures in one line.
+
+The URLs carry a password (PostgreSQL with trust authentication and Mosquitto with anonymous
+access accept and ignore it), so a command that prints or logs a URL, an error or a traceback
+with the URL in it would show it here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.plugin import ROOT
+
+PASSWORD = "pw-Zq7-never-shown"  # the secret the test looks for
+
+
+def with_password(url: str, user: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=f"{user}:{PASSWORD}@{parts.hostname}:{parts.port}").geturl()
+
+
+@pytest.fixture
+def env(database_url: str, broker_url: str, tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CITYOPS_DATABASE_URL": with_password(database_url, "postgres"),
+        "CITYOPS_MQTT_URL": with_password(broker_url, "ingest"),
+        "CITYOPS_METRICS_PORT": "0",
+        "CITYOPS_CASES_CATALOG": str(ROOT / "config" / "categories.toml"),
+        "COLUMNS": "200",
+    }
+
+
+def cityops(env: dict[str, str], *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cityops", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_no_command_shows_a_password_from_its_urls(env: dict[str, str], tmp_path: Path) -> None:
+    city = tmp_path / "city"
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("device_id,type\nmh-1,toaster\n")
+    commands = [  # (arguments, exit code)
+        (("config", "check"), 0),
+        (("migrate",), 0),
+        (("sim", "city", "--out", str(city), "--seed", "7", "--covers", "20", "--lamps", "40"), 0),
+        (("city", "import", str(city)), 0),
+        (("devices", "import", str(bad_csv)), 2),
+        (("assets", "show", "0000000000000000"), 2),
+        (("sim", "run", "--city", str(city), "--duration", "2", "--rate", "2000"), 0),
+        (("sim", "abuse", "--city", str(city), "--count", "1"), 0),
+        (("cases", "list"), 0),
+        (("cases", "escalate"), 0),
+        (("cases", "evaluate", "--month", "2026-11"), 0),
+        (("units", "token", "no-such-unit"), 2),
+        (("contract",), 0),
+    ]
+    for args, code in commands:
+        done = cityops(env, *args, cwd=tmp_path)
+        shown = done.stdout + done.stderr
+        assert (done.returncode, args) == (code, args), shown
+        assert PASSWORD not in shown, args
+        assert "Traceback" not in shown, (args, shown)
+    ingest = subprocess.Popen(
+        [sys.executable, "-m", "cityops", "ingest"],
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert ingest.stderr is not None
+    seen = []
+    for line in ingest.stderr:
+        seen.append(line)
+        if "subscribed to" in line:
+            break
+    ingest.send_signal(signal.SIGTERM)
+    _, rest = ingest.communicate(timeout=60)
+    log = "".join(seen) + rest
+    assert "connected to mqtt://ingest:***@" in log
+    assert PASSWORD not in log
+    assert ingest.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("migrate",), "cannot connect to the database server at postgresql://postgres:***@"),
+        (("assets", "show", "1"), "cannot connect to the database at postgresql://postgres:***@"),
+        (("cases", "list"), "cannot connect to the database at postgresql://postgres:***@"),
+        (("units", "token", "u1"), "cannot connect to the database at postgresql://postgres:***@"),
+        (("sim", "abuse", "--city", "."), "cannot reach the MQTT broker at mqtt://ingest:***@"),
+    ],
+)
+def test_an_unreachable_service_ends_in_one_line_with_the_cause_and_exit_2(
+    env: dict[str, str], tmp_path: Path, args: tuple[str, ...], expected: str
+) -> None:
+    closed = "127.0.0.1:9"  # discard: nothing listens there
+    env = {
+        **env,
+        "CITYOPS_DATABASE_URL": f"postgresql://postgres:{PASSWORD}@{closed}/cityops",
+        "CITYOPS_MQTT_URL": f"mqtt://ingest:{PASSWORD}@{closed}",
+    }
+    done = cityops(env, *args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ")
+    assert expected in lines[0]
+    assert PASSWORD not in done.stderr
+
+
+def test_debug_shows_the_traceback(env: dict[str, str], tmp_path: Path) -> None:
+    env = {**env, "CITYOPS_DATABASE_URL": f"postgresql://postgres:{PASSWORD}@127.0.0.1:9/x"}
+    done = cityops(env, "--debug", "units", "token", "u1", cwd=tmp_path)
+    assert done.returncode != 0
+    assert "Traceback" in done.stderr
