@@ -2,7 +2,7 @@
 
 The database is CITYOPS_TEST_DATABASE_URL, else PostgreSQL on 127.0.0.1:5432, else an embedded
 PostgreSQL; the whole suite runs on whichever storage path that server offers (.ci/run runs it on
-both). Tests of what only TimescaleDB does take ``timescaledb_server_url``: the session's server
+both, and names the path each run must take in CITYOPS_TEST_STORAGE_PATH). Tests of what only TimescaleDB does take ``timescaledb_server_url``: the session's server
 when it has TimescaleDB, else CITYOPS_TEST_TIMESCALEDB_URL, else the private server that
 ../shared/timescaledb/start runs. The broker is CITYOPS_TEST_MQTT_URL, else a private Mosquitto
 started from config/mosquitto/cityops.conf (the settings the guarantees need), else the local
@@ -117,7 +117,13 @@ def drop_database(server: str, url: str) -> None:
 def database_url(server_url: str) -> Iterator[str]:
     """A fresh, migrated database for this test session."""
     url = create_database(server_url)
-    db.migrate(DatabaseSettings(url=url))
+    report = db.migrate(DatabaseSettings(url=url))
+    # .ci/run names the path each run must take, so a run meant for TimescaleDB cannot quietly
+    # test plain PostgreSQL (or the other way round).
+    expected = os.environ.get("CITYOPS_TEST_STORAGE_PATH")
+    if expected and report.path.value != expected:
+        drop_database(server_url, url)
+        pytest.fail(f"CITYOPS_TEST_STORAGE_PATH={expected}, but {server_url} gave {report.path}")
     yield url
     drop_database(server_url, url)
 
