@@ -2,11 +2,12 @@
 
 The database is CITYOPS_TEST_DATABASE_URL, else PostgreSQL on 127.0.0.1:5432, else an embedded
 PostgreSQL; the whole suite runs on whichever storage path that server offers (.ci/run runs it on
-both, and names the path each run must take in CITYOPS_TEST_STORAGE_PATH). Tests of what only TimescaleDB does take ``timescaledb_server_url``: the session's server
-when it has TimescaleDB, else CITYOPS_TEST_TIMESCALEDB_URL, else the private server that
-../shared/timescaledb/start runs. The broker is CITYOPS_TEST_MQTT_URL, else a private Mosquitto
-started from config/mosquitto/cityops.conf (the settings the guarantees need), else the local
-broker on 127.0.0.1:1883, else an embedded amqtt broker.
+both, and names the path each run must take in CITYOPS_TEST_STORAGE_PATH). Tests of what only
+TimescaleDB does take ``timescaledb_server_url``: the session's server when it has TimescaleDB,
+else CITYOPS_TEST_TIMESCALEDB_URL, else the private server that ../shared/timescaledb/start runs.
+The broker is CITYOPS_TEST_MQTT_URL, else a private Mosquitto started from
+config/mosquitto/cityops.conf (the settings the guarantees need), else the local broker on
+127.0.0.1:1883, else an embedded amqtt broker.
 """
 
 from __future__ import annotations
