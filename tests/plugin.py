@@ -1,7 +1,11 @@
 """Fixtures: a real PostgreSQL and a real MQTT broker, a fresh database per session.
 
 The database is CITYOPS_TEST_DATABASE_URL, else PostgreSQL on 127.0.0.1:5432, else an embedded
-PostgreSQL. The broker is CITYOPS_TEST_MQTT_URL, else a private Mosquitto started from
+PostgreSQL; the whole suite runs on whichever storage path that server offers (.ci/run runs it on
+both, and names the path each run must take in CITYOPS_TEST_STORAGE_PATH). Tests of what only
+TimescaleDB does take ``timescaledb_server_url``: the session's server when it has TimescaleDB,
+else CITYOPS_TEST_TIMESCALEDB_URL, else the private server that ../shared/timescaledb/start runs.
+The broker is CITYOPS_TEST_MQTT_URL, else a private Mosquitto started from
 config/mosquitto/cityops.conf (the settings the guarantees need), else the local broker on
 127.0.0.1:1883, else an embedded amqtt broker.
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import threading
 import time
 import uuid
@@ -32,6 +37,8 @@ from ingest.worker import IngestWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 MOSQUITTO_CONF = ROOT / "config" / "mosquitto" / "cityops.conf"
+# Beside the repository, as in the developers' tree and in CI (a read-only copy there).
+TIMESCALEDB_START = ROOT.parent / "shared" / "timescaledb" / "start"
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
@@ -57,6 +64,43 @@ def server_url(services_dir: Path) -> Iterator[str]:
         yield url
 
 
+def has_timescaledb(url: str) -> bool:
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        return db.is_timescaledb_available(conn)
+
+
+@pytest.fixture(scope="session")
+def timescaledb_server_url(server_url: str) -> str:
+    """A server with TimescaleDB, for the tests of what only the TimescaleDB path does.
+
+    The session's own server when it has TimescaleDB; else CITYOPS_TEST_TIMESCALEDB_URL, which
+    must have it; else the private PostgreSQL 15 + TimescaleDB that ../shared/timescaledb/start
+    runs (it reuses a running one; one it starts is left running for the next session, because
+    sessions on the same machine share it: ../shared/timescaledb/stop stops it). Only where none
+    of these exists is the test skipped, with the reason; a failing start script fails the test.
+    """
+    if has_timescaledb(server_url):
+        return server_url
+    given = os.environ.get("CITYOPS_TEST_TIMESCALEDB_URL")
+    if given:
+        if not has_timescaledb(given):
+            pytest.fail(f"CITYOPS_TEST_TIMESCALEDB_URL={given} has no TimescaleDB extension")
+        return given
+    if not TIMESCALEDB_START.exists():
+        pytest.skip(
+            f"no TimescaleDB: the server under test has none, CITYOPS_TEST_TIMESCALEDB_URL is "
+            f"unset and {TIMESCALEDB_START} does not exist"
+        )
+    done = subprocess.run(
+        ["bash", str(TIMESCALEDB_START)], capture_output=True, text=True, timeout=240, check=False
+    )
+    if done.returncode != 0:
+        pytest.fail(f"{TIMESCALEDB_START} failed ({done.returncode}): {done.stderr.strip()}")
+    url = done.stdout.strip().splitlines()[-1]
+    assert has_timescaledb(url), f"{TIMESCALEDB_START} gave {url}, which has no TimescaleDB"
+    return url
+
+
 def create_database(server: str) -> str:
     name = f"cityops_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server, autocommit=True) as conn:
@@ -74,7 +118,13 @@ def drop_database(server: str, url: str) -> None:
 def database_url(server_url: str) -> Iterator[str]:
     """A fresh, migrated database for this test session."""
     url = create_database(server_url)
-    db.migrate(DatabaseSettings(url=url))
+    report = db.migrate(DatabaseSettings(url=url))
+    # .ci/run names the path each run must take, so a run meant for TimescaleDB cannot quietly
+    # test plain PostgreSQL (or the other way round).
+    expected = os.environ.get("CITYOPS_TEST_STORAGE_PATH")
+    if expected and report.path.value != expected:
+        drop_database(server_url, url)
+        pytest.fail(f"CITYOPS_TEST_STORAGE_PATH={expected}, but {server_url} gave {report.path}")
     yield url
     drop_database(server_url, url)
 
