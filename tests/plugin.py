@@ -66,7 +66,7 @@ def server_url(services_dir: Path) -> Iterator[str]:
 
 def has_timescaledb(url: str) -> bool:
     with psycopg.connect(url, connect_timeout=10) as conn:
-        return db.is_timescaledb_available(conn)
+        return db.timescaledb_state(conn) is db.TimescaleDBState.READY
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,13 @@ The tests that need a policy to act run its job themselves with ``call run_job(.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -18,6 +23,7 @@ from typer.testing import CliRunner
 
 from cityops import db
 from cityops.cli import app
+from cityops.services import free_port
 from cityops.settings import DatabaseSettings
 from ingest.contract import READING_KINDS
 from tests.plugin import Publisher, create_database, drop_database, register, wait_for
@@ -204,3 +210,54 @@ def test_retention_policy_job_drops_readings_older_than_retention_days(
         assert len(left) == 2
         now = conn.execute("select now()").fetchone()[0]  # type: ignore[index]
         assert all(end > now - timedelta(days=30) for end, _ in left)
+
+
+@pytest.fixture(scope="module")
+def not_preloaded_url(timescaledb_server_url: str) -> Iterator[str]:
+    """A server with TimescaleDB installed but not in shared_preload_libraries.
+
+    The state right after installing the package: started from the same binaries as the
+    TimescaleDB server, in a data directory of its own, without the preload setting.
+    """
+    with psycopg.connect(timescaledb_server_url) as conn:
+        row = conn.execute("select setting from pg_config where name = 'BINDIR'").fetchone()
+    assert row is not None
+    bindir = Path(row[0])
+    data = Path(tempfile.mkdtemp(prefix="cityops-not-preloaded-", dir="/var/tmp"))
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(data, "postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    pg_ctl = [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data / "db")]
+
+    def run(*command: str) -> None:
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+    run(*as_postgres, str(bindir / "initdb"), "-D", str(data / "db"), "-A", "trust",
+        "-U", "postgres", "--no-sync")  # fmt: skip
+    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
+    # -l: the server must not inherit the captured output, or run() waits for it to exit.
+    run(*pg_ctl, "-w", "-l", str(data / "server.log"), "-o", options, "start")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/cityops"
+    finally:
+        run(*pg_ctl, "-m", "immediate", "stop")
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_migrate_on_timescaledb_installed_but_not_preloaded_says_what_to_add(
+    not_preloaded_url: str,
+) -> None:
+    runner = CliRunner()
+    env = {"CITYOPS_DATABASE_URL": not_preloaded_url}
+    refused = runner.invoke(app, ["migrate"], env=env)
+    assert refused.exit_code == 2, refused.output
+    assert "installed on the database server but not preloaded" in refused.output
+    assert "shared_preload_libraries = 'timescaledb'" in refused.output
+    assert "Traceback" not in refused.output
+    with psycopg.connect(not_preloaded_url) as conn:  # nothing was applied
+        assert conn.execute("select to_regclass('manhole_readings')").fetchone() == (None,)
+    plain = runner.invoke(app, ["migrate"], env={**env, "CITYOPS_DATABASE_TIMESCALEDB": "off"})
+    assert plain.exit_code == 0, plain.output
+    assert "storage path: postgresql" in plain.output
