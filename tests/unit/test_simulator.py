@@ -46,6 +46,9 @@ def test_city_has_what_its_spec_asks_for() -> None:
     assert types.count("light") == 90
     assert types.count("sweeper") == 4
     codes = [a["code"] for a in city.assets]
+    assert {d["asset_code"] for d in city.devices if d["type"] in ("manhole", "light")} <= set(
+        codes
+    )
     assert len(codes) == len(set(codes))
     assert all(len(c) == 16 and c.isdigit() for c in codes)
     levels = {r["level"] for r in city.regions}
@@ -55,6 +58,7 @@ def test_city_has_what_its_spec_asks_for() -> None:
     ownerless = [a for a in city.assets if a["category"] == "ownerless"]
     assert ownerless
     assert all(a["owner_unit_id"] is None for a in ownerless)
+    assert city.roads
     assert all(r["max_speed_kmh"] == 8.0 and r["required_passes"] >= 1 for r in city.roads)
 
 
@@ -66,8 +70,11 @@ def test_every_device_type_publishes_and_sweepers_keep_to_plan() -> None:
     sweeping = [f for f in fixes if f["brush_on"]]
     assert sweeping
     assert all(2.0 <= f["speed_kmh"] <= 9.0 for f in sweeping)
-    assert all(f["speed_kmh"] > 15 for f in fixes if not f["brush_on"])
+    between = [f for f in fixes if not f["brush_on"]]
+    assert between
+    assert all(f["speed_kmh"] > 15 for f in between)
     lamps = [e for p in run.publications if "/gateway/" in p.topic for e in json.loads(p.payload)]
+    assert len({e["device_id"] for e in lamps}) == 90
     assert all(e["values"]["lamp_on"] for e in lamps)  # November night in Shenyang
 
 
@@ -129,6 +136,41 @@ def test_injected_faults_show_in_the_messages_at_their_ground_truth_times() -> N
     for fault in windows:
         assert any(fault.start <= t <= fault.end for t in fast), fault
     assert all(any(f.start <= t <= f.end for f in windows) for t in fast)
+
+
+def test_an_offline_device_is_silent_for_its_window_only_and_publishes_around_it() -> None:
+    city = generate(SPEC)
+    cover = next(d["device_id"] for d in city.devices if d["type"] == "manhole")
+    sweeper = next(d["device_id"] for d in city.devices if d["type"] == "sweeper")
+    scenario = Scenario.model_validate(
+        {
+            "fault": [
+                {"kind": "sensor_offline", "subject": cover, "start_min": 20, "duration_min": 15},
+                {"kind": "gps_gap", "subject": sweeper, "start_min": 20, "duration_min": 3},
+            ]
+        }
+    )
+    options = RunOptions(start=START, duration_s=3600, seed=2, cover_heartbeat_s=60)
+    run = simulate(city, scenario, options)
+    sent = published_by(run)
+    healthy = published_by(simulate(city, Scenario(), options))
+    assert sorted((f.subject, f.start - START, f.end - START) for f in run.faults) == sorted(
+        [(cover, 1200, 2100), (sweeper, 1200, 1380)]
+    )
+    for fault in run.faults:
+        did, would_have = sent[fault.subject], healthy[fault.subject]
+        assert len(times(would_have, fault.start, fault.end)) >= 15, fault  # a beat a minute
+        assert not times(did, fault.start, fault.end), fault
+        assert times(did, end=fault.start) == times(would_have, end=fault.start), fault
+        assert times(did, end=fault.start), fault
+        assert times(did, fault.end), fault
+    offline = next(f for f in run.faults if f.subject == cover)
+    assert times(sent[cover]) == [
+        t for t in times(healthy[cover]) if not offline.start <= t < offline.end
+    ]
+    others = {device for device in healthy if device not in (cover, sweeper)}
+    assert others
+    assert {d: times(sent[d]) for d in others} == {d: times(healthy[d]) for d in others}
 
 
 def test_offline_faults_that_hide_no_message_are_not_in_the_ground_truth() -> None:
