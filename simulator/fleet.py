@@ -1,8 +1,10 @@
 """Device behaviour: the messages a city's fleet publishes over a stretch of simulated time.
 
 ``simulate`` returns the whole run as a time-ordered list of publications plus the faults that
-were injected (with the times they actually showed in the messages). Each device draws from its
-own random stream, so the same city, scenario, seed and times give the same messages.
+were injected and showed in them, with the times they showed (a sensor offline or a GPS gap that
+hid no message, such as a window between two hourly heartbeats, cannot be detected and is left
+out). Each device draws from its own random stream, so the same city, scenario, seed and times
+give the same messages.
 
 - Covers send a heartbeat every ``cover_heartbeat_s`` and report alarms and recoveries at once.
 - Lamps follow the astronomical clock (on from sunset to sunrise, dimmed after midnight); each
@@ -95,12 +97,14 @@ def simulate(city: City, scenario: Scenario, options: RunOptions) -> Run:
         by_subject.setdefault(fault.subject, []).append(fault)
     out: list[Publication] = []
     angles = {a["code"]: a["properties"].get("installed_angle_deg", 0.0) for a in city.assets}
+    shown: set[Fault] = set()
     for device in covers:
         faults_of = by_subject.get(device["device_id"], [])
-        _cover(out, device, angles.get(device["asset_code"], 0.0), faults_of, options)
-    shown = _cabinets(out, city, lamps, by_subject, options)
-    # segment and sweeper faults are timed by the routes; lamp faults count once they showed
-    faults = [f for f in planned if f.subject_type == "manhole" or f in shown]
+        shown |= _cover(out, device, angles.get(device["asset_code"], 0.0), faults_of, options)
+    shown |= _cabinets(out, city, lamps, by_subject, options)
+    # segment and sweeper faults are timed by the routes; cover and lamp faults count once they
+    # showed in some message
+    faults = [f for f in planned if f in shown]
     for device in sweepers:
         faults += _sweeper(out, city, device, sweepers=sweepers, by_subject=by_subject, o=options)
     out.sort()
@@ -117,16 +121,15 @@ def _cover(
     angle: float,
     faults: list[Fault],
     o: RunOptions,
-) -> None:
+) -> set[Fault]:
+    """Publish one cover's messages; return its faults that showed (offline: a missed heartbeat)."""
     rng = _device_rng(o.seed, device["device_id"])
     topic = f"cityops/v1/manhole/{device['device_id']}"
     end = o.start + o.duration_s
     battery = float(rng.uniform(60, 100))
     rssi = float(rng.uniform(-110, -70))
-    offline = [(f.start, f.end) for f in faults if f.kind == "sensor_offline"]
-
-    def silent(t: float) -> bool:
-        return any(a <= t < b for a, b in offline)
+    offline = [f for f in faults if f.kind == "sensor_offline"]
+    shown = {f for f in faults if f.kind != "sensor_offline"}  # alarms and readings, all sent
 
     def state(t: float) -> dict[str, Any]:
         tilt, opened, water, batt = angle, False, 35.0, battery
@@ -153,7 +156,9 @@ def _cover(
 
     t = o.start + float(rng.uniform(0, o.cover_heartbeat_s))
     while t < end:
-        if not silent(t):
+        silencing = {f for f in offline if f.start <= t < f.end}
+        shown |= silencing
+        if not silencing:
             _pub(out, t, f"{topic}/telemetry", {"ts": _ms(t), **state(t)})
         t += o.cover_heartbeat_s
     for f in faults:
@@ -196,6 +201,7 @@ def _cover(
                     body["event"] = "water_high"
                 _pub(out, step, f"{topic}/telemetry", body)
                 step += 300.0
+    return shown
 
 
 # -- lamps ----------------------------------------------------------------------------------
@@ -338,7 +344,8 @@ def _sweeper(
     gaps = [f for f in by_subject.get(device["device_id"], []) if f.kind == "gps_gap"]
     cos_lat = math.cos(math.radians(city.spec.center_lat))
     noise_deg = o.gps_noise_m / _M_PER_DEG
-    truths: list[Fault] = list(gaps)
+    hidden: set[Fault] = set()  # the gaps that hid a fix: only those can be detected
+    truths: list[Fault] = []
     here: tuple[float, float] | None = None
 
     def drive(
@@ -356,7 +363,9 @@ def _sweeper(
             if t >= end:
                 return
             f = s / steps
-            if not any(g.start <= t < g.end for g in gaps):
+            hiding = {g for g in gaps if g.start <= t < g.end}
+            hidden.update(hiding)
+            if not hiding:
                 _pub(
                     out,
                     t,
@@ -394,9 +403,11 @@ def _sweeper(
         drive(step.a, step.b, step.length_m, speed, brush="brushes_up" not in kinds)
         for kind in ("sweeping_too_fast", "brushes_up"):
             if kind in kinds and began < end:
-                truths.append(replace(kinds[kind], start=began, end=min(t, end)))
+                # to the millisecond, as the messages are: its first fix is at its start
+                shown = replace(kinds[kind], start=round(began, 3), end=round(min(t, end), 3))
+                truths.append(shown)
                 done.add(kinds[kind])
         here = step.b
         if t >= end:
             break
-    return truths
+    return [g for g in gaps if g in hidden] + truths

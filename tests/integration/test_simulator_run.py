@@ -14,14 +14,18 @@ import pytest
 from typer.testing import CliRunner
 
 from cityops.cli import app
+from simulator.city import read_bundle
+from simulator.fleet import RunOptions, simulate
+from simulator.scenario import Scenario
 from tests.plugin import wait_for
 
 SCENARIO = """
 [rates]
 cover_displaced = 0.05
-sensor_offline = 0.05
+sensor_offline = 0.5
 cabinet_outage = 0.5
 """
+START = "2026-11-25T23:55:00+08:00"
 
 
 @pytest.fixture
@@ -79,7 +83,9 @@ def test_accelerated_run_lands_every_device_type_and_faults_match_what_was_publi
         "--duration",
         "20",
         "--start",
-        "2026-11-25T23:55:00+08:00",
+        START,
+        "--seed",
+        "1",
         "--speed",
         "0",
         "--truth",
@@ -108,7 +114,10 @@ def test_accelerated_run_lands_every_device_type_and_faults_match_what_was_publi
         assert got[0] > 0, table
     faults = [json.loads(line) for line in truth.read_text().splitlines()]
     kinds = {f["kind"] for f in faults}
+    # hourly heartbeats: about a third of the offline covers miss one in 20 minutes
     assert {"cover_displaced", "sensor_offline", "cabinet_outage"} <= kinds
+    options = RunOptions(start=datetime.fromisoformat(START).timestamp(), duration_s=1200, seed=1)
+    healthy = simulate(read_bundle(bundle), Scenario(), options).publications
     for fault in faults:
         start, end = (datetime.fromisoformat(fault[k]) for k in ("start", "end"))
         if fault["kind"] == "cover_displaced":
@@ -118,6 +127,14 @@ def test_accelerated_run_lands_every_device_type_and_faults_match_what_was_publi
             ).fetchall()
             assert alarm == [(start,)]
         elif fault["kind"] == "sensor_offline":
+            # what the cover would have sent in the window without the fault: none of it landed
+            expected = [
+                p.t
+                for p in healthy
+                if p.topic.split("/")[3] == fault["subject"]
+                and start.timestamp() <= p.t < end.timestamp()
+            ]
+            assert expected, fault
             inside = conn.execute(
                 "select count(*) from manhole_readings where device_id = %s "
                 "and ts >= %s and ts < %s",
@@ -133,6 +150,13 @@ def test_accelerated_run_lands_every_device_type_and_faults_match_what_was_publi
             assert cut[2] > 0
             assert start <= cut[0]
             assert cut[1] < end
+            lit = conn.execute(  # and every reading of its lamps in the window is cut
+                "select count(*) from light_readings r join devices d using (device_id) "
+                "where d.gateway_id = %s and r.ts >= %s and r.ts < %s "
+                "and r.fault_code is distinct from 64",
+                (fault["subject"], start, end),
+            )
+            assert lit.fetchone() == (0,)
 
 
 def test_abuse_mode_produces_exactly_the_quarantine_it_announced(

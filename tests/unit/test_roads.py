@@ -79,6 +79,7 @@ def test_geojson_lines_and_a_city_on_them(tmp_path: Path) -> None:
     assert {r["segment_id"] for r in city.roads} == {"f1-0", "f1-1", "L1-0"}
     assert sum(1 for d in city.devices if d["type"] == "manhole") == 50
     lamp_districts = {d["region_id"] for d in city.devices if d["type"] == "light"}
+    assert lamp_districts
     main_districts = {r["region_id"] for r in city.roads if r["road_class"] == "main"}
     assert lamp_districts <= main_districts | {r["region_id"] for r in city.roads}
     assert generate(CitySpec(seed=2, districts=2, covers=50, lamps=20), lines) == city
@@ -99,5 +100,7 @@ def test_a_bundle_read_back_runs_like_the_city_it_was_written_from(tmp_path: Pat
     options = RunOptions(start=1_764_086_100.0, duration_s=900, seed=1)
     direct = simulate(city, Scenario(rates={"lamp_out": 0.1}), options)
     reread = simulate(read_bundle(tmp_path), Scenario(rates={"lamp_out": 0.1}), options)
+    assert direct.publications
+    assert direct.faults  # lamps out at night show
     assert [p.payload for p in reread.publications] == [p.payload for p in direct.publications]
     assert reread.faults == direct.faults
