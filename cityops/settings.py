@@ -31,6 +31,8 @@ from pydantic_settings import (
 from devices.codes import CodeScheme
 
 DEFAULT_CONFIG_PATH = Path("config/cityops.toml")
+#: Room for an MQTT packet's topic, header and properties beside its payload.
+_PACKET_OVERHEAD_BYTES = 4096
 
 
 class _Section(BaseModel):
@@ -153,14 +155,17 @@ class IngestSettings(_Section):
         default=20_000,
         ge=1,
         le=65_535,
-        description=(
-            "Unacknowledged messages held at most; also the MQTT 5 Receive Maximum, so the broker "
-            "stops sending when the database stalls."
-        ),
+        description="Unacknowledged messages held at most (see receive_window).",
+    )
+    buffer_max_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Bytes of unacknowledged messages held at most (see receive_window).",
     )
     max_payload_bytes: int = Field(
-        default=256 * 1024,
+        default=64 * 1024,
         ge=64,
+        le=16 * 1024 * 1024,
         description="Larger is quarantined; the quarantine keeps payloads whole up to this size.",
     )
     max_future_s: float = Field(
@@ -181,14 +186,34 @@ class IngestSettings(_Section):
         default=5.0, gt=0, description="Longest wait between retries while the database is down."
     )
 
+    @property
+    def max_packet_bytes(self) -> int:
+        """The largest MQTT packet ingest takes (MQTT 5 Maximum Packet Size).
+
+        A payload of max_payload_bytes with its topic and header (topics here are < 100 bytes).
+        """
+        return self.max_payload_bytes + _PACKET_OVERHEAD_BYTES
+
+    @property
+    def receive_window(self) -> int:
+        """Unacknowledged messages the broker may send at once: the MQTT 5 Receive Maximum.
+
+        The broker enforces it, so the network thread never has to stop reading (which would
+        stop keep-alives too): at most this many messages of at most max_packet_bytes each are
+        held, which bounds memory by count and by bytes.
+        """
+        return min(self.buffer_max_messages, self.buffer_max_bytes // self.max_packet_bytes)
+
     @model_validator(mode="after")
     def _window_holds_a_batch(self) -> IngestSettings:
-        # The broker stops sending when buffer_max_messages are unacknowledged; a batch that
-        # cannot fill before that would only ever flush on the timer.
-        if self.buffer_max_messages < self.batch_max_rows:
+        # The broker stops sending when the window is unacknowledged; a batch that cannot fill
+        # before that would only ever flush on the timer.
+        if self.receive_window < self.batch_max_rows:
             msg = (
-                f"buffer_max_messages ({self.buffer_max_messages}) must be at least "
-                f"batch_max_rows ({self.batch_max_rows})"
+                f"the receive window, min(buffer_max_messages, buffer_max_bytes // "
+                f"(max_payload_bytes + {_PACKET_OVERHEAD_BYTES})) = {self.receive_window}, must "
+                f"be at least batch_max_rows ({self.batch_max_rows}): raise buffer_max_bytes or "
+                "buffer_max_messages, or lower max_payload_bytes or batch_max_rows"
             )
             raise ValueError(msg)
         return self

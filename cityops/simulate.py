@@ -88,7 +88,7 @@ def broker_protocol(url: str, protocol: str) -> Literal["5", "3.1.1"]:
     if protocol != "auto":
         fail(f"--protocol must be auto, 5 or 3.1.1, not {protocol!r}", 2)
     try:
-        spoken = choose_protocol(MqttSettings(url=url))
+        spoken, _ = choose_protocol(MqttSettings(url=url))
     except BrokerUnavailableError as exc:
         fail(str(exc))
     return "5" if spoken == MQTTProtocolVersion.MQTTv5 else "3.1.1"
@@ -190,7 +190,13 @@ def abuse(
     version = broker_protocol(settings.mqtt.url, protocol)
     chosen = list(ABUSE_KINDS) if kinds == "all" else [k.strip() for k in kinds.split(",")]
     try:
-        batch = abuse_messages(read_bundle(bundle), chosen, count, int(time.time() * 1000))
+        batch = abuse_messages(
+            read_bundle(bundle),
+            chosen,
+            count,
+            int(time.time() * 1000),
+            max_payload_bytes=settings.ingest.max_payload_bytes,
+        )
     except ValueError as exc:
         fail(str(exc), 2)
     publications = [Publication(0.0, topic, payload) for topic, payload in batch.messages]

@@ -162,8 +162,14 @@ class AbuseBatch:
     duplicates: int
 
 
-def abuse_messages(city: City, kinds: Sequence[str], count: int, now_ms: int) -> AbuseBatch:
-    """``count`` messages of each kind, aimed at the city's first cover and sweeper."""
+def abuse_messages(
+    city: City, kinds: Sequence[str], count: int, now_ms: int, *, max_payload_bytes: int
+) -> AbuseBatch:
+    """``count`` messages of each kind, aimed at the city's first cover and sweeper.
+
+    An oversized payload is 1 KiB over ingest's ``max_payload_bytes``: brokers refuse much
+    larger ones themselves (Mosquitto's ``message_size_limit``), so ingest never sees those.
+    """
     cover = next(d["device_id"] for d in city.devices if d["type"] == "manhole")
     sweeper = next(d["device_id"] for d in city.devices if d["type"] == "sweeper")
     cover_topic = f"cityops/v1/manhole/{cover}/telemetry"
@@ -182,7 +188,7 @@ def abuse_messages(city: City, kinds: Sequence[str], count: int, now_ms: int) ->
         "unknown_field": lambda ts, _: (cover_topic, body(ts, tilt=3)),
         "unknown_device": lambda ts, n: (f"cityops/v1/manhole/nobody-{n}/telemetry", body(ts)),
         "future_timestamp": lambda _, n: (cover_topic, body(now_ms + 86_400_000 + n)),
-        "oversized": lambda ts, _: (cover_topic, body(ts, pad="x" * 300_000)),
+        "oversized": lambda ts, _: (cover_topic, body(ts, pad="x" * (max_payload_bytes + 1024))),
         "bad_topic": lambda ts, _: (f"cityops/v1/manhole/{cover}", body(ts)),
         "duplicate": lambda ts, _: (cover_topic, body(ts)),
         "replayed": lambda ts, _: (cover_topic, body(ts - 86_400_000)),
