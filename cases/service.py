@@ -1,4 +1,6 @@
-"""Cases in the database: reporting, routing, lifecycle actions, visibility, escalation.
+"""Cases in the database: reporting, routing, lifecycle actions, escalation.
+
+Who may see and do what is ``cases.access``.
 
 Every change goes through ``lifecycle.apply``: the row is updated to what the event makes of it
 and the event is appended in the same transaction, so the row is always its history's fold.
@@ -15,9 +17,7 @@ Errors (all CaseError)::
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +27,7 @@ import psycopg
 from psycopg.rows import dict_row
 from shapely.geometry import Point, shape
 
+from cases.access import OPERATOR, SYSTEM, Caller, may, visibility
 from cases.catalog import Catalog, Category
 from cases.lifecycle import (
     Action,
@@ -39,9 +40,7 @@ from cases.lifecycle import (
     next_state,
 )
 
-Role = Literal["unit", "coordinator", "operator"]
 Source = Literal["sensor", "inspector", "citizen"]
-SYSTEM = "system"
 _CASE_COLUMNS = tuple(CaseState.__dataclass_fields__)
 _ATTEMPTS = 3  # optimistic tries before an action locks the case
 #: A new case and its 'open' event in one statement (nothing when one is already open).
@@ -91,49 +90,6 @@ class _StaleCaseError(CaseError):
 
 class BadReportError(CaseError):
     """A report the platform cannot turn into a case."""
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who acts: a unit with a role; a coordinator acts for its district."""
-
-    unit_id: str
-    role: Role
-    district_id: str | None = None
-
-
-OPERATOR = Caller(SYSTEM, "operator")
-
-#: Who may do what, besides seeing the case: the responsible unit, or the district's office.
-_UNIT_ACTIONS = frozenset({Action.ACCEPT, Action.RETURN, Action.DISPOSE})
-_OFFICE_ACTIONS = frozenset(
-    {Action.REGISTER, Action.CANCEL, Action.DISPATCH, Action.VERIFY, Action.REOPEN}
-)
-
-
-def hash_token(token: str) -> str:
-    """How a token is stored: its SHA-256 (tokens are 32 random bytes, so no salt is needed)."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def create_token(conn: psycopg.Connection, unit_id: str, role: Role) -> str:
-    """A new token for ``unit_id``; only its hash is kept."""
-    token = secrets.token_urlsafe(32)
-    conn.execute(
-        "insert into unit_tokens (token_sha256, unit_id, role) values (%s, %s, %s)",
-        (hash_token(token), unit_id, role),
-    )
-    return token
-
-
-def caller_for_token(conn: psycopg.Connection, token: str) -> Caller | None:
-    """The unit a token belongs to, with its district."""
-    row = conn.execute(
-        "select t.unit_id, t.role, u.region_id from unit_tokens t join units u using (unit_id) "
-        "where t.token_sha256 = %s",
-        (hash_token(token),),
-    ).fetchone()
-    return Caller(row[0], row[1], row[2]) if row else None
 
 
 def district_of_region(conn: psycopg.Connection, region_id: str | None) -> str | None:
@@ -373,7 +329,7 @@ class CaseService:
     ) -> dict[str, Any]:
         note, unit_id, photo_url = details.note, details.unit_id, details.photo_url
         case = self._visible(case_id, caller, lock=lock)
-        if not self._may(caller, action, case):
+        if not may(caller, action, case):
             msg = f"{caller.unit_id} ({caller.role}) may not {action.value} case {case_id}"
             raise ForbiddenActionError(msg)
         target = unit_id
@@ -390,15 +346,6 @@ class CaseService:
             photo_url=photo_url,
             row=case,
         )
-
-    def _may(self, caller: Caller, action: Action, case: dict[str, Any]) -> bool:
-        if caller.role == "operator":
-            return True
-        if action in _UNIT_ACTIONS:
-            return bool(case["unit_id"] == caller.unit_id)
-        if action in _OFFICE_ACTIONS:
-            return caller.role == "coordinator"
-        return True  # comment, report
 
     def _record(
         self,
@@ -498,7 +445,7 @@ class CaseService:
     # -- reading ----------------------------------------------------------------------------
 
     def _visible(self, case_id: int, caller: Caller, *, lock: bool) -> dict[str, Any]:
-        where, params = _visibility(caller)
+        where, params = visibility(caller)
         cur = self._conn.cursor(row_factory=dict_row)
         row = cur.execute(
             f"select * from cases where case_id = %s and {where}{' for update' if lock else ''}",
@@ -557,7 +504,7 @@ class CaseService:
         limit: int = 50,
     ) -> list[dict[str, Any]]:
         """Cases the caller may see, newest first, filtered; page with ``after_id``."""
-        where, params = _visibility(caller)
+        where, params = visibility(caller)
         clauses = [where]
         for column, value in (
             ("state", state),
@@ -602,11 +549,3 @@ class CaseService:
 def _state_from(row: dict[str, Any]) -> CaseState:
     values = {c: row[c] for c in _CASE_COLUMNS}
     return CaseState(**{**values, "state": State(values["state"])})
-
-
-def _visibility(caller: Caller) -> tuple[str, list[Any]]:
-    if caller.role == "operator":
-        return "true", []
-    if caller.role == "coordinator":
-        return "district_id = %s", [caller.district_id]
-    return "unit_id = %s", [caller.unit_id]

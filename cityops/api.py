@@ -27,17 +27,16 @@ from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from cases.access import Caller, caller_for_token
 from cases.catalog import Catalog, load_catalog
 from cases.lifecycle import Action
 from cases.service import (
     BadReportError,
-    Caller,
     CaseNotFoundError,
     CaseService,
     ForbiddenActionError,
     IllegalActionError,
     Report,
-    caller_for_token,
 )
 from cityops.settings import load_settings
 

@@ -12,18 +12,11 @@ import psycopg
 import typer
 from rich.table import Table
 
+from cases.access import OPERATOR, Caller, create_token
 from cases.catalog import Catalog, CatalogError, load_catalog
 from cases.evaluation import as_csv, as_json, evaluate
 from cases.lifecycle import Action
-from cases.service import (
-    OPERATOR,
-    Caller,
-    CaseError,
-    CaseService,
-    IllegalActionError,
-    Report,
-    create_token,
-)
+from cases.service import CaseError, CaseService, IllegalActionError, Report
 from cityops import db
 from cityops.settings import Settings
 from cityops.terminal import ConfigOption, fail, out, settings_from

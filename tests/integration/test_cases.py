@@ -15,10 +15,11 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from cases.access import OPERATOR, create_token
 from cases.catalog import load_catalog
 from cases.evaluation import evaluate
 from cases.lifecycle import Action, rebuild
-from cases.service import OPERATOR, CaseService, Report, create_token
+from cases.service import CaseService, Report
 from cityops.api import create_app
 from cityops.cli import app as cli_app
 from devices.codes import CodeScheme
