@@ -75,10 +75,22 @@ def may(caller: Caller, action: Action, case: dict[str, Any]) -> bool:
     return True  # comment, report
 
 
+def _scope(caller: Caller) -> tuple[str, Any] | None:
+    """The column of ``cases`` and the value it must have for ``caller`` to see a case."""
+    if caller.role == "operator":
+        return None
+    if caller.role == "coordinator":
+        return "district_id", caller.district_id
+    return "unit_id", caller.unit_id
+
+
 def visibility(caller: Caller) -> tuple[str, list[Any]]:
     """The SQL condition (and its parameters) on ``cases`` rows that ``caller`` may see."""
-    if caller.role == "operator":
-        return "true", []
-    if caller.role == "coordinator":
-        return "district_id = %s", [caller.district_id]
-    return "unit_id = %s", [caller.unit_id]
+    scope = _scope(caller)
+    return ("true", []) if scope is None else (f"{scope[0]} = %s", [scope[1]])
+
+
+def sees(caller: Caller, case: dict[str, Any]) -> bool:
+    """Whether ``caller`` may see ``case`` (a row of ``cases``): ``visibility`` in Python."""
+    scope = _scope(caller)
+    return scope is None or bool(case[scope[0]] == scope[1])

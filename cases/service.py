@@ -21,13 +21,13 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, overload
+from typing import Any, Literal
 
 import psycopg
 from psycopg.rows import dict_row
 from shapely.geometry import Point, shape
 
-from cases.access import OPERATOR, SYSTEM, Caller, may, visibility
+from cases.access import OPERATOR, SYSTEM, Caller, may, sees, visibility
 from cases.catalog import Catalog, Category
 from cases.lifecycle import (
     Action,
@@ -51,15 +51,16 @@ _OPEN = (
     "on conflict (subject, category) where state not in ('closed', 'cancelled') do nothing "
     "returning *), "
     "event as (insert into case_events (case_id, at, actor, action, to_state, unit_id, note) "
-    "select case_id, %s, %s, 'open', 'reported', %s, %s from opened) "
-    "select * from opened"
+    "select case_id, %s, %s, 'open', 'reported', %s, %s from opened returning event_id) "
+    "select opened.*, event.event_id as report_id from opened, event"
 )
 #: One lifecycle step: the new row (only if still at the version read) and its event.
 _WRITE = (
     f"with moved as (update cases set {', '.join(f'{c} = %s' for c in _CASE_COLUMNS)}, "
     "version = version + 1 where case_id = %s and version = %s returning case_id) "
     "insert into case_events (case_id, at, actor, action, from_state, to_state, unit_id, note, "
-    "photo_url, data) select case_id, %s, %s, %s, %s, %s, %s, %s, %s, %s from moved"
+    "photo_url, data) select case_id, %s, %s, %s, %s, %s, %s, %s, %s, %s from moved "
+    "returning event_id"
 )
 
 
@@ -138,6 +139,19 @@ class Report:
     photo_url: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What a reporter learns: a reference to its report, and the case only if it may see it.
+
+    A report joins the open case on its subject whoever is responsible for it; telling the
+    reporter that case (or whether it was new) would reveal another unit's work.
+    """
+
+    report_id: int  # the id of the report's event ('open' or 'report') in case_events
+    case_id: int | None = None
+    created: bool | None = None
+
+
 class CaseService:
     """Case operations over one connection (each call is one transaction)."""
 
@@ -154,8 +168,8 @@ class CaseService:
 
     # -- reporting and routing --------------------------------------------------------------
 
-    def report(self, report: Report, actor: str = SYSTEM) -> tuple[int, bool]:
-        """Open a case, or add the report to the open one; return (case id, whether new).
+    def report(self, report: Report, caller: Caller = OPERATOR) -> Receipt:
+        """Open a case, or add the report to the open one; the caller learns what it may see.
 
         Sensor reports are registered and dispatched at once; inspectors' and citizens' wait at
         ``reported`` for the district's coordinating office.
@@ -166,27 +180,28 @@ class CaseService:
             raise BadReportError(str(exc).strip("'\"")) from None
         if report.source != "sensor":
             # one statement makes the case and its first event: no transaction needed
-            return self._open(report, category, actor)
-        with self._conn.transaction():  # a sensor case is opened, registered, dispatched at once
-            case_id, created, row = self._open(report, category, actor, returning_row=True)
-            if created:
-                registered = self._record(case_id, Action.REGISTER, SYSTEM, row=row)
-                routed = registered["routed_unit_id"]
-                self._record(case_id, Action.DISPATCH, SYSTEM, unit_id=routed, row=registered)
-            return case_id, created
-
-    @overload
-    def _open(self, report: Report, category: Category, actor: str) -> tuple[int, bool]: ...
-
-    @overload
-    def _open(
-        self, report: Report, category: Category, actor: str, *, returning_row: Literal[True]
-    ) -> tuple[int, bool, dict[str, Any]]: ...
+            case, created, report_id = self._open(report, category, caller.unit_id)
+        else:
+            with self._conn.transaction():  # a sensor case is opened, registered, dispatched
+                case, created, report_id = self._open(report, category, caller.unit_id)
+                if created:
+                    case_id = case["case_id"]
+                    registered, _ = self._record(case_id, Action.REGISTER, SYSTEM, row=case)
+                    routed = registered["routed_unit_id"]
+                    case, _ = self._record(
+                        case_id, Action.DISPATCH, SYSTEM, unit_id=routed, row=registered
+                    )
+        if not sees(caller, case):
+            return Receipt(report_id)
+        return Receipt(report_id, int(case["case_id"]), created)
 
     def _open(
-        self, report: Report, category: Category, actor: str, *, returning_row: bool = False
-    ) -> tuple[int, bool] | tuple[int, bool, dict[str, Any]]:
-        """Insert the case with its 'open' event, or add a 'report' event to the open one."""
+        self, report: Report, category: Category, actor: str
+    ) -> tuple[dict[str, Any], bool, int]:
+        """Insert the case with its 'open' event, or add a 'report' event to the open one.
+
+        Returns the case row, whether it is new, and the id of the report's event.
+        """
         subject, district, owner, lat, lon = self._locate(report)
         units = self._units_of(district)
         office = units.get("coordinating")
@@ -227,8 +242,7 @@ class CaseService:
                 .fetchone()
             )
             if row is not None:
-                case_id = int(row["case_id"])
-                return (case_id, True, row) if returning_row else (case_id, True)
+                return row, True, int(row.pop("report_id"))
             existing = self._conn.execute(
                 "select case_id from cases where subject = %s and category = %s "
                 "and state not in ('closed', 'cancelled')",
@@ -236,10 +250,11 @@ class CaseService:
             ).fetchone()
             if existing is None:
                 continue  # the open case was finished meanwhile: open a new one
-            case_id = int(existing[0])
             with self._conn.transaction():
-                after = self._record(case_id, Action.REPORT, actor, note=report.description)
-            return (case_id, False, after) if returning_row else (case_id, False)
+                after, report_id = self._record(
+                    int(existing[0]), Action.REPORT, actor, note=report.description
+                )
+            return after, False, report_id
         msg = f"could not open a case on {subject}; try again"
         raise CaseError(msg)
 
@@ -337,7 +352,7 @@ class CaseService:
             target = unit_id or case["routed_unit_id"]  # an unknown unit fails its foreign key
         elif action is Action.RETURN:
             target = self._units_of(case["district_id"]).get("coordinating")
-        return self._record(
+        after, _ = self._record(
             case_id,
             action,
             caller.unit_id,
@@ -346,6 +361,7 @@ class CaseService:
             photo_url=photo_url,
             row=case,
         )
+        return after
 
     def _record(
         self,
@@ -357,8 +373,8 @@ class CaseService:
         note: str | None = None,
         photo_url: str | None = None,
         row: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Apply one event to the case row and append it; return the row after it.
+    ) -> tuple[dict[str, Any], int]:
+        """Apply one event to the case row and append it; return the row after it, the event's id.
 
         ``row`` is the case as read (by ``act``) or as locked in this transaction; the write
         applies only if the row still has that version, else _StaleCaseError.
@@ -384,7 +400,7 @@ class CaseService:
         )
         after = apply(current, event)
         try:
-            written = self._write(
+            event_id = self._write(
                 case_id,
                 version=row["version"],
                 after=after,
@@ -395,14 +411,15 @@ class CaseService:
         except psycopg.errors.ForeignKeyViolation:
             msg = f"no unit {event.unit_id!r} to dispatch to"
             raise BadReportError(msg) from None
-        if written != 1:
+        if event_id is None:
             raise _StaleCaseError
-        return {
+        after_row = {
             **row,
             **{c: getattr(after, c) for c in _CASE_COLUMNS},
             "state": after.state.value,
             "version": row["version"] + 1,
         }
+        return after_row, event_id
 
     def _write(
         self,
@@ -413,9 +430,9 @@ class CaseService:
         event: Event,
         from_state: State,
         photo_url: str | None,
-    ) -> int:
-        """Event and new row in one statement, if the row is still at ``version``."""
-        return self._conn.execute(
+    ) -> int | None:
+        """Event and new row in one statement, if the row is still at ``version``: the event id."""
+        written = self._conn.execute(
             _WRITE,
             (
                 *(getattr(after, c) for c in _CASE_COLUMNS),
@@ -423,7 +440,8 @@ class CaseService:
                 version,
                 *self._event_values(event, from_state, photo_url),
             ),
-        ).rowcount
+        ).fetchone()
+        return None if written is None else int(written[0])
 
     @staticmethod
     def _event_values(

@@ -72,6 +72,14 @@ class ActionIn(BaseModel):
     photo_url: str | None = Field(default=None, max_length=2000)
 
 
+class ReportOut(BaseModel):
+    """A reference to the report; the case only if the caller may see it."""
+
+    report_id: int = Field(description="This report's reference (its event in the case log).")
+    case_id: int | None = Field(description="The case it opened or joined; null if not yours.")
+    created: bool | None = Field(description="Whether it opened the case; null if not yours.")
+
+
 class CaseOut(BaseModel):
     """A case in a list."""
 
@@ -183,11 +191,14 @@ def _install_routes(
     def report(
         body: ReportIn,
         who: Annotated[Caller, Depends(caller)],
-    ) -> dict[str, Any]:
-        """Report a problem; a second report on an open case adds to it (201 either way)."""
+    ) -> ReportOut:
+        """Report a problem; a second report on an open case adds to it (201 either way).
+
+        The case is named only if the caller may see it: a report may join another unit's case.
+        """
         with case_service() as cases:
-            case_id, created = cases.report(Report(**body.model_dump()), actor=who.unit_id)
-        return {"case_id": case_id, "created": created}
+            receipt = cases.report(Report(**body.model_dump()), who)
+        return ReportOut.model_validate(receipt, from_attributes=True)
 
     @app.get("/cases", response_model=list[CaseOut])
     def list_cases(

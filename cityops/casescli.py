@@ -99,8 +99,7 @@ def report_command(
     if source not in ("inspector", "citizen"):
         fail("--source is inspector or citizen", 2)
     with _cases(config) as (cases, conn):
-        actor = _caller(conn, as_unit).unit_id
-        case_id, created = cases.report(
+        receipt = cases.report(
             Report(
                 category=category,
                 source="citizen" if source == "citizen" else "inspector",
@@ -110,9 +109,14 @@ def report_command(
                 description=description,
                 photo_url=photo_url,
             ),
-            actor=actor,
+            _caller(conn, as_unit),
         )
-    out.print(f"case {case_id} ({'new' if created else 'added to the open case'})", highlight=False)
+    if receipt.case_id is None:
+        said = f"report {receipt.report_id} (on a case {as_unit} may not see)"
+    else:
+        joined = "new" if receipt.created else "added to the open case"
+        said = f"case {receipt.case_id} ({joined}), report {receipt.report_id}"
+    out.print(said, highlight=False)
 
 
 @cases_app.command("list")

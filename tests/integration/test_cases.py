@@ -19,7 +19,7 @@ from cases.access import OPERATOR, create_token
 from cases.catalog import load_catalog
 from cases.evaluation import evaluate
 from cases.lifecycle import Action, rebuild
-from cases.service import CaseService, Report
+from cases.service import CaseService, Receipt, Report
 from cityops.api import create_app
 from cityops.cli import app as cli_app
 from devices.codes import CodeScheme
@@ -44,6 +44,15 @@ def city(conn: psycopg.Connection, tmp_path: Path):
 
 def cover(city, category: str) -> dict:
     return next(a for a in city.assets if a["category"] == category)
+
+
+def sensor_case(conn: psycopg.Connection, category: str, asset: dict) -> int:
+    """A case a sensor reports on ``asset``: registered and dispatched to its unit at once."""
+    receipt = CaseService(conn, CATALOG).report(
+        Report(category, "sensor", asset_code=asset["code"])
+    )
+    assert receipt.case_id is not None
+    return receipt.case_id
 
 
 @pytest.fixture
@@ -71,11 +80,10 @@ def test_each_cover_category_routes_to_its_owner_and_ownerless_to_the_office(con
     for minor, category, _, owner_kind in COVER_CATEGORIES:
         asset = cover(city, category)
         assert asset["code"][8:10] == minor
-        case_id, created = cases.report(
-            Report("cover_displaced", "sensor", asset_code=asset["code"])
-        )
-        assert created
-        row = cases.show(case_id, OPERATOR)
+        receipt = cases.report(Report("cover_displaced", "sensor", asset_code=asset["code"]))
+        assert receipt.created
+        assert receipt.case_id is not None
+        row = cases.show(receipt.case_id, OPERATOR)
         expected = f"d0-{owner_kind}" if owner_kind else "d0-coordinating"
         assert (row["state"], row["unit_id"], row["district_id"]) == (
             "dispatched",
@@ -152,9 +160,7 @@ def test_whole_lifecycle_over_the_api_with_return_rework_and_cancel(api, conn, c
 
 def test_illegal_transitions_and_foreign_cases_are_refused(api, conn, city, database_url) -> None:
     gas = cover(city, "gas")
-    case_id = CaseService(conn, CATALOG).report(
-        Report("cover_missing", "sensor", asset_code=gas["code"])
-    )[0]
+    case_id = sensor_case(conn, "cover_missing", gas)
     refused = api("POST", f"/cases/{case_id}/verify", "d0-coordinating")
     assert refused.status_code == 409
     assert refused.json() == {
@@ -182,12 +188,37 @@ def test_illegal_transitions_and_foreign_cases_are_refused(api, conn, city, data
             assert "bearer token" in refused_anonymous.json()["error"]
 
 
+def test_a_reporter_gets_its_report_and_never_the_id_of_a_case_it_may_not_see(
+    api, conn, city
+) -> None:
+    gas = cover(city, "gas")
+    case_id = sensor_case(conn, "cover_missing", gas)  # d0-gas's: d0-water may not see it
+
+    def report(unit: str, asset: dict) -> dict:
+        body = {"category": "cover_missing", "asset_code": asset["code"], "source": "inspector"}
+        response = api("POST", "/cases", unit, json=body)
+        assert response.status_code == 201, response.json()
+        return response.json()
+
+    joined = report("d0-water", gas)
+    assert joined == {"report_id": joined["report_id"], "case_id": None, "created": None}
+    assert conn.execute(
+        "select case_id, action, actor from case_events where event_id = %s",
+        (joined["report_id"],),
+    ).fetchone() == (case_id, "report", "d0-water")
+    # a report that opens a case waiting for the office looks the same: nothing tells them apart
+    opened = report("d0-water", cover(city, "sewage"))
+    assert opened == {"report_id": opened["report_id"], "case_id": None, "created": None}
+    mine = report("d0-gas", gas)  # the gas company's own case
+    assert (mine["case_id"], mine["created"]) == (case_id, False)
+
+
 def test_a_second_report_adds_an_event_and_concurrent_reports_make_one_case(
     database_url, conn, city
 ) -> None:
     asset = cover(city, "storm_water")
     errors: list[BaseException] = []
-    results: list[tuple[int, bool]] = []
+    results: list[Receipt] = []
 
     def report() -> None:
         try:
@@ -206,9 +237,9 @@ def test_a_second_report_adds_an_event_and_concurrent_reports_make_one_case(
     for t in threads:
         t.join()
     assert errors == []
-    assert len({case_id for case_id, _ in results}) == 1
-    assert sorted(created for _, created in results) == [False] * 5 + [True]
-    case_id = results[0][0]
+    assert len({r.case_id for r in results}) == 1
+    assert sorted(r.created for r in results) == [False] * 5 + [True]
+    case_id = results[0].case_id
     row = conn.execute("select reports, state from cases where case_id = %s", (case_id,))
     assert row.fetchone() == (6, "dispatched")
     assert conn.execute(
@@ -241,9 +272,7 @@ def test_concurrent_reports_from_two_processes_still_give_one_case(
 
 def test_concurrent_actions_on_one_case_all_land_in_its_history(database_url, conn, city) -> None:
     asset = cover(city, "street_light")
-    case_id = CaseService(conn, CATALOG).report(
-        Report("cover_damaged", "sensor", asset_code=asset["code"])
-    )[0]
+    case_id = sensor_case(conn, "cover_damaged", asset)
     errors: list[BaseException] = []
 
     def comment(n: int) -> None:
@@ -276,7 +305,7 @@ def test_overdue_cases_are_escalated_once(conn, city) -> None:
     now = [datetime.now(UTC) - timedelta(hours=10)]
     cases = CaseService(conn, CATALOG, clock=lambda: now[0])
     asset = cover(city, "heating")
-    case_id = cases.report(Report("cover_missing", "sensor", asset_code=asset["code"]))[0]
+    case_id = cases.report(Report("cover_missing", "sensor", asset_code=asset["code"])).case_id
     now[0] += timedelta(hours=1)  # deadline is 2 h
     assert case_id not in cases.escalate_overdue()
     now[0] += timedelta(hours=2)
@@ -295,7 +324,7 @@ def test_the_api_escalates_overdue_cases_by_itself_and_counts_them(
     old = CaseService(conn, CATALOG, clock=lambda: datetime.now(UTC) - timedelta(hours=5))
     case_id = old.report(
         Report("cover_missing", "sensor", asset_code=cover(city, "power")["code"])
-    )[0]
+    ).case_id
     with TestClient(create_app(database_url, CATALOG, escalate_every_s=0.05)) as client:
         wait_for(
             lambda: (
@@ -325,7 +354,14 @@ def test_cli_walks_a_case_through_its_life(database_url, conn, city) -> None:
     opened = cli(
         "cases", "report", "cover_damaged", "--asset", asset["code"], "--as", "d0-s0-office"
     )
-    case_id = opened.split()[1]
+    assert "may not see" in opened  # the case waits for the district's office, not the street's
+    (case_id,) = conn.execute(
+        "select case_id::text from case_events where event_id = %s", (int(opened.split()[1]),)
+    ).fetchone()
+    again = cli(
+        "cases", "report", "cover_damaged", "--asset", asset["code"], "--as", "d0-coordinating"
+    )
+    assert again.startswith(f"case {case_id} (added to the open case), report ")
     cli("cases", "register", case_id, "--as", "d0-coordinating")
     assert "dispatched (d0-water)" in cli("cases", "dispatch", case_id, "--as", "d0-coordinating")
     cli("cases", "accept", case_id, "--as", "d0-water")
@@ -350,7 +386,7 @@ def test_evaluation_figures_equal_the_ones_worked_out_by_hand(conn, city) -> Non
     water = cover(city, "water_supply")
     drainage = replace(OPERATOR)  # the operator acts for every unit here
     # case A (drainage): disposed in 2 h, closed in 3 h (deadline 4 h): on time
-    a = cases.report(Report("cover_displaced", "sensor", asset_code=sewage[0]["code"]))[0]
+    a = cases.report(Report("cover_displaced", "sensor", asset_code=sewage[0]["code"])).case_id
     at(1)
     cases.act(a, Action.ACCEPT, drainage)
     at(2)
@@ -359,7 +395,7 @@ def test_evaluation_figures_equal_the_ones_worked_out_by_hand(conn, city) -> Non
     cases.act(a, Action.VERIFY, drainage)
     # case B (drainage): disposed at 5 h, reopened, disposed at 8 h, closed at 9 h (late)
     at(0)
-    b = cases.report(Report("cover_displaced", "sensor", asset_code=sewage[1]["code"]))[0]
+    b = cases.report(Report("cover_displaced", "sensor", asset_code=sewage[1]["code"])).case_id
     at(5)
     cases.act(b, Action.ACCEPT, drainage)
     cases.act(b, Action.DISPOSE, drainage)
@@ -373,9 +409,9 @@ def test_evaluation_figures_equal_the_ones_worked_out_by_hand(conn, city) -> Non
     cases.act(b, Action.VERIFY, drainage)  # before the new deadline: on time
     # case C (drainage): never disposed, deadline long past by the month's end
     at(0)
-    c = cases.report(Report("cover_displaced", "sensor", asset_code=sewage[2]["code"]))[0]
+    c = cases.report(Report("cover_displaced", "sensor", asset_code=sewage[2]["code"])).case_id
     # case D: first sent to water (wrong), returned, re-dispatched to water again (routing)
-    d = cases.report(Report("cover_damaged", "inspector", asset_code=water["code"]))[0]
+    d = cases.report(Report("cover_damaged", "inspector", asset_code=water["code"])).case_id
     cases.act(d, Action.REGISTER, drainage)
     cases.act(d, Action.DISPATCH, drainage, unit_id="d0-drainage")
     at(1)
