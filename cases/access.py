@@ -1,9 +1,10 @@
 """Who acts on cases and what they may see and do: callers, their API tokens, visibility, rights.
 
-A unit sees the cases it is responsible for, a coordinating office those of its district, an
-operator all. Besides seeing a case, the responsible unit may accept, return and dispose of it,
-the district's office may register, cancel, dispatch, verify and reopen it; anyone who sees it may
-comment.
+A unit sees the cases it is responsible for, a coordinating office those of its district (the
+city's office, a coordinator at city level, those of every district), an operator all. Besides
+seeing a case, the responsible unit may accept, return and dispose of it, the office may register,
+cancel, dispatch, verify and reopen it; anyone who sees it may comment. A district's office
+dispatches to the routed unit or to a unit of its district; the city's office and operators to any.
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ SYSTEM = "system"
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who acts: a unit with a role; a coordinator acts for its district."""
+    """Who acts: a unit with a role; a coordinator acts for its district, or for the city."""
 
     unit_id: str
     role: Role
-    district_id: str | None = None
+    district_id: str | None = None  # the region of the unit: its district for a district office
+    is_city_level: bool = False  # the unit works for the whole city (the city's office)
 
 
-OPERATOR = Caller(SYSTEM, "operator")
+OPERATOR = Caller(SYSTEM, "operator", is_city_level=True)
+_CALLER_COLUMNS = "u.unit_id, u.region_id, u.level = 'city'"
 
 #: Who may do what, besides seeing the case: the responsible unit, or the district's office.
 _UNIT_ACTIONS = frozenset({Action.ACCEPT, Action.RETURN, Action.DISPOSE})
@@ -55,13 +58,24 @@ def create_token(conn: psycopg.Connection, unit_id: str, role: Role) -> str:
 
 
 def caller_for_token(conn: psycopg.Connection, token: str) -> Caller | None:
-    """The unit a token belongs to, with its district."""
+    """The unit a token belongs to, in the token's role."""
     row = conn.execute(
-        "select t.unit_id, t.role, u.region_id from unit_tokens t join units u using (unit_id) "
+        f"select {_CALLER_COLUMNS}, t.role from unit_tokens t join units u using (unit_id) "
         "where t.token_sha256 = %s",
         (hash_token(token),),
     ).fetchone()
-    return Caller(row[0], row[1], row[2]) if row else None
+    return Caller(row[0], row[3], row[1], is_city_level=row[2]) if row else None
+
+
+def caller_for_unit(conn: psycopg.Connection, unit_id: str) -> Caller | None:
+    """The unit in the role its kind gives it: coordinating offices coordinate, others work."""
+    row = conn.execute(
+        f"select {_CALLER_COLUMNS}, u.kind = 'coordinating' from units u where unit_id = %s",
+        (unit_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return Caller(row[0], "coordinator" if row[3] else "unit", row[1], is_city_level=row[2])
 
 
 def may(caller: Caller, action: Action, case: dict[str, Any]) -> bool:
@@ -75,9 +89,18 @@ def may(caller: Caller, action: Action, case: dict[str, Any]) -> bool:
     return True  # comment, report
 
 
+def dispatch_district(caller: Caller) -> str | None:
+    """The district to whose units ``caller`` may dispatch besides the routed one; None: any."""
+    return None if _is_city_wide(caller) else caller.district_id
+
+
+def _is_city_wide(caller: Caller) -> bool:
+    return caller.role == "operator" or (caller.role == "coordinator" and caller.is_city_level)
+
+
 def _scope(caller: Caller) -> tuple[str, Any] | None:
     """The column of ``cases`` and the value it must have for ``caller`` to see a case."""
-    if caller.role == "operator":
+    if _is_city_wide(caller):
         return None
     if caller.role == "coordinator":
         return "district_id", caller.district_id

@@ -27,7 +27,7 @@ import psycopg
 from psycopg.rows import dict_row
 from shapely.geometry import Point, shape
 
-from cases.access import OPERATOR, SYSTEM, Caller, may, sees, visibility
+from cases.access import OPERATOR, SYSTEM, Caller, dispatch_district, may, sees, visibility
 from cases.catalog import Catalog, Category
 from cases.lifecycle import (
     Action,
@@ -350,6 +350,7 @@ class CaseService:
         target = unit_id
         if action is Action.DISPATCH:
             target = unit_id or case["routed_unit_id"]  # an unknown unit fails its foreign key
+            self._check_reach(caller, target, case)
         elif action is Action.RETURN:
             target = self._units_of(case["district_id"]).get("coordinating")
         after, _ = self._record(
@@ -362,6 +363,18 @@ class CaseService:
             row=case,
         )
         return after
+
+    def _check_reach(self, caller: Caller, unit_id: str, case: dict[str, Any]) -> None:
+        """Refuse a dispatch outside the caller's district exactly as one to no unit at all."""
+        district = dispatch_district(caller)
+        if district is None or unit_id == case["routed_unit_id"]:
+            return
+        row = self._conn.execute(
+            "select region_id from units where unit_id = %s", (unit_id,)
+        ).fetchone()
+        if row is None or district_of_region(self._conn, row[0]) != district:
+            msg = f"no unit {unit_id!r} in district {district} to dispatch to"
+            raise BadReportError(msg)
 
     def _record(
         self,

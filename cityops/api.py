@@ -1,8 +1,9 @@
 """The HTTP API for units, offices and operators: report, list, show and act on cases.
 
 Every caller is a unit with a bearer token (`cityops units token UNIT`). A unit sees the cases it
-is responsible for, a coordinating office those of its district, an operator all. A case the
-caller may not see is 404, whether or not it exists. Errors are JSON: {"error": reason, ...}.
+is responsible for, a coordinating office those of its district (the city's office those of every
+district), an operator all. A case the caller may not see is 404, whether or not it exists.
+Errors are JSON: {"error": reason, ...}.
 The OpenAPI document is served at /openapi.json, its pages at /docs.
 
 Annotations here are evaluated at definition (no ``from __future__ import annotations``):

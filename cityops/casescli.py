@@ -12,7 +12,7 @@ import psycopg
 import typer
 from rich.table import Table
 
-from cases.access import OPERATOR, Caller, create_token
+from cases.access import OPERATOR, Caller, caller_for_unit, create_token
 from cases.catalog import Catalog, CatalogError, load_catalog
 from cases.evaluation import as_csv, as_json, evaluate
 from cases.lifecycle import Action
@@ -56,10 +56,10 @@ def _cases(config: Path | None) -> Iterator[tuple[CaseService, psycopg.Connectio
 def _caller(conn: psycopg.Connection, unit: str | None) -> Caller:
     if unit is None:
         return OPERATOR
-    row = conn.execute("select kind, region_id from units where unit_id = %s", (unit,)).fetchone()
-    if row is None:
+    caller = caller_for_unit(conn, unit)
+    if caller is None:
         fail(f"no unit {unit!r}")
-    return Caller(unit, "coordinator" if row[0] == "coordinating" else "unit", row[1])
+    return caller
 
 
 def _print(value: Any) -> None:

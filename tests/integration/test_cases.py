@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from cases.access import OPERATOR, create_token
 from cases.catalog import load_catalog
 from cases.evaluation import evaluate
-from cases.lifecycle import Action, rebuild
+from cases.lifecycle import Action, State, rebuild
 from cases.service import CaseService, Receipt, Report
 from cityops.api import create_app
 from cityops.cli import app as cli_app
@@ -56,15 +56,18 @@ def sensor_case(conn: psycopg.Connection, category: str, asset: dict) -> int:
 
 
 @pytest.fixture
-def api(database_url: str, conn: psycopg.Connection):
+def api(database_url: str, conn: psycopg.Connection, city):
+    """Call the API as a unit of the city (its tokens need the city's units)."""
     with TestClient(create_app(database_url, CATALOG)) as client:
         tokens = {
             unit: create_token(conn, unit, role)
             for unit, role in (
                 ("d0-coordinating", "coordinator"),
+                ("city-office", "coordinator"),
                 ("d0-drainage", "unit"),
                 ("d0-water", "unit"),
                 ("d0-gas", "unit"),
+                ("d0-s0-office", "unit"),
             )
         }
 
@@ -131,7 +134,7 @@ def test_whole_lifecycle_over_the_api_with_return_rework_and_cancel(api, conn, c
         "POST", f"/cases/{case_id}/dispatch", "d0-coordinating", json={"unit_id": "nobody"}
     )
     assert unknown.status_code == 422
-    assert unknown.json() == {"error": "no unit 'nobody' to dispatch to"}
+    assert unknown.json() == {"error": "no unit 'nobody' in district d0 to dispatch to"}
     steps = steps[1:]
     for unit, action, body, state in steps:
         response = api("POST", f"/cases/{case_id}/{action}", unit, json=body)
@@ -156,6 +159,53 @@ def test_whole_lifecycle_over_the_api_with_return_rework_and_cancel(api, conn, c
         json={"note": "duplicate of a hotline report"},
     )
     assert cancelled.json()["state"] == "cancelled"
+
+
+@pytest.fixture
+def other_district(conn: psycopg.Connection, tag: str) -> str:
+    """A second district, of this test alone, with a water company: the company's unit id."""
+    district = f"x{tag}"
+    conn.execute(
+        "insert into regions (region_id, name, level) values (%s, 'another district', 'district')",
+        (district,),
+    )
+    conn.execute(
+        "insert into units (unit_id, name, level, kind, region_id) "
+        "values (%s, 'its water company', 'district', 'water', %s)",
+        (f"{district}-water", district),
+    )
+    return f"{district}-water"
+
+
+def test_an_office_dispatches_inside_its_district_and_the_city_office_anywhere(
+    api, conn, city, other_district
+) -> None:
+    water = cover(city, "water_supply")
+    case_id = (
+        CaseService(conn, CATALOG)
+        .report(Report("cover_damaged", "inspector", asset_code=water["code"]))
+        .case_id
+    )
+    assert api("POST", f"/cases/{case_id}/register", "d0-coordinating").status_code == 200
+    path = f"/cases/{case_id}/dispatch"
+    foreign = api("POST", path, "d0-coordinating", json={"unit_id": other_district})
+    unknown = api("POST", path, "d0-coordinating", json={"unit_id": "nobody"})
+    # a unit of another district is answered as no unit at all: nothing tells them apart
+    assert (foreign.status_code, unknown.status_code) == (422, 422)
+    assert foreign.json() == {"error": f"no unit {other_district!r} in district d0 to dispatch to"}
+    assert unknown.json() == {"error": "no unit 'nobody' in district d0 to dispatch to"}
+    assert CaseService(conn, CATALOG).state_of(case_id).state is State.REGISTERED
+    street = api("POST", path, "d0-coordinating", json={"unit_id": "d0-s0-office"})
+    assert street.json()["unit_id"] == "d0-s0-office"  # its street lies in the district
+    assert api("POST", f"/cases/{case_id}/return", "d0-s0-office").status_code == 200
+    shown = api("GET", f"/cases/{case_id}", "city-office")
+    assert shown.status_code == 200, shown.json()
+    dispatched = api("POST", path, "city-office", json={"unit_id": other_district})
+    assert dispatched.status_code == 200, dispatched.json()
+    assert (dispatched.json()["state"], dispatched.json()["unit_id"]) == (
+        "dispatched",
+        other_district,
+    )
 
 
 def test_illegal_transitions_and_foreign_cases_are_refused(api, conn, city, database_url) -> None:
