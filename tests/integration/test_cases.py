@@ -33,9 +33,12 @@ CATALOG = load_catalog(ROOT / "config/categories.toml")
 
 @pytest.fixture
 def city(conn: psycopg.Connection, tmp_path: Path):
-    """A small city whose component codes no other test uses (its own division code)."""
+    """A small city whose component codes no other test uses (its own division code).
+
+    The seed is fixed: it decides which covers there are, and some seeds leave a category out.
+    """
     division = random.randrange(300_000, 900_000)
-    spec = CitySpec(seed=division, covers=120, lamps=40, division_base=division)
+    spec = CitySpec(seed=1, covers=120, lamps=40, division_base=division)
     built = generate(spec)
     write_bundle(built, tmp_path / "city")
     import_bundle(conn, tmp_path / "city", CodeScheme.parse("6+2+2+6"))
