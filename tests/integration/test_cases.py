@@ -3,7 +3,6 @@ one open case per subject under concurrency, and the monthly evaluation."""
 
 from __future__ import annotations
 
-import random
 import re
 import threading
 from dataclasses import replace
@@ -16,33 +15,15 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from cases.access import OPERATOR, create_token
-from cases.catalog import load_catalog
 from cases.evaluation import evaluate
 from cases.lifecycle import Action, State, rebuild
 from cases.service import CaseService, Receipt, Report
 from cityops.api import create_app
 from cityops.cli import app as cli_app
-from devices.codes import CodeScheme
-from devices.registry import import_bundle
-from simulator.city import COVER_CATEGORIES, CitySpec, generate, write_bundle
-from tests.plugin import wait_for
+from simulator.city import COVER_CATEGORIES
+from tests.plugin import CATALOG, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-CATALOG = load_catalog(ROOT / "config/categories.toml")
-
-
-@pytest.fixture
-def city(conn: psycopg.Connection, tmp_path: Path):
-    """A small city whose component codes no other test uses (its own division code).
-
-    The seed is fixed: it decides which covers there are, and some seeds leave a category out.
-    """
-    division = random.randrange(300_000, 900_000)
-    spec = CitySpec(seed=1, covers=120, lamps=40, division_base=division)
-    built = generate(spec)
-    write_bundle(built, tmp_path / "city")
-    import_bundle(conn, tmp_path / "city", CodeScheme.parse("6+2+2+6"))
-    return built
 
 
 def cover(city, category: str) -> dict:
