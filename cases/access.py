@@ -40,6 +40,10 @@ _UNIT_ACTIONS = frozenset({Action.ACCEPT, Action.RETURN, Action.DISPOSE})
 _OFFICE_ACTIONS = frozenset(
     {Action.REGISTER, Action.CANCEL, Action.DISPATCH, Action.VERIFY, Action.REOPEN}
 )
+#: The actions a caller may take; the platform itself opens, reports into and escalates cases.
+CALLER_ACTIONS = tuple(
+    a for a in Action if a in _UNIT_ACTIONS | _OFFICE_ACTIONS or a is Action.COMMENT
+)
 
 
 def hash_token(token: str) -> str:
@@ -80,13 +84,15 @@ def caller_for_unit(conn: psycopg.Connection, unit_id: str) -> Caller | None:
 
 def may(caller: Caller, action: Action, case: dict[str, Any]) -> bool:
     """Whether ``caller``, who sees ``case``, may do ``action`` to it."""
+    if action not in CALLER_ACTIONS:
+        return False
     if caller.role == "operator":
         return True
     if action in _UNIT_ACTIONS:
         return bool(case["unit_id"] == caller.unit_id)
     if action in _OFFICE_ACTIONS:
         return caller.role == "coordinator"
-    return True  # comment, report
+    return True  # comment
 
 
 def dispatch_district(caller: Caller) -> str | None:

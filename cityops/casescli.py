@@ -12,7 +12,7 @@ import psycopg
 import typer
 from rich.table import Table
 
-from cases.access import OPERATOR, Caller, caller_for_unit, create_token
+from cases.access import CALLER_ACTIONS, OPERATOR, Caller, caller_for_unit, create_token
 from cases.catalog import Catalog, CatalogError, load_catalog
 from cases.evaluation import as_csv, as_json, evaluate
 from cases.lifecycle import Action
@@ -186,17 +186,7 @@ def _action_command(action: Action) -> None:
     cases_app.command(action.value)(command)
 
 
-for _action in (
-    Action.REGISTER,
-    Action.CANCEL,
-    Action.DISPATCH,
-    Action.ACCEPT,
-    Action.RETURN,
-    Action.DISPOSE,
-    Action.VERIFY,
-    Action.REOPEN,
-    Action.COMMENT,
-):
+for _action in CALLER_ACTIONS:
     _action_command(_action)
 
 

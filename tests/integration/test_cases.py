@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from cases.access import OPERATOR, create_token
 from cases.evaluation import evaluate
 from cases.lifecycle import Action, State, rebuild
-from cases.service import CaseService, Receipt, Report
+from cases.service import CaseService, ForbiddenActionError, Receipt, Report
 from cityops.api import create_app
 from cityops.cli import app as cli_app
 from simulator.city import COVER_CATEGORIES
@@ -210,6 +210,9 @@ def test_illegal_transitions_and_foreign_cases_are_refused(api, conn, city, data
     office_only = api("POST", f"/cases/{case_id}/dispatch", "d0-gas", json={})
     assert office_only.status_code == 403
     assert "may not dispatch" in office_only.json()["error"]
+    for platforms in (Action.OPEN, Action.REPORT, Action.ESCALATE):  # not even an operator's
+        with pytest.raises(ForbiddenActionError):
+            CaseService(conn, CATALOG).act(case_id, platforms, OPERATOR)
     assert api("POST", f"/cases/{case_id}/accept", "d0-gas").json()["state"] == "accepted"
     assert api("GET", "/cases", "d0-water").status_code == 200
     mine = [c["case_id"] for c in api("GET", "/cases?state=accepted", "d0-gas").json()]
