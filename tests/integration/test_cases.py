@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from cases.access import OPERATOR, create_token
+from cases.access import CALLER_ACTIONS, OPERATOR, create_token
 from cases.evaluation import evaluate
 from cases.lifecycle import Action, State, rebuild
 from cases.service import CaseService, ForbiddenActionError, Receipt, Report
@@ -147,23 +147,28 @@ def test_whole_lifecycle_over_the_api_with_return_rework_and_cancel(api, conn, c
 
 @pytest.fixture
 def other_district(conn: psycopg.Connection, tag: str) -> str:
-    """A second district, of this test alone, with a water company: the company's unit id."""
+    """A second district, of this test alone, with an office, a water company and a sensor."""
     district = f"x{tag}"
     conn.execute(
         "insert into regions (region_id, name, level) values (%s, 'another district', 'district')",
         (district,),
     )
-    conn.execute(
+    conn.cursor().executemany(
         "insert into units (unit_id, name, level, kind, region_id) "
-        "values (%s, 'its water company', 'district', 'water', %s)",
-        (f"{district}-water", district),
+        "values (%s, 'a unit', 'district', %s, %s)",
+        [(f"{district}-{kind}", kind, district) for kind in ("coordinating", "water")],
     )
-    return f"{district}-water"
+    conn.execute(
+        "insert into devices (device_id, type, region_id) values (%s, 'manhole', %s)",
+        (f"{district}-sensor", district),
+    )
+    return district
 
 
 def test_an_office_dispatches_inside_its_district_and_the_city_office_anywhere(
     api, conn, city, other_district
 ) -> None:
+    foreign_unit = f"{other_district}-water"
     water = cover(city, "water_supply")
     case_id = (
         CaseService(conn, CATALOG)
@@ -172,11 +177,11 @@ def test_an_office_dispatches_inside_its_district_and_the_city_office_anywhere(
     )
     assert api("POST", f"/cases/{case_id}/register", "d0-coordinating").status_code == 200
     path = f"/cases/{case_id}/dispatch"
-    foreign = api("POST", path, "d0-coordinating", json={"unit_id": other_district})
+    foreign = api("POST", path, "d0-coordinating", json={"unit_id": foreign_unit})
     unknown = api("POST", path, "d0-coordinating", json={"unit_id": "nobody"})
     # a unit of another district is answered as no unit at all: nothing tells them apart
     assert (foreign.status_code, unknown.status_code) == (422, 422)
-    assert foreign.json() == {"error": f"no unit {other_district!r} in district d0 to dispatch to"}
+    assert foreign.json() == {"error": f"no unit {foreign_unit!r} in district d0 to dispatch to"}
     assert unknown.json() == {"error": "no unit 'nobody' in district d0 to dispatch to"}
     assert CaseService(conn, CATALOG).state_of(case_id).state is State.REGISTERED
     street = api("POST", path, "d0-coordinating", json={"unit_id": "d0-s0-office"})
@@ -184,12 +189,51 @@ def test_an_office_dispatches_inside_its_district_and_the_city_office_anywhere(
     assert api("POST", f"/cases/{case_id}/return", "d0-s0-office").status_code == 200
     shown = api("GET", f"/cases/{case_id}", "city-office")
     assert shown.status_code == 200, shown.json()
-    dispatched = api("POST", path, "city-office", json={"unit_id": other_district})
+    dispatched = api("POST", path, "city-office", json={"unit_id": foreign_unit})
     assert dispatched.status_code == 200, dispatched.json()
     assert (dispatched.json()["state"], dispatched.json()["unit_id"]) == (
         "dispatched",
-        other_district,
+        foreign_unit,
     )
+
+
+def action_names(operation: dict) -> list[str | None]:
+    """The actions an operation of the OpenAPI document can name in its path; [None]: none."""
+    for parameter in operation["parameters"]:
+        if parameter["name"] == "action":
+            return parameter["schema"]["enum"]
+    return [None]
+
+
+def test_every_endpoint_answers_a_foreign_case_as_it_answers_a_missing_one(
+    api, conn, city, other_district
+) -> None:
+    document = api("GET", "/openapi.json", "d0-water").json()
+    requests = [  # every operation on a case id, once per action it can name
+        (method.upper(), path, action)
+        for path, operations in document["paths"].items()
+        if "{case_id}" in path
+        for method, operation in operations.items()
+        for action in action_names(operation)
+    ]
+    assert len(requests) == 1 + len(CALLER_ACTIONS)  # show, and every action
+    other = CaseService(conn, CATALOG).report(
+        Report("other", "sensor", device_id=f"{other_district}-sensor")
+    )
+    foreign = {
+        "d0-water": sensor_case(conn, "cover_missing", cover(city, "gas")),  # d0-gas's case
+        "d0-coordinating": other.case_id,  # a case of the other district
+    }
+    (missing,) = conn.execute("select max(case_id) + 1000 from cases").fetchone()
+    for unit, case_id in foreign.items():
+        for method, path, action in requests:
+            body = {} if method == "POST" else None
+            seen = api(method, path.format(case_id=case_id, action=action), unit, json=body)
+            unseen = api(method, path.format(case_id=missing, action=action), unit, json=body)
+            assert (seen.status_code, unseen.status_code) == (404, 404), (unit, path)
+            assert seen.text.replace(str(case_id), "ID") == unseen.text.replace(
+                str(missing), "ID"
+            ), (unit, path)
 
 
 def test_illegal_transitions_and_foreign_cases_are_refused(api, conn, city, database_url) -> None:
@@ -223,6 +267,27 @@ def test_illegal_transitions_and_foreign_cases_are_refused(api, conn, city, data
             refused_anonymous = anonymous.get("/cases", headers=headers)
             assert refused_anonymous.status_code == 401
             assert "bearer token" in refused_anonymous.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("GET", "/cases?unit=d0-water%00", None, "query.unit"),  # PostgreSQL refuses NUL
+        ("GET", "/cases?district=", None, "query.district"),
+        ("GET", "/cases?category=potholes", None, "query.category"),
+        ("GET", "/cases?stat=closed", None, "query.stat"),  # a misspelt filter
+        ("POST", "/cases", {"category": "", "lat": 41.8, "lon": 123.4}, "body.category"),
+        ("POST", "/cases", {"category": "litter", "description": "a\x00"}, "body.description"),
+        ("POST", "/cases/1/report", {}, "path.action"),  # only the platform reports into a case
+        ("POST", "/cases/1/dispatch", {"unit_id": ""}, "body.unit_id"),
+    ],
+)
+def test_bad_input_is_refused_naming_its_field_never_a_server_error(
+    api, method, path, body, field
+) -> None:
+    response = api(method, path, "d0-coordinating", json=body)
+    assert response.status_code == 422, response.json()
+    assert [p["field"] for p in response.json()["problems"]] == [field]
 
 
 def test_a_reporter_gets_its_report_and_never_the_id_of_a_case_it_may_not_see(
