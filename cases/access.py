@@ -32,7 +32,7 @@ class Caller:
     is_city_level: bool = False  # the unit works for the whole city (the city's office)
 
 
-OPERATOR = Caller(SYSTEM, "operator", is_city_level=True)
+OPERATOR = Caller(SYSTEM, "operator")
 _CALLER_COLUMNS = "u.unit_id, u.region_id, u.level = 'city'"
 
 #: Who may do what, besides seeing the case: the responsible unit, or the district's office.
