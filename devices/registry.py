@@ -21,9 +21,11 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from devices.codes import CodeError, CodeScheme, parse_code
+from devices.codes import CODE_PATTERN, CodeError, CodeScheme, parse_code
 
 DeviceType = Literal["manhole", "sweeper", "light", "gateway"]
+#: The identifier of a device, region, unit or road segment.
+ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 
 
 class RegistryError(Exception):
@@ -78,7 +80,7 @@ _DEVICE_COLUMNS = (
 class AssetRow(_Row):
     """One component of the dictionary, as a file gives it."""
 
-    code: str = Field(pattern=r"^[0-9]{16}$")
+    code: str = Field(pattern=CODE_PATTERN)
     category: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,64}$")
     name: str | None = None
     competent_unit_id: str | None = None
@@ -102,9 +104,9 @@ class AssetRow(_Row):
 class DeviceRow(_Row):
     """One device, as a file gives it: only ``device_id`` and ``type`` are required."""
 
-    device_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    device_id: str = Field(pattern=ID_PATTERN)
     type: DeviceType
-    asset_code: str | None = Field(default=None, pattern=r"^[0-9]{16}$")
+    asset_code: str | None = Field(default=None, pattern=CODE_PATTERN)
     gateway_id: str | None = None
     firmware: str | None = None
     region_id: str | None = None
@@ -116,7 +118,7 @@ _LEVELS = ("city", "district", "street", "grid")
 class RegionRow(_Row):
     """A district, street or grid with its boundary (GeoJSON Polygon or MultiPolygon)."""
 
-    region_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    region_id: str = Field(pattern=ID_PATTERN)
     name: str
     level: Literal["district", "street", "grid"]
     parent_id: str | None = None
@@ -126,7 +128,7 @@ class RegionRow(_Row):
 class UnitRow(_Row):
     """A responsible unit on the city, district, street or grid level."""
 
-    unit_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    unit_id: str = Field(pattern=ID_PATTERN)
     name: str
     name_zh: str | None = None
     level: Literal["city", "district", "street", "grid"]
@@ -138,7 +140,7 @@ class UnitRow(_Row):
 class RoadRow(_Row):
     """A road segment (GeoJSON LineString) with its sweeping plan."""
 
-    segment_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    segment_id: str = Field(pattern=ID_PATTERN)
     name: str
     road_class: str
     region_id: str | None = None

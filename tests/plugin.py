@@ -1,4 +1,4 @@
-"""Fixtures: a real PostgreSQL and a real MQTT broker, a fresh database per session.
+"""Fixtures: a real PostgreSQL and a real MQTT broker, a fresh database per session, a city.
 
 The database is CITYOPS_TEST_DATABASE_URL, else PostgreSQL on 127.0.0.1:5432, else an embedded
 PostgreSQL; the whole suite runs on whichever storage path that server offers (.ci/run runs it on
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import subprocess
 import threading
@@ -29,16 +30,21 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry
 
+from cases.catalog import load_catalog
 from cityops import db
 from cityops.services import broker_service, database_service, is_listening, start_mosquitto
 from cityops.settings import DatabaseSettings, IngestSettings, MqttSettings, Settings
+from devices.codes import CodeScheme
+from devices.registry import import_bundle
 from ingest.metrics import IngestMetrics
 from ingest.worker import IngestWorker
+from simulator.city import City, CitySpec, generate, write_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 MOSQUITTO_CONF = ROOT / "config" / "mosquitto" / "cityops.conf"
 # Beside the repository, as in the developers' tree and in CI (a read-only copy there).
 TIMESCALEDB_START = ROOT.parent / "shared" / "timescaledb" / "start"
+CATALOG = load_catalog(ROOT / "config" / "categories.toml")
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
@@ -164,6 +170,20 @@ def mosquitto_url(broker: tuple[str, bool]) -> str:
 def conn(database_url: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(database_url, autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture
+def city(conn: psycopg.Connection, tmp_path: Path) -> City:
+    """A small city whose component codes no other test uses (its own division code).
+
+    The seed is fixed: it decides which covers there are, and some seeds leave a category out.
+    """
+    division = random.randrange(300_000, 900_000)
+    spec = CitySpec(seed=1, covers=120, lamps=40, division_base=division)
+    built = generate(spec)
+    write_bundle(built, tmp_path / "city")
+    import_bundle(conn, tmp_path / "city", CodeScheme.parse("6+2+2+6"))
+    return built
 
 
 @pytest.fixture
