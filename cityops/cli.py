@@ -19,6 +19,7 @@ from rich.table import Table
 from cityops import db, services
 from cityops.casescli import cases_app, serve, units_app
 from cityops.demo import run_demo
+from cityops.quarantinecli import quarantine_app
 from cityops.redact import redact
 from cityops.settings import (
     DatabaseSettings,
@@ -76,6 +77,7 @@ app.add_typer(city_app, name="city")
 app.add_typer(sim_app, name="sim")
 app.add_typer(cases_app, name="cases")
 app.add_typer(units_app, name="units")
+app.add_typer(quarantine_app, name="quarantine")
 
 
 @config_app.command("check")

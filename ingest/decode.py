@@ -14,11 +14,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 from ingest.contract import READING_KINDS, STATUS, TELEMETRY_KINDS, GatewayEntry, ReadingKind
+
+if TYPE_CHECKING:
+    from cityops.settings import IngestSettings
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +81,15 @@ class DecodeLimits:
     max_payload_bytes: int
     max_future_us: int
     auto_register: bool
+
+    @classmethod
+    def of(cls, ingest: IngestSettings) -> DecodeLimits:
+        """The limits of these ingest settings."""
+        return cls(
+            max_payload_bytes=ingest.max_payload_bytes,
+            max_future_us=int(ingest.max_future_s * 1e6),
+            auto_register=ingest.auto_register,
+        )
 
 
 @dataclass(frozen=True, slots=True)

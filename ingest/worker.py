@@ -171,11 +171,7 @@ class IngestWorker:
         self._accepting = True
         self._device_types: dict[str, str] = {}
         self._decoder = Decoder(
-            limits=DecodeLimits(
-                max_payload_bytes=ingest.max_payload_bytes,
-                max_future_us=int(ingest.max_future_s * 1e6),
-                auto_register=ingest.auto_register,
-            ),
+            limits=DecodeLimits.of(ingest),
             device_type_of=self._registered_type,
         )
         metrics.buffered.set_function(lambda: len(self._pending) + self._writing)
