@@ -172,26 +172,51 @@ class ImportReport:
 
 
 def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (where, columns) for each row of a CSV or GeoJSON file."""
-    if path.suffix.lower() in (".geojson", ".json"):
-        document = json.loads(path.read_text(encoding="utf-8"))
-        if document.get("type") != "FeatureCollection":
-            msg = f"{path}: expected a GeoJSON FeatureCollection"
+    """Yield (where, columns) for each row of a CSV or GeoJSON file.
+
+    A file that is not UTF-8, not JSON, or not shaped like a FeatureCollection of features with
+    property objects raises RegistryError naming the place; rows are validated by the caller.
+    """
+    try:
+        if path.suffix.lower() in (".geojson", ".json"):
+            yield from _features(path, json.loads(path.read_text(encoding="utf-8")))
+            return
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            for row in reader:
+                cleaned = {
+                    k: v for k, v in row.items() if isinstance(k, str) and v not in ("", None)
+                }
+                yield f"line {reader.line_num}", cleaned
+    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
+        msg = f"{path}: not a readable {path.suffix.lstrip('.') or 'CSV'} file: {exc}"
+        raise RegistryError(msg) from None
+
+
+def _features(path: Path, document: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    if not isinstance(document, dict) or document.get("type") != "FeatureCollection":
+        msg = f"{path}: expected a GeoJSON FeatureCollection"
+        raise RegistryError(msg)
+    features = document.get("features", [])
+    if not isinstance(features, list):
+        msg = f"{path}: 'features' is not an array"
+        raise RegistryError(msg)
+    for number, feature in enumerate(features, start=1):
+        properties = feature.get("properties") if isinstance(feature, dict) else None
+        geometry = (feature.get("geometry") if isinstance(feature, dict) else None) or {}
+        if not isinstance(properties, dict | None) or not isinstance(geometry, dict):
+            msg = f"{path}: feature {number} is not a GeoJSON feature with object properties"
             raise RegistryError(msg)
-        for number, feature in enumerate(document.get("features", []), start=1):
-            row = dict(feature.get("properties") or {})
-            geometry = feature.get("geometry") or {}
-            if geometry.get("type") == "Point":
-                row["lon"], row["lat"] = geometry["coordinates"][:2]
-            elif geometry:
-                row["geometry"] = geometry
-            yield f"feature {number}", row
-        return
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        for row in reader:
-            cleaned = {k: v for k, v in row.items() if k is not None and v not in ("", None)}
-            yield f"line {reader.line_num}", cleaned
+        row = dict(properties or {})
+        if geometry.get("type") == "Point":
+            coordinates = geometry.get("coordinates")
+            if not isinstance(coordinates, list) or len(coordinates) < 2:
+                msg = f"{path}: feature {number}: a Point needs [lon, lat] coordinates"
+                raise RegistryError(msg)
+            row["lon"], row["lat"] = coordinates[:2]
+        elif geometry:
+            row["geometry"] = geometry
+        yield f"feature {number}", row
 
 
 def _validate(
