@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 
 from devices.codes import CodeScheme
+from wire.topics import PREFIX_MAX_CHARS, check_prefix
 
 DEFAULT_CONFIG_PATH = Path("config/cityops.toml")
 
@@ -90,6 +91,14 @@ class MqttSettings(_Section):
         pattern=r"^[A-Za-z0-9_-]*$",
         description="MQTT 5 shared-subscription group; empty subscribes without sharing.",
     )
+    topic_prefix: str = Field(
+        default="",
+        max_length=PREFIX_MAX_CHARS,
+        description=(
+            "Topics live under {topic_prefix}/cityops/v1/... (empty: cityops/v1/...): ingest "
+            "subscribes and decodes, and the simulator publishes, under it."
+        ),
+    )
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive interval.")
     session_expiry_s: int = Field(
         default=7 * 24 * 3600,
@@ -109,6 +118,11 @@ class MqttSettings(_Section):
             msg = "the URL names no host"
             raise ValueError(msg)
         return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _is_topic_prefix(cls, value: str) -> str:
+        return check_prefix(value)
 
     @property
     def _parts(self) -> SplitResult:

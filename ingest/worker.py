@@ -31,9 +31,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from cityops.db import StoragePath, connect, delete_expired_readings, storage_path
 from cityops.redact import redact
 from cityops.settings import DatabaseSettings, IngestSettings, MqttSettings
-from ingest.decode import TOPIC_FILTER, DecodeLimits, Decoder, Payload
+from ingest.decode import DecodeLimits, Decoder, Payload
 from ingest.metrics import IngestMetrics
 from ingest.writer import BatchWriter, Message, load_device_types
+from wire.topics import topic_filter
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,14 @@ def choose_protocol(settings: MqttSettings) -> MQTTProtocolVersion:
     speaks_5 = bool(outcome) and outcome[0]
     logger.info("broker %s speaks MQTT %s", redact(settings.url), "5" if speaks_5 else "3.1.1")
     return MQTTProtocolVersion.MQTTv5 if speaks_5 else MQTTProtocolVersion.MQTTv311
+
+
+def subscription(settings: MqttSettings, *, is_shareable: bool) -> str:
+    """The topic filter ingest subscribes to: every topic under its prefix, shared if it can be."""
+    topics = topic_filter(settings.topic_prefix)
+    if settings.shared_group and is_shareable:
+        return f"$share/{settings.shared_group}/{topics}"
+    return topics
 
 
 def _client(settings: MqttSettings, protocol: MQTTProtocolVersion, client_id: str) -> mqtt.Client:
@@ -137,6 +146,7 @@ class IngestWorker:
                 auto_register=ingest.auto_register,
             ),
             device_type_of=self._registered_type,
+            topic_prefix=mqtt_settings.topic_prefix,
         )
         metrics.buffered.set_function(lambda: len(self._pending) + self._writing)
         self._conn: psycopg.Connection | None = None
@@ -161,10 +171,7 @@ class IngestWorker:
         # Shared subscriptions are MQTT 5, but Mosquitto and EMQX serve them to 3.1.1 clients
         # too; a broker that refused MQTT 5 under "auto" (amqtt) gets a plain subscription.
         shareable = self._is_v5 or self._mqtt.protocol == "3.1.1"
-        if self._mqtt.shared_group and shareable:
-            topic = f"$share/{self._mqtt.shared_group}/{TOPIC_FILTER}"
-        else:
-            topic = TOPIC_FILTER
+        topic = subscription(self._mqtt, is_shareable=shareable)
         if self._is_v5:
             client.subscribe(topic, options=SubscribeOptions(qos=1))
         else:

@@ -216,6 +216,15 @@ class RunningWorker:
     def metric(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0
 
+    def metric_total(self, name: str) -> float:
+        """The sum of a metric's samples over all its labels."""
+        return sum(
+            sample.value
+            for family in self.registry.collect()
+            for sample in family.samples
+            if sample.name == name
+        )
+
     def close(self) -> None:
         self.stop.set()
         self.thread.join(timeout=30)
