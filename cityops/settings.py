@@ -102,8 +102,11 @@ class MqttSettings(_Section):
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive interval.")
     session_expiry_s: int = Field(
         default=7 * 24 * 3600,
-        ge=60,
-        description="How long the broker keeps this worker's queued messages while it is offline.",
+        ge=0,
+        description=(
+            "How long the broker keeps this worker's queued messages while it is offline; 0: no "
+            "persistent session (the demo's), so the broker forgets the worker when it leaves."
+        ),
     )
     connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
 
@@ -116,6 +119,14 @@ class MqttSettings(_Section):
             raise ValueError(msg)
         if not parts.hostname:
             msg = "the URL names no host"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("session_expiry_s")
+    @classmethod
+    def _keeps_a_session_or_none(cls, value: int) -> int:
+        if 0 < value < 60:
+            msg = f"0 (no persistent session) or at least 60 s, got {value}"
             raise ValueError(msg)
         return value
 
@@ -137,6 +148,11 @@ class MqttSettings(_Section):
     def port(self) -> int:
         """Broker port, 1883 or 8883 when the URL names none."""
         return self._parts.port or (8883 if self.is_tls else 1883)
+
+    @property
+    def is_persistent_session(self) -> bool:
+        """Whether the broker keeps this client's session (and its messages) while it is away."""
+        return self.session_expiry_s > 0
 
     @property
     def is_tls(self) -> bool:

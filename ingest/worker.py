@@ -99,7 +99,7 @@ def _client(settings: MqttSettings, protocol: MQTTProtocolVersion, client_id: st
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=protocol,
-        clean_session=None if is_v5 else False,
+        clean_session=None if is_v5 else not settings.is_persistent_session,
         manual_ack=True,
     )
     if settings.username is not None:
@@ -233,7 +233,11 @@ class IngestWorker:
             self._mqtt.host,
             self._mqtt.port,
             self._mqtt.keepalive_s,
-            clean_start=False if self._is_v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            clean_start=(
+                not self._mqtt.is_persistent_session
+                if self._is_v5
+                else mqtt.MQTT_CLEAN_START_FIRST_ONLY
+            ),
             properties=properties,
         )
         client.loop_start()
