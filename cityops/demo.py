@@ -152,7 +152,6 @@ def run_demo(
     ingest_thread.start()
     publisher.start()
     started = time.monotonic()
-    stored = quarantined = 0
     try:
         with (
             db.connect(settings.database, autocommit=True) as conn,
@@ -164,7 +163,6 @@ def run_demo(
                 now = time.monotonic()
                 rate = (total - last[1]) / max(now - last[0], 1e-3)
                 last = (now, total)
-                stored, quarantined = total - base_stored, q_total - base_quarantined
                 sent = (
                     published[0]
                     if published
@@ -173,11 +171,11 @@ def run_demo(
                 live.update(
                     _view(
                         now - started,
-                        stored,
+                        total - base_stored,
                         rate,
                         reporting,
                         len(city.devices),
-                        quarantined,
+                        q_total - base_quarantined,
                         len(fleet.faults),
                         sent,
                     )
@@ -191,7 +189,14 @@ def run_demo(
         console.print()
     if failures:
         raise failures[0]
-    return DemoSummary(published[0] if published else 0, stored, quarantined, len(fleet.faults))
+    with db.connect(settings.database) as conn:  # what ingest committed before it stopped
+        total, _, q_total = _counts(conn)
+    return DemoSummary(
+        published[0] if published else 0,
+        total - base_stored,
+        q_total - base_quarantined,
+        len(fleet.faults),
+    )
 
 
 def _estimate(publications: list[Publication], speed: float, elapsed_s: float) -> int:
