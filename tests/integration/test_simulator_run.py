@@ -1,12 +1,9 @@
-"""The simulator against real services: import, accelerated run with faults, abuse, demo."""
+"""The simulator against real services: import, accelerated run with faults, abuse, prefix."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -224,35 +221,3 @@ def test_sim_run_publishes_under_the_topic_prefix_where_only_ingest_under_it_tak
     publisher.publish(f"cityops/v1/manhole/{tag}-last/telemetry", b'{"tilt_deg": 1}')
     wait_for(lambda: outside.metric_total(handled) > 0, what="the unprefixed message handled")
     assert outside.metric_total(handled) == 1
-
-
-def test_demo_starts_ingests_and_stops_cleanly(database_url, broker_url, tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "CITYOPS_DATABASE_URL": database_url,
-        "CITYOPS_MQTT_URL": broker_url,
-        "CITYOPS_METRICS_PORT": "0",
-        "CITYOPS_MQTT_CLIENT_ID": "demo-under-test",
-        "CITYOPS_MQTT_SHARED_GROUP": "demotest",
-    }
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cityops",
-            "demo",
-            "--duration",
-            "6",
-            "--workdir",
-            str(tmp_path / "demo"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    stored = re.search(r"([\d,]+) readings stored", done.stdout)
-    assert stored is not None, done.stdout
-    assert int(stored.group(1).replace(",", "")) > 0
-    assert (tmp_path / "demo" / "city" / "ground_truth.jsonl").read_text().strip()
