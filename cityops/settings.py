@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 
 from devices.codes import CodeScheme
+from wire.topics import PREFIX_MAX_CHARS, check_prefix
 
 DEFAULT_CONFIG_PATH = Path("config/cityops.toml")
 #: Room for an MQTT packet's topic, header and properties beside its payload.
@@ -92,11 +93,22 @@ class MqttSettings(_Section):
         pattern=r"^[A-Za-z0-9_-]*$",
         description="MQTT 5 shared-subscription group; empty subscribes without sharing.",
     )
+    topic_prefix: str = Field(
+        default="",
+        max_length=PREFIX_MAX_CHARS,
+        description=(
+            "Topics live under {topic_prefix}/cityops/v1/... (empty: cityops/v1/...): ingest "
+            "subscribes and decodes, and the simulator publishes, under it."
+        ),
+    )
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive interval.")
     session_expiry_s: int = Field(
         default=7 * 24 * 3600,
-        ge=60,
-        description="How long the broker keeps this worker's queued messages while it is offline.",
+        ge=0,
+        description=(
+            "How long the broker keeps this worker's queued messages while it is offline; 0: no "
+            "persistent session (the demo's), so the broker forgets the worker when it leaves."
+        ),
     )
     connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
 
@@ -112,6 +124,19 @@ class MqttSettings(_Section):
             raise ValueError(msg)
         return value
 
+    @field_validator("session_expiry_s")
+    @classmethod
+    def _keeps_a_session_or_none(cls, value: int) -> int:
+        if 0 < value < 60:
+            msg = f"0 (no persistent session) or at least 60 s, got {value}"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _is_topic_prefix(cls, value: str) -> str:
+        return check_prefix(value)
+
     @property
     def _parts(self) -> SplitResult:
         return urlsplit(self.url)
@@ -125,6 +150,11 @@ class MqttSettings(_Section):
     def port(self) -> int:
         """Broker port, 1883 or 8883 when the URL names none."""
         return self._parts.port or (8883 if self.is_tls else 1883)
+
+    @property
+    def is_persistent_session(self) -> bool:
+        """Whether the broker keeps this client's session (and its messages) while it is away."""
+        return self.session_expiry_s > 0
 
     @property
     def is_tls(self) -> bool:

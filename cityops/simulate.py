@@ -132,7 +132,7 @@ def run(
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Publish the fleet's messages to the broker in mqtt.url; write the ground truth."""
+    """Publish the fleet's messages to mqtt.url under mqtt.topic_prefix; write the ground truth."""
     settings = settings_from(config)
     version = broker_protocol(settings.mqtt.url, protocol)
     duration_s = duration * 60
@@ -151,6 +151,7 @@ def run(
         qos=1 if qos else 0,
         speed=speed,
         rate=rate,
+        topic_prefix=settings.mqtt.topic_prefix,
     )
     try:
         report = publish(fleet.publications, options, stop_on_signals())
@@ -201,9 +202,7 @@ def abuse(
         fail(str(exc), 2)
     publications = [Publication(0.0, topic, payload) for topic, payload in batch.messages]
     options = PublishOptions(
-        url=settings.mqtt.url,
-        protocol=version,
-        speed=0,
+        url=settings.mqtt.url, protocol=version, speed=0, topic_prefix=settings.mqtt.topic_prefix
     )
     try:
         publish(publications, options, threading.Event())

@@ -35,9 +35,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from cityops.db import StoragePath, connect, delete_expired_readings, storage_path
 from cityops.redact import redact
 from cityops.settings import DatabaseSettings, IngestSettings, MqttSettings
-from ingest.decode import TOPIC_FILTER, DecodeLimits, Decoder, Payload
+from ingest.decode import DecodeLimits, Decoder, Payload
 from ingest.metrics import IngestMetrics
 from ingest.writer import BatchWriter, Message, load_device_types
+from wire.topics import topic_filter
 
 logger = logging.getLogger(__name__)
 
@@ -124,13 +125,21 @@ def choose_protocol(settings: MqttSettings) -> tuple[MQTTProtocolVersion, str]:
     raise BrokerUnavailableError(msg)
 
 
+def subscription(settings: MqttSettings, *, is_shareable: bool) -> str:
+    """The topic filter ingest subscribes to: every topic under its prefix, shared if it can be."""
+    topics = topic_filter(settings.topic_prefix)
+    if settings.shared_group and is_shareable:
+        return f"$share/{settings.shared_group}/{topics}"
+    return topics
+
+
 def _client(settings: MqttSettings, protocol: MQTTProtocolVersion, client_id: str) -> mqtt.Client:
     is_v5 = protocol == MQTTProtocolVersion.MQTTv5
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=protocol,
-        clean_session=None if is_v5 else False,
+        clean_session=None if is_v5 else not settings.is_persistent_session,
         manual_ack=True,
     )
     if settings.username is not None:
@@ -173,6 +182,7 @@ class IngestWorker:
         self._decoder = Decoder(
             limits=DecodeLimits.of(ingest),
             device_type_of=self._registered_type,
+            topic_prefix=mqtt_settings.topic_prefix,
         )
         metrics.buffered.set_function(lambda: len(self._pending) + self._writing)
         self._conn: psycopg.Connection | None = None
@@ -198,10 +208,7 @@ class IngestWorker:
         # Shared subscriptions are MQTT 5, but Mosquitto and EMQX serve them to 3.1.1 clients
         # too; a broker that refused MQTT 5 under "auto" (amqtt) gets a plain subscription.
         shareable = self._is_v5 or self._mqtt.protocol == "3.1.1"
-        if self._mqtt.shared_group and shareable:
-            topic = f"$share/{self._mqtt.shared_group}/{TOPIC_FILTER}"
-        else:
-            topic = TOPIC_FILTER
+        topic = subscription(self._mqtt, is_shareable=shareable)
         if self._is_v5:
             client.subscribe(topic, options=SubscribeOptions(qos=1))
         else:
@@ -265,7 +272,11 @@ class IngestWorker:
             self._mqtt.host,
             self._mqtt.port,
             self._mqtt.keepalive_s,
-            clean_start=False if self._is_v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            clean_start=(
+                not self._mqtt.is_persistent_session
+                if self._is_v5
+                else mqtt.MQTT_CLEAN_START_FIRST_ONLY
+            ),
             properties=properties,
         )
         client.loop_start()

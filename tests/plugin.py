@@ -236,6 +236,15 @@ class RunningWorker:
     def metric(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0
 
+    def metric_total(self, name: str) -> float:
+        """The sum of a metric's samples over all its labels."""
+        return sum(
+            sample.value
+            for family in self.registry.collect()
+            for sample in family.samples
+            if sample.name == name
+        )
+
     def close(self) -> None:
         self.stop.set()
         self.thread.join(timeout=30)
@@ -258,6 +267,32 @@ def forget_session(broker: str, client_id: str) -> None:
         client.loop_start()
         client.disconnect()
         client.loop_stop()
+
+
+def session_present(broker: str, client_id: str) -> bool:
+    """Whether the broker holds a session for ``client_id``; the probe ends any it finds."""
+    settings = MqttSettings(url=broker)
+    flags: list[bool] = []
+    answered = threading.Event()
+
+    def on_connect(_c: Any, _u: Any, connect_flags: Any, _rc: Any, _p: Any) -> None:
+        flags.append(connect_flags.session_present)
+        answered.set()
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTProtocolVersion.MQTTv5
+    )
+    client.on_connect = on_connect
+    # No clean start, and no session expiry property: a session found is resumed, then ends
+    # when the probe disconnects.
+    client.connect(settings.host, settings.port, clean_start=False)
+    client.loop_start()
+    try:
+        assert answered.wait(10), f"no CONNACK from {broker}"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return flags[0]
 
 
 @pytest.fixture

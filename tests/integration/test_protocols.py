@@ -1,4 +1,5 @@
-"""MQTT 3.1.1: chosen by hand on Mosquitto, and by itself against a broker without MQTT 5."""
+"""MQTT 3.1.1: chosen by hand on Mosquitto, and by itself against a broker without MQTT 5;
+persistent sessions or none, in both versions."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from cityops.services import embedded_broker
 from cityops.settings import MqttSettings
 from ingest.worker import BrokerUnavailableError, choose_protocol
 from tests.integration.test_ingest import count
-from tests.plugin import Publisher, register, wait_for
+from tests.plugin import Publisher, register, session_present, wait_for
 
 
 def test_mqtt_3_1_1_with_a_shared_subscription_lands_rows(
@@ -87,3 +88,17 @@ def test_mqtt_5_is_negotiated_with_mosquitto(mosquitto_url: str) -> None:
         mqtt.MQTTProtocolVersion.MQTTv5,
         "negotiated",
     )
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+@pytest.mark.parametrize(("session_expiry_s", "is_kept"), [(0, False), (3600, True)])
+def test_a_worker_leaves_a_session_behind_only_when_it_keeps_one(
+    mosquitto_url, make_settings, start_worker, protocol: str, session_expiry_s: int, is_kept: bool
+) -> None:
+    settings = make_settings()
+    mqtt_settings = settings.mqtt.model_copy(
+        update={"protocol": protocol, "session_expiry_s": session_expiry_s}
+    )
+    running = start_worker(settings.model_copy(update={"mqtt": mqtt_settings}))
+    running.close()
+    assert session_present(mosquitto_url, mqtt_settings.client_id) is is_kept

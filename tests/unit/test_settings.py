@@ -104,3 +104,15 @@ def test_receive_window_is_bounded_by_bytes_too(tmp_path: Path) -> None:
     path.write_text("[ingest]\nbatch_max_rows = 200\nbuffer_max_bytes = 10485760\n")
     with pytest.raises(SettingsError, match=r"= 150, must be at least batch_max_rows \(200\)"):
         load_settings(path)
+
+
+def test_a_session_is_kept_for_a_minute_at_least_or_not_at_all(tmp_path: Path) -> None:
+    path = tmp_path / "session.toml"
+    path.write_text("[mqtt]\nsession_expiry_s = 30\n")
+    with pytest.raises(
+        SettingsError, match=r"0 \(no persistent session\) or at least 60 s, got 30"
+    ):
+        load_settings(path)
+    path.write_text("[mqtt]\nsession_expiry_s = 0\n")
+    assert not load_settings(path).mqtt.is_persistent_session
+    assert load_settings(ROOT / "config/cityops.toml").mqtt.is_persistent_session
