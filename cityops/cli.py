@@ -66,9 +66,8 @@ def _root(
         bool, typer.Option("--debug", help="Debug logs, and a traceback when a command fails.")
     ] = False,
 ) -> None:
-    """Log to stderr (INFO, or DEBUG with --debug), passwords redacted."""
+    """Global options; main() has set up logging by them (INFO, or DEBUG with --debug)."""
     ctx.obj = debug
-    setup_logging(logging.DEBUG if debug else logging.INFO)
 
 
 app.add_typer(config_app, name="config")
@@ -386,4 +385,6 @@ def city_import(
 
 def main() -> None:
     """Entry point of the console script: one line per failure, a traceback with --debug."""
-    run_cli(app, debug="--debug" in sys.argv[1:])
+    debug = "--debug" in sys.argv[1:]
+    setup_logging(logging.DEBUG if debug else logging.INFO)
+    run_cli(app, debug=debug)
