@@ -120,6 +120,17 @@ def drop_database(server: str, url: str) -> None:
         conn.execute(f'drop database if exists "{name}" with (force)')
 
 
+@contextlib.contextmanager
+def migrated_database(server_url: str) -> Iterator[str]:
+    """A fresh, migrated database of its own on the server, dropped afterwards."""
+    url = create_database(server_url)
+    try:
+        db.migrate(DatabaseSettings(url=url))
+        yield url
+    finally:
+        drop_database(server_url, url)
+
+
 @pytest.fixture(scope="session")
 def database_url(server_url: str) -> Iterator[str]:
     """A fresh, migrated database for this test session."""

@@ -29,6 +29,7 @@ from tests.plugin import (
     Publisher,
     create_database,
     drop_database,
+    migrated_database,
     register,
     session_present,
     wait_for,
@@ -40,10 +41,8 @@ T0_MS = 1_764_000_000_000
 @pytest.fixture
 def production_url(server_url: str) -> Iterator[str]:
     """A deployment's database: migrated, with data of its own added by each test."""
-    url = create_database(server_url)
-    db.migrate(DatabaseSettings(url=url))
-    yield url
-    drop_database(server_url, url)
+    with migrated_database(server_url) as url:
+        yield url
 
 
 @pytest.fixture

@@ -10,13 +10,10 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from cityops import db
 from cityops.cli import app
-from cityops.settings import DatabaseSettings
 from tests.plugin import (
     Publisher,
-    create_database,
-    drop_database,
+    migrated_database,
     register,
     wait_for,
 )
@@ -27,10 +24,8 @@ T0_MS = 1_764_000_000_000
 @pytest.fixture(scope="module")
 def database_url(server_url: str) -> Iterator[str]:
     """A database of this module's own: replay by reason takes every entry of that reason."""
-    url = create_database(server_url)
-    db.migrate(DatabaseSettings(url=url))
-    yield url
-    drop_database(server_url, url)
+    with migrated_database(server_url) as url:
+        yield url
 
 
 @pytest.fixture
