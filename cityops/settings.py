@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 
 from devices.codes import CodeScheme
+from ingest.decode import TOPIC_FILTER, TOPIC_ROOT
 
 DEFAULT_CONFIG_PATH = Path("config/cityops.toml")
 
@@ -86,9 +87,21 @@ class MqttSettings(_Section):
         description="Stable per worker: the broker keeps this session's messages while it is down.",
     )
     shared_group: str = Field(
-        default="cityops",
+        default="",
         pattern=r"^[A-Za-z0-9_-]*$",
-        description="MQTT 5 shared-subscription group; empty subscribes without sharing.",
+        description=(
+            "MQTT 5 shared-subscription group; empty (the default) subscribes without sharing. "
+            "Mosquitto does not keep shared subscriptions across its restarts: what arrives "
+            "before the workers subscribe again is lost (docs/operations.md)."
+        ),
+    )
+    topic_filters: tuple[str, ...] = Field(
+        default=(TOPIC_FILTER,),
+        min_length=1,
+        description=(
+            "What this worker subscribes to. Several workers without a shared group each take "
+            "their own part, together all of cityops/v1/#."
+        ),
     )
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive interval.")
     session_expiry_s: int = Field(
@@ -97,6 +110,19 @@ class MqttSettings(_Section):
         description="How long the broker keeps this worker's queued messages while it is offline.",
     )
     connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("topic_filters")
+    @classmethod
+    def _are_contract_filters(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for topic_filter in value:
+            levels = topic_filter.split("/")
+            well_formed = "#" not in levels[:-1] and all(
+                level in {"+", "#"} or (level and not {"+", "#"} & set(level)) for level in levels
+            )
+            if not (topic_filter.startswith(f"{TOPIC_ROOT}/") and well_formed):
+                msg = f"{topic_filter!r} is not an MQTT topic filter under {TOPIC_ROOT}/"
+                raise ValueError(msg)
+        return value
 
     @field_validator("url")
     @classmethod

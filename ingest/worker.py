@@ -31,7 +31,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from cityops.db import StoragePath, connect, delete_expired_readings, storage_path
 from cityops.redact import redact
 from cityops.settings import DatabaseSettings, IngestSettings, MqttSettings
-from ingest.decode import TOPIC_FILTER, DecodeLimits, Decoder, Payload
+from ingest.decode import DecodeLimits, Decoder, Payload
 from ingest.metrics import IngestMetrics
 from ingest.writer import BatchWriter, Message, load_device_types
 
@@ -160,20 +160,22 @@ class IngestWorker:
         self._metrics.mqtt_connected.set(1)
         # Shared subscriptions are MQTT 5, but Mosquitto and EMQX serve them to 3.1.1 clients
         # too; a broker that refused MQTT 5 under "auto" (amqtt) gets a plain subscription.
+        # Mosquitto restores a session's plain subscriptions from its store after a restart but
+        # not its shared ones (docs/operations.md), hence mqtt.shared_group is empty by default.
         shareable = self._is_v5 or self._mqtt.protocol == "3.1.1"
-        if self._mqtt.shared_group and shareable:
-            topic = f"$share/{self._mqtt.shared_group}/{TOPIC_FILTER}"
-        else:
-            topic = TOPIC_FILTER
+        share = (
+            f"$share/{self._mqtt.shared_group}/" if self._mqtt.shared_group and shareable else ""
+        )
+        topics = [share + topic_filter for topic_filter in self._mqtt.topic_filters]
         if self._is_v5:
-            client.subscribe(topic, options=SubscribeOptions(qos=1))
+            client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in topics])
         else:
-            client.subscribe(topic, qos=1)
+            client.subscribe([(topic, 1) for topic in topics])
         logger.info(
             "connected to %s (session present: %s), subscribed to %s",
             redact(self._mqtt.url),
             flags.session_present,
-            topic,
+            ", ".join(topics),
         )
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:

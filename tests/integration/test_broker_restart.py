@@ -4,6 +4,8 @@ The broker is a private Mosquitto from the shipped config/mosquitto/cityops.conf
 the test's directory. SIGTERM makes it write the store and exit; it starts again on the same port
 from the same store. The publisher reconnects within 0.2 s, ingest only after 1 s (its reconnect
 delay), so readings reach the restarted broker before ingest is back, as devices' readings do.
+Nothing is lost with the shipped plain subscription, nor with workers on disjoint topic filters;
+a shared subscription loses what arrives before its members subscribe again.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import shutil
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -102,79 +105,185 @@ class AckRecordingPublisher:
         self.client.loop_stop()
 
 
-def reading(device: str, i: int) -> tuple[str, str]:
-    return f"cityops/v1/manhole/{device}/telemetry", json.dumps(
-        {"ts": T0_MS + i * 1000, "tilt_deg": 1.5}
+KINDS = {
+    "manhole": ("manhole_readings", {"tilt_deg": 1.5}),
+    "light": ("light_readings", {"lamp_on": True}),
+}
+
+
+def reading(device_type: str, device: str, i: int) -> tuple[str, str]:
+    values = KINDS[device_type][1]
+    return f"cityops/v1/{device_type}/{device}/telemetry", json.dumps(
+        {"ts": T0_MS + i * 1000, **values}
     )
 
 
-def stored_indexes(conn: psycopg.Connection, table: str, device: str) -> set[int]:
+def stored_indexes(conn: psycopg.Connection, device_type: str, device: str) -> set[int]:
     rows = conn.execute(
-        f"select ((extract(epoch from ts) * 1000)::bigint - %s) / 1000 from {table} "
-        "where device_id = %s",
+        "select ((extract(epoch from ts) * 1000)::bigint - %s) / 1000 "
+        f"from {KINDS[device_type][0]} where device_id = %s",
         (T0_MS, device),
     ).fetchall()
     return {int(row[0]) for row in rows}
 
 
-def test_graceful_broker_restart_mid_stream_loses_no_acknowledged_reading(
-    mosquitto, conn, tag, make_settings, start_worker
+def publish_until_stored(
+    publisher: AckRecordingPublisher,
+    conn: psycopg.Connection,
+    device_type: str,
+    device: str,
+    i: int,
 ) -> None:
-    device = f"{tag}-mh"
-    register(conn, {device: "manhole"})
-    shipped = make_settings().model_copy(
-        update={"mqtt": MqttSettings(url=mosquitto.url, client_id=f"ingest-{tag}")}
+    wait_for(
+        lambda: (
+            publisher.stream([reading(device_type, device, i)])
+            and i in stored_indexes(conn, device_type, device)
+        ),
+        what=f"{device_type} reading {i} stored",
     )
-    running: RunningWorker = start_worker(shipped)
-    publisher = AckRecordingPublisher(mosquitto.url)
+
+
+@dataclass
+class Outcome:
+    """Per device, the readings the broker acknowledged and those stored (indexes 1..n)."""
+
+    acknowledged: dict[str, set[int]]
+    stored: dict[str, set[int]]
+    acked_while_ingest_away: int
+
+    @property
+    def lost(self) -> list[tuple[str, int]]:
+        return sorted(
+            (device, i)
+            for device, acked in self.acknowledged.items()
+            for i in acked - self.stored[device]
+        )
+
+
+def stream_through_restart(
+    conn: psycopg.Connection,
+    broker: RestartableMosquitto,
+    workers: list[RunningWorker],
+    devices: dict[str, str],
+) -> Outcome:
+    """Stream N readings over ``devices`` (id -> type) and restart ``broker`` a third of the way."""
+    per_device = N // len(devices)
+    publisher = AckRecordingPublisher(broker.url)
     try:
         # Until ingest has subscribed, reading 0 reaches nobody: repeat it until it is stored.
-        wait_for(
-            lambda: (
-                publisher.stream([reading(device, 0)])
-                and 0 in stored_indexes(conn, "manhole_readings", device)
-            ),
-            what="ingest subscribed",
-        )
-        messages = [reading(device, i) for i in range(1, N + 1)]
+        for device, device_type in devices.items():
+            publish_until_stored(publisher, conn, device_type, device, 0)
+        order = [(device, i) for i in range(1, per_device + 1) for device in devices]
         restarted = threading.Event()
         acked_while_ingest_away = 0
 
         def count_gap() -> None:
             nonlocal acked_while_ingest_away
-            if restarted.is_set() and running.metric("cityops_ingest_mqtt_connected") == 0:
+            if restarted.is_set() and not any(
+                worker.metric("cityops_ingest_mqtt_connected") for worker in workers
+            ):
                 acked_while_ingest_away += 1
 
         publisher.on_ack = count_gap
         mids: list[int] = []
+        messages = [reading(devices[device], device, i) for device, i in order]
         sender = threading.Thread(target=lambda: mids.extend(publisher.stream(messages)))
         sender.start()
         wait_for(lambda: len(publisher.acked) > N // 3, what="a third of the stream acknowledged")
-        mosquitto.stop()
-        assert (mosquitto.workdir / "mosquitto.db").stat().st_size > 0
-        mosquitto.start()
+        broker.stop()
+        assert (broker.workdir / "mosquitto.db").stat().st_size > 0, "Mosquitto saved no store"
+        broker.start()
         restarted.set()
         sender.join(timeout=60)
         assert not sender.is_alive(), "the stream did not finish"
-        # A last reading, repeated until stored, went through the broker after every other one.
-        wait_for(
-            lambda: (
-                publisher.stream([reading(device, N + 1)])
-                and N + 1 in stored_indexes(conn, "manhole_readings", device)
-            ),
-            what="the last reading stored",
-        )
+        # A last reading per device, repeated until stored, went through the broker after every
+        # other one, and each worker handles its messages in the order the broker sent them.
+        for device, device_type in devices.items():
+            publish_until_stored(publisher, conn, device_type, device, per_device + 1)
     finally:
         publisher.close()
-    acknowledged = {
-        i for i, mid in zip(range(1, N + 1), mids, strict=True) if mid in publisher.acked
+    acknowledged: dict[str, set[int]] = {device: set() for device in devices}
+    for (device, i), mid in zip(order, mids, strict=True):
+        if mid in publisher.acked:
+            acknowledged[device].add(i)
+    stored = {
+        device: stored_indexes(conn, device_type, device) - {0, per_device + 1}
+        for device, device_type in devices.items()
     }
-    assert len(acknowledged) == N
-    stored = stored_indexes(conn, "manhole_readings", device) - {0, N + 1}
-    assert acked_while_ingest_away > 0, "no reading reached the broker while ingest was away"
-    lost = sorted(acknowledged - stored)
-    assert not lost, (
-        f"{len(lost)} of {N} acknowledged readings lost ({acked_while_ingest_away} acknowledged "
-        f"while ingest was away), first {lost[:5]}"
+    return Outcome(acknowledged, stored, acked_while_ingest_away)
+
+
+def ingest_settings(make_settings, broker: RestartableMosquitto, client_id: str, **mqtt: object):
+    """The shipped mqtt settings (but the URL and client id), with ``mqtt`` changed."""
+    return make_settings().model_copy(
+        update={"mqtt": MqttSettings(url=broker.url, client_id=client_id, **mqtt)}
     )
-    assert stored == acknowledged
+
+
+@pytest.mark.parametrize("protocol", ["auto", "3.1.1"])
+def test_graceful_broker_restart_mid_stream_loses_no_acknowledged_reading(
+    mosquitto, conn, tag, make_settings, start_worker, protocol
+) -> None:
+    devices = {f"{tag}-mh": "manhole"}
+    register(conn, devices)
+    worker = start_worker(
+        ingest_settings(make_settings, mosquitto, f"ingest-{tag}", protocol=protocol)
+    )
+    outcome = stream_through_restart(conn, mosquitto, [worker], devices)
+    assert outcome.acked_while_ingest_away > 0, (
+        "no reading reached the broker while ingest was away"
+    )
+    assert [len(acked) for acked in outcome.acknowledged.values()] == [N]
+    assert not outcome.lost, (
+        f"{len(outcome.lost)} of {N} acknowledged readings lost "
+        f"({outcome.acked_while_ingest_away} acknowledged while ingest was away)"
+    )
+    assert outcome.stored == outcome.acknowledged
+
+
+def test_workers_on_disjoint_topic_filters_lose_nothing_across_a_broker_restart(
+    mosquitto, conn, tag, make_settings, start_worker
+) -> None:
+    devices = {f"{tag}-mh": "manhole", f"{tag}-lt": "light"}
+    register(conn, devices)
+    workers = [
+        start_worker(
+            ingest_settings(
+                make_settings,
+                mosquitto,
+                f"ingest-{tag}-{device_type}",
+                topic_filters=(f"cityops/v1/{device_type}/#",),
+            )
+        )
+        for device_type in devices.values()
+    ]
+    outcome = stream_through_restart(conn, mosquitto, workers, devices)
+    assert outcome.acked_while_ingest_away > 0, (
+        "no reading reached the broker while ingest was away"
+    )
+    assert not outcome.lost, f"{len(outcome.lost)} of {N} acknowledged readings lost"
+    assert outcome.stored == outcome.acknowledged
+    # Each worker received only its own part.
+    for worker, device_type in zip(workers, devices.values(), strict=True):
+        other = "light" if device_type == "manhole" else "manhole"
+        assert worker.metric("cityops_ingest_rows_total", kind=device_type, result="inserted") > 0
+        assert worker.metric("cityops_ingest_rows_total", kind=other, result="inserted") == 0
+
+
+def test_a_shared_subscription_on_mosquitto_loses_what_arrives_before_the_workers_resubscribe(
+    mosquitto, conn, tag, make_settings, start_worker
+) -> None:
+    devices = {f"{tag}-mh": "manhole"}
+    register(conn, devices)
+    workers = [
+        start_worker(
+            ingest_settings(make_settings, mosquitto, f"ingest-{tag}-{k}", shared_group=f"g{tag}")
+        )
+        for k in range(2)
+    ]
+    outcome = stream_through_restart(conn, mosquitto, workers, devices)
+    # What the restarted broker acknowledged before a member subscribed again matched nobody
+    # (Mosquitto's store holds no shared subscription) and was dropped; only readings it had
+    # delivered before it stopped and that the publisher sent again (at most a window) survive.
+    assert outcome.acked_while_ingest_away > WINDOW
+    assert len(outcome.lost) >= outcome.acked_while_ingest_away - WINDOW

@@ -91,3 +91,35 @@ def test_receive_window_must_hold_a_batch(tmp_path: Path) -> None:
     path.write_text("[ingest]\nbatch_max_rows = 5000\nbuffer_max_messages = 1000\n")
     with pytest.raises(SettingsError, match=r"buffer_max_messages \(1000\) must be at least"):
         load_settings(path)
+
+
+@pytest.mark.parametrize(
+    "topic_filter",
+    [
+        "cityops/v2/#",
+        "$share/g/cityops/v1/#",
+        "cityops/v1/#/telemetry",
+        "cityops/v1/man#",
+        "cityops/v1/",
+    ],
+)
+def test_a_topic_filter_outside_the_contract_or_malformed_is_refused(
+    tmp_path: Path, topic_filter: str
+) -> None:
+    path = tmp_path / "filters.toml"
+    path.write_text(f'[mqtt]\ntopic_filters = ["cityops/v1/light/#", "{topic_filter}"]\n')
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path)
+    [(key, value, reason)] = caught.value.problems
+    assert (key, value) == ("mqtt.topic_filters", ["cityops/v1/light/#", topic_filter])
+    assert f"{topic_filter!r} is not an MQTT topic filter under cityops/v1/" in reason
+
+
+def test_a_partition_of_the_topic_space_is_taken_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "CITYOPS_MQTT_TOPIC_FILTERS", '["cityops/v1/light/#", "cityops/v1/+/+/status"]'
+    )
+    settings = load_settings(ROOT / "config/cityops.toml")
+    assert settings.mqtt.topic_filters == ("cityops/v1/light/#", "cityops/v1/+/+/status")
