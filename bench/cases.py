@@ -35,7 +35,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cases.service import create_token  # noqa: E402
+from cases.access import create_token  # noqa: E402
 from cityops import db  # noqa: E402
 from cityops.services import free_port, wait_listening  # noqa: E402
 from cityops.settings import DatabaseSettings  # noqa: E402

@@ -1,4 +1,6 @@
-"""Cases in the database: reporting, routing, lifecycle actions, visibility, escalation.
+"""Cases in the database: reporting, routing, lifecycle actions, escalation.
+
+Who may see and do what is ``cases.access``.
 
 Every change goes through ``lifecycle.apply``: the row is updated to what the event makes of it
 and the event is appended in the same transaction, so the row is always its history's fold.
@@ -15,18 +17,17 @@ Errors (all CaseError)::
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, overload
+from typing import Any, Literal
 
 import psycopg
 from psycopg.rows import dict_row
 from shapely.geometry import Point, shape
 
+from cases.access import OPERATOR, SYSTEM, Caller, dispatch_district, may, sees, visibility
 from cases.catalog import Catalog, Category
 from cases.lifecycle import (
     Action,
@@ -39,9 +40,7 @@ from cases.lifecycle import (
     next_state,
 )
 
-Role = Literal["unit", "coordinator", "operator"]
 Source = Literal["sensor", "inspector", "citizen"]
-SYSTEM = "system"
 _CASE_COLUMNS = tuple(CaseState.__dataclass_fields__)
 _ATTEMPTS = 3  # optimistic tries before an action locks the case
 #: A new case and its 'open' event in one statement (nothing when one is already open).
@@ -52,15 +51,16 @@ _OPEN = (
     "on conflict (subject, category) where state not in ('closed', 'cancelled') do nothing "
     "returning *), "
     "event as (insert into case_events (case_id, at, actor, action, to_state, unit_id, note) "
-    "select case_id, %s, %s, 'open', 'reported', %s, %s from opened) "
-    "select * from opened"
+    "select case_id, %s, %s, 'open', 'reported', %s, %s from opened returning event_id) "
+    "select opened.*, event.event_id as report_id from opened, event"
 )
 #: One lifecycle step: the new row (only if still at the version read) and its event.
 _WRITE = (
     f"with moved as (update cases set {', '.join(f'{c} = %s' for c in _CASE_COLUMNS)}, "
     "version = version + 1 where case_id = %s and version = %s returning case_id) "
     "insert into case_events (case_id, at, actor, action, from_state, to_state, unit_id, note, "
-    "photo_url, data) select case_id, %s, %s, %s, %s, %s, %s, %s, %s, %s from moved"
+    "photo_url, data) select case_id, %s, %s, %s, %s, %s, %s, %s, %s, %s from moved "
+    "returning event_id"
 )
 
 
@@ -91,49 +91,6 @@ class _StaleCaseError(CaseError):
 
 class BadReportError(CaseError):
     """A report the platform cannot turn into a case."""
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who acts: a unit with a role; a coordinator acts for its district."""
-
-    unit_id: str
-    role: Role
-    district_id: str | None = None
-
-
-OPERATOR = Caller(SYSTEM, "operator")
-
-#: Who may do what, besides seeing the case: the responsible unit, or the district's office.
-_UNIT_ACTIONS = frozenset({Action.ACCEPT, Action.RETURN, Action.DISPOSE})
-_OFFICE_ACTIONS = frozenset(
-    {Action.REGISTER, Action.CANCEL, Action.DISPATCH, Action.VERIFY, Action.REOPEN}
-)
-
-
-def hash_token(token: str) -> str:
-    """How a token is stored: its SHA-256 (tokens are 32 random bytes, so no salt is needed)."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def create_token(conn: psycopg.Connection, unit_id: str, role: Role) -> str:
-    """A new token for ``unit_id``; only its hash is kept."""
-    token = secrets.token_urlsafe(32)
-    conn.execute(
-        "insert into unit_tokens (token_sha256, unit_id, role) values (%s, %s, %s)",
-        (hash_token(token), unit_id, role),
-    )
-    return token
-
-
-def caller_for_token(conn: psycopg.Connection, token: str) -> Caller | None:
-    """The unit a token belongs to, with its district."""
-    row = conn.execute(
-        "select t.unit_id, t.role, u.region_id from unit_tokens t join units u using (unit_id) "
-        "where t.token_sha256 = %s",
-        (hash_token(token),),
-    ).fetchone()
-    return Caller(row[0], row[1], row[2]) if row else None
 
 
 def district_of_region(conn: psycopg.Connection, region_id: str | None) -> str | None:
@@ -182,6 +139,19 @@ class Report:
     photo_url: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What a reporter learns: a reference to its report, and the case only if it may see it.
+
+    A report joins the open case on its subject whoever is responsible for it; telling the
+    reporter that case (or whether it was new) would reveal another unit's work.
+    """
+
+    report_id: int  # the id of the report's event ('open' or 'report') in case_events
+    case_id: int | None = None
+    created: bool | None = None
+
+
 class CaseService:
     """Case operations over one connection (each call is one transaction)."""
 
@@ -198,8 +168,8 @@ class CaseService:
 
     # -- reporting and routing --------------------------------------------------------------
 
-    def report(self, report: Report, actor: str = SYSTEM) -> tuple[int, bool]:
-        """Open a case, or add the report to the open one; return (case id, whether new).
+    def report(self, report: Report, caller: Caller = OPERATOR) -> Receipt:
+        """Open a case, or add the report to the open one; the caller learns what it may see.
 
         Sensor reports are registered and dispatched at once; inspectors' and citizens' wait at
         ``reported`` for the district's coordinating office.
@@ -210,27 +180,28 @@ class CaseService:
             raise BadReportError(str(exc).strip("'\"")) from None
         if report.source != "sensor":
             # one statement makes the case and its first event: no transaction needed
-            return self._open(report, category, actor)
-        with self._conn.transaction():  # a sensor case is opened, registered, dispatched at once
-            case_id, created, row = self._open(report, category, actor, returning_row=True)
-            if created:
-                registered = self._record(case_id, Action.REGISTER, SYSTEM, row=row)
-                routed = registered["routed_unit_id"]
-                self._record(case_id, Action.DISPATCH, SYSTEM, unit_id=routed, row=registered)
-            return case_id, created
-
-    @overload
-    def _open(self, report: Report, category: Category, actor: str) -> tuple[int, bool]: ...
-
-    @overload
-    def _open(
-        self, report: Report, category: Category, actor: str, *, returning_row: Literal[True]
-    ) -> tuple[int, bool, dict[str, Any]]: ...
+            case, created, report_id = self._open(report, category, caller.unit_id)
+        else:
+            with self._conn.transaction():  # a sensor case is opened, registered, dispatched
+                case, created, report_id = self._open(report, category, caller.unit_id)
+                if created:
+                    case_id = case["case_id"]
+                    registered, _ = self._record(case_id, Action.REGISTER, SYSTEM, row=case)
+                    routed = registered["routed_unit_id"]
+                    case, _ = self._record(
+                        case_id, Action.DISPATCH, SYSTEM, unit_id=routed, row=registered
+                    )
+        if not sees(caller, case):
+            return Receipt(report_id)
+        return Receipt(report_id, int(case["case_id"]), created)
 
     def _open(
-        self, report: Report, category: Category, actor: str, *, returning_row: bool = False
-    ) -> tuple[int, bool] | tuple[int, bool, dict[str, Any]]:
-        """Insert the case with its 'open' event, or add a 'report' event to the open one."""
+        self, report: Report, category: Category, actor: str
+    ) -> tuple[dict[str, Any], bool, int]:
+        """Insert the case with its 'open' event, or add a 'report' event to the open one.
+
+        Returns the case row, whether it is new, and the id of the report's event.
+        """
         subject, district, owner, lat, lon = self._locate(report)
         units = self._units_of(district)
         office = units.get("coordinating")
@@ -271,8 +242,7 @@ class CaseService:
                 .fetchone()
             )
             if row is not None:
-                case_id = int(row["case_id"])
-                return (case_id, True, row) if returning_row else (case_id, True)
+                return row, True, int(row.pop("report_id"))
             existing = self._conn.execute(
                 "select case_id from cases where subject = %s and category = %s "
                 "and state not in ('closed', 'cancelled')",
@@ -280,10 +250,11 @@ class CaseService:
             ).fetchone()
             if existing is None:
                 continue  # the open case was finished meanwhile: open a new one
-            case_id = int(existing[0])
             with self._conn.transaction():
-                after = self._record(case_id, Action.REPORT, actor, note=report.description)
-            return (case_id, False, after) if returning_row else (case_id, False)
+                after, report_id = self._record(
+                    int(existing[0]), Action.REPORT, actor, note=report.description
+                )
+            return after, False, report_id
         msg = f"could not open a case on {subject}; try again"
         raise CaseError(msg)
 
@@ -373,15 +344,16 @@ class CaseService:
     ) -> dict[str, Any]:
         note, unit_id, photo_url = details.note, details.unit_id, details.photo_url
         case = self._visible(case_id, caller, lock=lock)
-        if not self._may(caller, action, case):
+        if not may(caller, action, case):
             msg = f"{caller.unit_id} ({caller.role}) may not {action.value} case {case_id}"
             raise ForbiddenActionError(msg)
         target = unit_id
         if action is Action.DISPATCH:
             target = unit_id or case["routed_unit_id"]  # an unknown unit fails its foreign key
+            self._check_reach(caller, target, case)
         elif action is Action.RETURN:
             target = self._units_of(case["district_id"]).get("coordinating")
-        return self._record(
+        after, _ = self._record(
             case_id,
             action,
             caller.unit_id,
@@ -390,15 +362,19 @@ class CaseService:
             photo_url=photo_url,
             row=case,
         )
+        return after
 
-    def _may(self, caller: Caller, action: Action, case: dict[str, Any]) -> bool:
-        if caller.role == "operator":
-            return True
-        if action in _UNIT_ACTIONS:
-            return bool(case["unit_id"] == caller.unit_id)
-        if action in _OFFICE_ACTIONS:
-            return caller.role == "coordinator"
-        return True  # comment, report
+    def _check_reach(self, caller: Caller, unit_id: str, case: dict[str, Any]) -> None:
+        """Refuse a dispatch outside the caller's district exactly as one to no unit at all."""
+        district = dispatch_district(caller)
+        if district is None or unit_id == case["routed_unit_id"]:
+            return
+        row = self._conn.execute(
+            "select region_id from units where unit_id = %s", (unit_id,)
+        ).fetchone()
+        if row is None or district_of_region(self._conn, row[0]) != district:
+            msg = f"no unit {unit_id!r} in district {district} to dispatch to"
+            raise BadReportError(msg)
 
     def _record(
         self,
@@ -410,8 +386,8 @@ class CaseService:
         note: str | None = None,
         photo_url: str | None = None,
         row: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Apply one event to the case row and append it; return the row after it.
+    ) -> tuple[dict[str, Any], int]:
+        """Apply one event to the case row and append it; return the row after it, the event's id.
 
         ``row`` is the case as read (by ``act``) or as locked in this transaction; the write
         applies only if the row still has that version, else _StaleCaseError.
@@ -437,7 +413,7 @@ class CaseService:
         )
         after = apply(current, event)
         try:
-            written = self._write(
+            event_id = self._write(
                 case_id,
                 version=row["version"],
                 after=after,
@@ -448,14 +424,15 @@ class CaseService:
         except psycopg.errors.ForeignKeyViolation:
             msg = f"no unit {event.unit_id!r} to dispatch to"
             raise BadReportError(msg) from None
-        if written != 1:
+        if event_id is None:
             raise _StaleCaseError
-        return {
+        after_row = {
             **row,
             **{c: getattr(after, c) for c in _CASE_COLUMNS},
             "state": after.state.value,
             "version": row["version"] + 1,
         }
+        return after_row, event_id
 
     def _write(
         self,
@@ -466,9 +443,9 @@ class CaseService:
         event: Event,
         from_state: State,
         photo_url: str | None,
-    ) -> int:
-        """Event and new row in one statement, if the row is still at ``version``."""
-        return self._conn.execute(
+    ) -> int | None:
+        """Event and new row in one statement, if the row is still at ``version``: the event id."""
+        written = self._conn.execute(
             _WRITE,
             (
                 *(getattr(after, c) for c in _CASE_COLUMNS),
@@ -476,7 +453,8 @@ class CaseService:
                 version,
                 *self._event_values(event, from_state, photo_url),
             ),
-        ).rowcount
+        ).fetchone()
+        return None if written is None else int(written[0])
 
     @staticmethod
     def _event_values(
@@ -498,7 +476,7 @@ class CaseService:
     # -- reading ----------------------------------------------------------------------------
 
     def _visible(self, case_id: int, caller: Caller, *, lock: bool) -> dict[str, Any]:
-        where, params = _visibility(caller)
+        where, params = visibility(caller)
         cur = self._conn.cursor(row_factory=dict_row)
         row = cur.execute(
             f"select * from cases where case_id = %s and {where}{' for update' if lock else ''}",
@@ -557,7 +535,7 @@ class CaseService:
         limit: int = 50,
     ) -> list[dict[str, Any]]:
         """Cases the caller may see, newest first, filtered; page with ``after_id``."""
-        where, params = _visibility(caller)
+        where, params = visibility(caller)
         clauses = [where]
         for column, value in (
             ("state", state),
@@ -602,11 +580,3 @@ class CaseService:
 def _state_from(row: dict[str, Any]) -> CaseState:
     values = {c: row[c] for c in _CASE_COLUMNS}
     return CaseState(**{**values, "state": State(values["state"])})
-
-
-def _visibility(caller: Caller) -> tuple[str, list[Any]]:
-    if caller.role == "operator":
-        return "true", []
-    if caller.role == "coordinator":
-        return "district_id = %s", [caller.district_id]
-    return "unit_id = %s", [caller.unit_id]

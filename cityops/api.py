@@ -1,9 +1,11 @@
 """The HTTP API for units, offices and operators: report, list, show and act on cases.
 
 Every caller is a unit with a bearer token (`cityops units token UNIT`). A unit sees the cases it
-is responsible for, a coordinating office those of its district, an operator all. A case the
-caller may not see is 404, whether or not it exists. Errors are JSON: {"error": reason, ...}.
-The OpenAPI document is served at /openapi.json, its pages at /docs.
+is responsible for, a coordinating office those of its district (the city's office those of every
+district), an operator all. A case the caller may not see is 404, whether or not it exists.
+Errors are JSON: {"error": reason, ...}. The OpenAPI document (its models:
+``cityops.api_document``) is served at /openapi.json, its pages at /docs; it declares every
+answer an endpoint can give.
 
 Annotations here are evaluated at definition (no ``from __future__ import annotations``):
 FastAPI reads the dependencies of the endpoints, which are closures, from them.
@@ -14,8 +16,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import psycopg
 from fastapi import Depends, FastAPI, Query, Request
@@ -24,70 +25,37 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter, make_asgi_app
 from psycopg_pool import ConnectionPool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
+from cases.access import Caller, caller_for_token
 from cases.catalog import Catalog, load_catalog
 from cases.lifecycle import Action
 from cases.service import (
     BadReportError,
-    Caller,
     CaseNotFoundError,
     CaseService,
     ForbiddenActionError,
     IllegalActionError,
     Report,
-    caller_for_token,
+)
+from cityops.api_document import (
+    ActionIn,
+    CallerAction,
+    CaseDetailOut,
+    CaseFilterFields,
+    CaseOut,
+    OneOf,
+    ReportFields,
+    ReportOut,
+    answers,
 )
 from cityops.settings import load_settings
 
 logger = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False)
 _TOKEN_CACHE_S = 60.0  # a deleted token keeps working this long in a running API
-_ACTIONS = tuple(a.value for a in Action if a not in (Action.OPEN, Action.ESCALATE, Action.REPORT))
-
-
-class ReportIn(BaseModel):
-    """A problem reported by an inspector or a citizen."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    category: str = Field(description="A code of the problem catalog.")
-    source: Literal["inspector", "citizen"] = "citizen"
-    asset_code: str | None = Field(default=None, pattern=r"^[0-9]{16}$")
-    device_id: str | None = None
-    segment_id: str | None = None
-    lat: float | None = Field(default=None, ge=-90, le=90)
-    lon: float | None = Field(default=None, ge=-180, le=180)
-    description: str | None = Field(default=None, max_length=4000)
-    photo_url: str | None = Field(default=None, max_length=2000)
-
-
-class ActionIn(BaseModel):
-    """Details of a lifecycle action."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    note: str | None = Field(default=None, max_length=4000)
-    unit_id: str | None = Field(default=None, description="dispatch: the unit to send it to")
-    photo_url: str | None = Field(default=None, max_length=2000)
-
-
-class CaseOut(BaseModel):
-    """A case in a list."""
-
-    case_id: int
-    category: str
-    subject: str
-    source: str
-    state: str
-    unit_id: str | None
-    district_id: str | None
-    severity: str
-    reported_at: datetime
-    deadline: datetime | None
-    escalated_at: datetime | None
-    updated_at: datetime
 
 
 def _error(status: int, reason: str, **extra: Any) -> JSONResponse:
@@ -165,7 +133,7 @@ def create_app(
 
     _install_error_handlers(app)
 
-    _install_routes(app, case_service, caller)
+    _install_routes(app, case_service, caller, tuple(c.code for c in catalog.category))
     return app
 
 
@@ -173,48 +141,59 @@ def _install_routes(
     app: FastAPI,
     case_service: Callable[[], AbstractContextManager[CaseService]],
     caller: Callable[..., Awaitable[Caller]],
+    categories: tuple[str, ...],
 ) -> None:
     """The endpoints; each works on a pooled connection for exactly its own request."""
+    category_code = Annotated[str, OneOf(categories)]
+
+    class ReportIn(ReportFields):
+        """A problem reported by an inspector or a citizen."""
+
+        category: category_code = Field(description="A code of the problem catalog.")
+
+    class CaseFilters(CaseFilterFields):
+        """Which cases to list, and the page."""
+
+        category: category_code | None = None
 
     @app.get("/health")
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.post("/cases", status_code=201)
+    @app.post("/cases", status_code=201, responses=answers(400, 401, 422, 503))
     def report(
         body: ReportIn,
         who: Annotated[Caller, Depends(caller)],
-    ) -> dict[str, Any]:
-        """Report a problem; a second report on an open case adds to it (201 either way)."""
-        with case_service() as cases:
-            case_id, created = cases.report(Report(**body.model_dump()), actor=who.unit_id)
-        return {"case_id": case_id, "created": created}
+    ) -> ReportOut:
+        """Report a problem; a second report on an open case adds to it (201 either way).
 
-    @app.get("/cases", response_model=list[CaseOut])
+        The case is named only if the caller may see it: a report may join another unit's case.
+        """
+        with case_service() as cases:
+            receipt = cases.report(Report(**body.model_dump()), who)
+        return ReportOut.model_validate(receipt, from_attributes=True)
+
+    @app.get("/cases", response_model=list[CaseOut], responses=answers(401, 422, 503))
     def list_cases(
         who: Annotated[Caller, Depends(caller)],
-        state: str | None = None,
-        unit: str | None = None,
-        district: str | None = None,
-        category: str | None = None,
-        overdue: bool | None = None,
-        after: Annotated[int | None, Query(description="page: case ids below this")] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        filters: Annotated[CaseFilters, Query()],
     ) -> list[dict[str, Any]]:
         """Cases the caller may see, newest first."""
         with case_service() as cases:
             return cases.find(
                 who,
-                state=state,
-                unit_id=unit,
-                district_id=district,
-                category=category,
-                overdue=overdue,
-                after_id=after,
-                limit=limit,
+                state=filters.state,
+                unit_id=filters.unit,
+                district_id=filters.district,
+                category=filters.category,
+                overdue=filters.overdue,
+                after_id=filters.after,
+                limit=filters.limit,
             )
 
-    @app.get("/cases/{case_id}")
+    @app.get(
+        "/cases/{case_id}", response_model=CaseDetailOut, responses=answers(401, 404, 422, 503)
+    )
     def show(
         case_id: int,
         who: Annotated[Caller, Depends(caller)],
@@ -223,22 +202,23 @@ def _install_routes(
         with case_service() as cases:
             return cases.show(case_id, who)
 
-    @app.post("/cases/{case_id}/{action}", response_model=CaseOut)
+    @app.post(
+        "/cases/{case_id}/{action}",
+        response_model=CaseOut,
+        responses=answers(400, 401, 403, 404, 409, 422, 503),
+    )
     def act(
         case_id: int,
-        action: Action,
+        action: CallerAction,
         who: Annotated[Caller, Depends(caller)],
         body: ActionIn | None = None,
     ) -> dict[str, Any]:
         """Register, cancel, dispatch, accept, return, dispose, verify, reopen or comment."""
-        if action.value not in _ACTIONS:
-            msg = f"{action.value} is not an action a caller takes; use one of {_ACTIONS}"
-            raise BadReportError(msg)
         details = body or ActionIn()
         with case_service() as cases:
             return cases.act(
                 case_id,
-                action,
+                Action(action),
                 who,
                 note=details.note,
                 unit_id=details.unit_id,
@@ -275,6 +255,11 @@ def _install_error_handlers(app: FastAPI) -> None:
             {"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()
         ]
         return _error(422, "invalid request", problems=problems)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_r: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)  # no such path or method; a body that is not text
+        return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
 
     @app.exception_handler(psycopg.OperationalError)
     async def _database(_r: Request, exc: Exception) -> JSONResponse:

@@ -12,18 +12,11 @@ import psycopg
 import typer
 from rich.table import Table
 
+from cases.access import CALLER_ACTIONS, OPERATOR, Caller, caller_for_unit, create_token
 from cases.catalog import Catalog, CatalogError, load_catalog
 from cases.evaluation import as_csv, as_json, evaluate
 from cases.lifecycle import Action
-from cases.service import (
-    OPERATOR,
-    Caller,
-    CaseError,
-    CaseService,
-    IllegalActionError,
-    Report,
-    create_token,
-)
+from cases.service import CaseError, CaseService, IllegalActionError, Report
 from cityops import db
 from cityops.settings import Settings
 from cityops.terminal import ConfigOption, fail, out, settings_from
@@ -63,10 +56,10 @@ def _cases(config: Path | None) -> Iterator[tuple[CaseService, psycopg.Connectio
 def _caller(conn: psycopg.Connection, unit: str | None) -> Caller:
     if unit is None:
         return OPERATOR
-    row = conn.execute("select kind, region_id from units where unit_id = %s", (unit,)).fetchone()
-    if row is None:
+    caller = caller_for_unit(conn, unit)
+    if caller is None:
         fail(f"no unit {unit!r}")
-    return Caller(unit, "coordinator" if row[0] == "coordinating" else "unit", row[1])
+    return caller
 
 
 def _print(value: Any) -> None:
@@ -106,8 +99,7 @@ def report_command(
     if source not in ("inspector", "citizen"):
         fail("--source is inspector or citizen", 2)
     with _cases(config) as (cases, conn):
-        actor = _caller(conn, as_unit).unit_id
-        case_id, created = cases.report(
+        receipt = cases.report(
             Report(
                 category=category,
                 source="citizen" if source == "citizen" else "inspector",
@@ -117,9 +109,14 @@ def report_command(
                 description=description,
                 photo_url=photo_url,
             ),
-            actor=actor,
+            _caller(conn, as_unit),
         )
-    out.print(f"case {case_id} ({'new' if created else 'added to the open case'})", highlight=False)
+    if receipt.case_id is None:
+        said = f"report {receipt.report_id} (on a case {as_unit} may not see)"
+    else:
+        joined = "new" if receipt.created else "added to the open case"
+        said = f"case {receipt.case_id} ({joined}), report {receipt.report_id}"
+    out.print(said, highlight=False)
 
 
 @cases_app.command("list")
@@ -189,17 +186,7 @@ def _action_command(action: Action) -> None:
     cases_app.command(action.value)(command)
 
 
-for _action in (
-    Action.REGISTER,
-    Action.CANCEL,
-    Action.DISPATCH,
-    Action.ACCEPT,
-    Action.RETURN,
-    Action.DISPOSE,
-    Action.VERIFY,
-    Action.REOPEN,
-    Action.COMMENT,
-):
+for _action in CALLER_ACTIONS:
     _action_command(_action)
 
 

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,9 +17,10 @@ import typer
 from prometheus_client import CollectorRegistry, start_http_server
 from rich.table import Table
 
-from cityops import db, services
+from cityops import db, demo_database, services
 from cityops.casescli import cases_app, serve, units_app
-from cityops.demo import run_demo
+from cityops.demo import demo_settings, run_demo
+from cityops.quarantinecli import quarantine_app
 from cityops.redact import redact
 from cityops.settings import (
     DatabaseSettings,
@@ -44,6 +46,7 @@ from ingest.contract import json_schema
 from ingest.metrics import IngestMetrics
 from ingest.worker import BrokerUnavailableError, IngestWorker
 from simulator.publish import PublishError
+from wire.topics import topic_filter
 
 app = typer.Typer(
     help="cityops: city operations telemetry, from MQTT to TimescaleDB and on to cases.",
@@ -76,6 +79,7 @@ app.add_typer(city_app, name="city")
 app.add_typer(sim_app, name="sim")
 app.add_typer(cases_app, name="cases")
 app.add_typer(units_app, name="units")
+app.add_typer(quarantine_app, name="quarantine")
 
 
 @config_app.command("check")
@@ -136,13 +140,19 @@ def run(
     ] = Path(".cityops"),
 ) -> None:
     """Migrate, then ingest; where the default database or broker does not answer, embed one."""
-    with prepared_services(settings_from(config), workdir.resolve()) as settings:
+    with found_services(settings_from(config), workdir.resolve()) as settings:
+        try:
+            db.ensure_database(settings.database)
+            report = db.migrate(settings.database)
+        except (psycopg.OperationalError, db.MigrationError) as exc:
+            fail(str(exc))
+        _show_services(settings, report.path)
         _ingest(settings, metrics_port)
 
 
 @contextlib.contextmanager
-def prepared_services(settings: Settings, workdir: Path) -> Iterator[Settings]:
-    """Settings pointing at a migrated database and a broker, embedded where none answers."""
+def found_services(settings: Settings, workdir: Path) -> Iterator[Settings]:
+    """Settings naming the configured database and broker, else local or embedded ones."""
     given_db = None if settings.database.url == DatabaseSettings().url else settings.database.url
     given_mqtt = None if settings.mqtt.url == MqttSettings().url else settings.mqtt.url
     with (
@@ -150,22 +160,22 @@ def prepared_services(settings: Settings, workdir: Path) -> Iterator[Settings]:
         services.broker_service(given_mqtt, workdir) as mqtt_url,
     ):
         database_url = given_db or db.with_database(server_url, "cityops")
-        settings = settings.model_copy(
+        yield settings.model_copy(
             update={
                 "database": settings.database.model_copy(update={"url": database_url}),
                 "mqtt": settings.mqtt.model_copy(update={"url": mqtt_url}),
             }
         )
-        try:
-            db.ensure_database(settings.database)
-            report = db.migrate(settings.database)
-        except (psycopg.OperationalError, db.MigrationError) as exc:
-            fail(str(exc))
-        out.print(
-            f"database {redact(database_url)} ({report.path.value}), broker {redact(mqtt_url)}",
-            highlight=False,
-        )
-        yield settings
+
+
+def _show_services(settings: Settings, path: db.StoragePath, *more: str) -> None:
+    """One line: the database (and its storage path) and the broker in use, passwords redacted."""
+    shown = [
+        f"database {redact(settings.database.url)} ({path.value})",
+        f"broker {redact(settings.mqtt.url)}",
+        *more,
+    ]
+    out.print(", ".join(shown), highlight=False)
 
 
 def _ingest(settings: Settings, metrics_port: int | None) -> None:
@@ -291,20 +301,46 @@ def demo(
         float | None, typer.Option(help="Stop after this many seconds (default: at Ctrl-C).")
     ] = None,
     speed: Annotated[float, typer.Option(help="Simulated seconds per second.", min=1)] = 60.0,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            help="The demo's database on the database server (default: "
+            f"{demo_database.DEMO_DATABASE}, or database.url's own when an earlier demo made it); "
+            "one holding other data is refused.",
+        ),
+    ] = None,
     workdir: Annotated[
         Path, typer.Option(help="Embedded services' data and the demo city.", file_okay=False)
     ] = Path(".cityops"),
 ) -> None:
     """Run a simulated city end to end: services, migrations, fleet with faults, ingest, live view.
 
-    Uses the database and broker of the settings, or embedded ones where the defaults do not
-    answer; Ctrl-C stops everything cleanly.
+    Uses the database server and broker of the settings, or embedded ones where the defaults do
+    not answer, and keeps apart from any deployment on them: a database of its own, marked as
+    demo data (it refuses one that holds anything else), and an MQTT client id, shared group and
+    topic prefix (demo-<id>/cityops/v1/...) of its own, with no session left behind. Ctrl-C stops
+    everything cleanly.
     """
     if not ctx.obj:  # the live view is the output; logs only for what goes wrong
         logging.getLogger().setLevel(logging.WARNING)
     stop = stop_on_signals()
     workdir = workdir.resolve()
-    with prepared_services(settings_from(config), workdir) as settings:
+    with found_services(settings_from(config), workdir) as found:
+        try:
+            demo_db, report = demo_database.prepare(found.database, database)
+        except (
+            psycopg.OperationalError,
+            db.MigrationError,
+            demo_database.DemoDatabaseError,
+        ) as exc:
+            fail(str(exc))
+        settings = demo_settings(found, database=demo_db, run_id=uuid.uuid4().hex[:8])
+        _show_services(
+            settings,
+            report.path,
+            f"topics {topic_filter(settings.mqtt.topic_prefix)}",
+            f"client id {settings.mqtt.client_id}",
+        )
         try:
             summary = run_demo(
                 settings,

@@ -7,7 +7,9 @@ the plain path keeps ordinary tables and the service deletes expired rows itself
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
@@ -69,20 +71,43 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
-def ensure_database(settings: DatabaseSettings) -> bool:
-    """Create the database the URL names if it does not exist; return whether it was created."""
-    params = conninfo_to_dict(settings.url)
-    name = params.get("dbname") or "postgres"
+def database_name(url: str) -> str:
+    """The name of the database a URL names (PostgreSQL's default: ``postgres``)."""
+    return str(conninfo_to_dict(url).get("dbname") or "postgres")
+
+
+@contextlib.contextmanager
+def _server(settings: DatabaseSettings) -> Iterator[psycopg.Connection]:
+    """A connection to the server's maintenance database ``postgres``."""
     maintenance = make_conninfo(settings.url, dbname="postgres")
     try:
         with psycopg.connect(maintenance, autocommit=True, connect_timeout=10) as conn:
-            if conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone():
-                return False
-            conn.execute(sql.SQL("create database {}").format(sql.Identifier(str(name))))
-            return True
+            yield conn
     except psycopg.OperationalError as exc:
         msg = _cannot_connect("the database server", settings.url, exc)
         raise psycopg.OperationalError(msg) from exc
+
+
+def _exists(conn: psycopg.Connection, name: str) -> bool:
+    return (
+        conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is not None
+    )
+
+
+def database_exists(settings: DatabaseSettings) -> bool:
+    """Whether the database the URL names exists on its server."""
+    with _server(settings) as conn:
+        return _exists(conn, database_name(settings.url))
+
+
+def ensure_database(settings: DatabaseSettings) -> bool:
+    """Create the database the URL names if it does not exist; return whether it was created."""
+    name = database_name(settings.url)
+    with _server(settings) as conn:
+        if _exists(conn, name):
+            return False
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+        return True
 
 
 def _migration_files() -> list[tuple[str, str]]:

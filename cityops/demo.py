@@ -3,6 +3,9 @@
 It imports a generated city into the database, replays the last hour of its fleet (one night
 hour, with a few injected faults) at ``speed`` times real time through the broker, runs ingest
 beside it, and shows readings per second, devices reporting and the quarantine until stopped.
+``demo_settings`` keeps it apart from a deployment on the same services: a database of its own
+(``cityops.demo_database``), and a client id, shared group and topic prefix of its own, with no
+persistent session.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from rich.live import Live
 from rich.table import Table
 
 from cityops import db
-from cityops.settings import Settings
+from cityops.settings import DatabaseSettings, MqttSettings, Settings
 from devices import registry
 from ingest.metrics import IngestMetrics
 from ingest.worker import IngestWorker
@@ -61,6 +64,27 @@ class DemoSummary:
     stored: int
     quarantined: int
     faults: int
+
+
+def demo_settings(settings: Settings, *, database: DatabaseSettings, run_id: str) -> Settings:
+    """The settings with the demo's database and MQTT identity, so it reaches no deployment.
+
+    The client id, shared group and topic prefix carry ``run_id``: the demo's ingest neither takes
+    over a deployment's session nor joins its group, and the demo's simulator publishes, and its
+    ingest subscribes, only under ``demo-<run_id>/cityops/v1``. Without a persistent session the
+    broker keeps nothing for the demo once it has gone.
+    """
+    name = f"demo-{run_id}"
+    mqtt = MqttSettings.model_validate(
+        {
+            **settings.mqtt.model_dump(),
+            "client_id": f"cityops-{name}",
+            "shared_group": name,
+            "topic_prefix": name,
+            "session_expiry_s": 0,
+        }
+    )
+    return settings.model_copy(update={"database": database, "mqtt": mqtt})
 
 
 def last_night_start(now: float) -> float:
@@ -139,7 +163,12 @@ def run_demo(
     ingest_thread = threading.Thread(target=worker.run, args=(stop,), name="ingest")
     published: list[int] = []
     failures: list[PublishError] = []
-    options = PublishOptions(url=settings.mqtt.url, protocol=protocol, speed=speed)
+    options = PublishOptions(
+        url=settings.mqtt.url,
+        protocol=protocol,
+        speed=speed,
+        topic_prefix=settings.mqtt.topic_prefix,
+    )
 
     def publish_fleet() -> None:
         try:
@@ -152,7 +181,6 @@ def run_demo(
     ingest_thread.start()
     publisher.start()
     started = time.monotonic()
-    stored = quarantined = 0
     try:
         with (
             db.connect(settings.database, autocommit=True) as conn,
@@ -164,7 +192,6 @@ def run_demo(
                 now = time.monotonic()
                 rate = (total - last[1]) / max(now - last[0], 1e-3)
                 last = (now, total)
-                stored, quarantined = total - base_stored, q_total - base_quarantined
                 sent = (
                     published[0]
                     if published
@@ -173,11 +200,11 @@ def run_demo(
                 live.update(
                     _view(
                         now - started,
-                        stored,
+                        total - base_stored,
                         rate,
                         reporting,
                         len(city.devices),
-                        quarantined,
+                        q_total - base_quarantined,
                         len(fleet.faults),
                         sent,
                     )
@@ -191,7 +218,14 @@ def run_demo(
         console.print()
     if failures:
         raise failures[0]
-    return DemoSummary(published[0] if published else 0, stored, quarantined, len(fleet.faults))
+    with db.connect(settings.database) as conn:  # what ingest committed before it stopped
+        total, _, q_total = _counts(conn)
+    return DemoSummary(
+        published[0] if published else 0,
+        total - base_stored,
+        q_total - base_quarantined,
+        len(fleet.faults),
+    )
 
 
 def _estimate(publications: list[Publication], speed: float, elapsed_s: float) -> int:

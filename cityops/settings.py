@@ -29,9 +29,11 @@ from pydantic_settings import (
 )
 
 from devices.codes import CodeScheme
-from ingest.decode import TOPIC_FILTER, TOPIC_ROOT
+from wire.topics import PREFIX_MAX_CHARS, TOPIC_ROOT, check_prefix
 
 DEFAULT_CONFIG_PATH = Path("config/cityops.toml")
+#: Room for an MQTT packet's topic, header and properties beside its payload.
+_PACKET_OVERHEAD_BYTES = 4096
 
 
 class _Section(BaseModel):
@@ -96,18 +98,29 @@ class MqttSettings(_Section):
         ),
     )
     topic_filters: tuple[str, ...] = Field(
-        default=(TOPIC_FILTER,),
+        default=(f"{TOPIC_ROOT}/#",),
         min_length=1,
         description=(
-            "What this worker subscribes to. Several workers without a shared group each take "
-            "their own part, together all of cityops/v1/#."
+            "What this worker subscribes to, each under topic_prefix. Several workers without a "
+            "shared group each take their own part, together all of cityops/v1/#."
+        ),
+    )
+    topic_prefix: str = Field(
+        default="",
+        max_length=PREFIX_MAX_CHARS,
+        description=(
+            "Topics live under {topic_prefix}/cityops/v1/... (empty: cityops/v1/...): ingest "
+            "subscribes and decodes, and the simulator publishes, under it."
         ),
     )
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keep-alive interval.")
     session_expiry_s: int = Field(
         default=7 * 24 * 3600,
-        ge=60,
-        description="How long the broker keeps this worker's queued messages while it is offline.",
+        ge=0,
+        description=(
+            "How long the broker keeps this worker's queued messages while it is offline; 0: no "
+            "persistent session (the demo's), so the broker forgets the worker when it leaves."
+        ),
     )
     connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
 
@@ -136,6 +149,19 @@ class MqttSettings(_Section):
             raise ValueError(msg)
         return value
 
+    @field_validator("session_expiry_s")
+    @classmethod
+    def _keeps_a_session_or_none(cls, value: int) -> int:
+        if 0 < value < 60:
+            msg = f"0 (no persistent session) or at least 60 s, got {value}"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _is_topic_prefix(cls, value: str) -> str:
+        return check_prefix(value)
+
     @property
     def _parts(self) -> SplitResult:
         return urlsplit(self.url)
@@ -149,6 +175,11 @@ class MqttSettings(_Section):
     def port(self) -> int:
         """Broker port, 1883 or 8883 when the URL names none."""
         return self._parts.port or (8883 if self.is_tls else 1883)
+
+    @property
+    def is_persistent_session(self) -> bool:
+        """Whether the broker keeps this client's session (and its messages) while it is away."""
+        return self.session_expiry_s > 0
 
     @property
     def is_tls(self) -> bool:
@@ -179,14 +210,17 @@ class IngestSettings(_Section):
         default=20_000,
         ge=1,
         le=65_535,
-        description=(
-            "Unacknowledged messages held at most; also the MQTT 5 Receive Maximum, so the broker "
-            "stops sending when the database stalls."
-        ),
+        description="Unacknowledged messages held at most (see receive_window).",
+    )
+    buffer_max_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Bytes of unacknowledged messages held at most (see receive_window).",
     )
     max_payload_bytes: int = Field(
-        default=256 * 1024,
+        default=64 * 1024,
         ge=64,
+        le=16 * 1024 * 1024,
         description="Larger is quarantined; the quarantine keeps payloads whole up to this size.",
     )
     max_future_s: float = Field(
@@ -207,14 +241,34 @@ class IngestSettings(_Section):
         default=5.0, gt=0, description="Longest wait between retries while the database is down."
     )
 
+    @property
+    def max_packet_bytes(self) -> int:
+        """The largest MQTT packet ingest takes (MQTT 5 Maximum Packet Size).
+
+        A payload of max_payload_bytes with its topic and header (topics here are < 100 bytes).
+        """
+        return self.max_payload_bytes + _PACKET_OVERHEAD_BYTES
+
+    @property
+    def receive_window(self) -> int:
+        """Unacknowledged messages the broker may send at once: the MQTT 5 Receive Maximum.
+
+        The broker enforces it, so the network thread never has to stop reading (which would
+        stop keep-alives too): at most this many messages of at most max_packet_bytes each are
+        held, which bounds memory by count and by bytes.
+        """
+        return min(self.buffer_max_messages, self.buffer_max_bytes // self.max_packet_bytes)
+
     @model_validator(mode="after")
     def _window_holds_a_batch(self) -> IngestSettings:
-        # The broker stops sending when buffer_max_messages are unacknowledged; a batch that
-        # cannot fill before that would only ever flush on the timer.
-        if self.buffer_max_messages < self.batch_max_rows:
+        # The broker stops sending when the window is unacknowledged; a batch that cannot fill
+        # before that would only ever flush on the timer.
+        if self.receive_window < self.batch_max_rows:
             msg = (
-                f"buffer_max_messages ({self.buffer_max_messages}) must be at least "
-                f"batch_max_rows ({self.batch_max_rows})"
+                f"the receive window, min(buffer_max_messages, buffer_max_bytes // "
+                f"(max_payload_bytes + {_PACKET_OVERHEAD_BYTES})) = {self.receive_window}, must "
+                f"be at least batch_max_rows ({self.batch_max_rows}): raise buffer_max_bytes or "
+                "buffer_max_messages, or lower max_payload_bytes or batch_max_rows"
             )
             raise ValueError(msg)
         return self

@@ -88,7 +88,7 @@ def broker_protocol(url: str, protocol: str) -> Literal["5", "3.1.1"]:
     if protocol != "auto":
         fail(f"--protocol must be auto, 5 or 3.1.1, not {protocol!r}", 2)
     try:
-        spoken = choose_protocol(MqttSettings(url=url))
+        spoken, _ = choose_protocol(MqttSettings(url=url))
     except BrokerUnavailableError as exc:
         fail(str(exc))
     return "5" if spoken == MQTTProtocolVersion.MQTTv5 else "3.1.1"
@@ -132,7 +132,7 @@ def run(
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Publish the fleet's messages to the broker in mqtt.url; write the ground truth."""
+    """Publish the fleet's messages to mqtt.url under mqtt.topic_prefix; write the ground truth."""
     settings = settings_from(config)
     version = broker_protocol(settings.mqtt.url, protocol)
     duration_s = duration * 60
@@ -151,6 +151,7 @@ def run(
         qos=1 if qos else 0,
         speed=speed,
         rate=rate,
+        topic_prefix=settings.mqtt.topic_prefix,
     )
     try:
         report = publish(fleet.publications, options, stop_on_signals())
@@ -190,14 +191,18 @@ def abuse(
     version = broker_protocol(settings.mqtt.url, protocol)
     chosen = list(ABUSE_KINDS) if kinds == "all" else [k.strip() for k in kinds.split(",")]
     try:
-        batch = abuse_messages(read_bundle(bundle), chosen, count, int(time.time() * 1000))
+        batch = abuse_messages(
+            read_bundle(bundle),
+            chosen,
+            count,
+            int(time.time() * 1000),
+            max_payload_bytes=settings.ingest.max_payload_bytes,
+        )
     except ValueError as exc:
         fail(str(exc), 2)
     publications = [Publication(0.0, topic, payload) for topic, payload in batch.messages]
     options = PublishOptions(
-        url=settings.mqtt.url,
-        protocol=version,
-        speed=0,
+        url=settings.mqtt.url, protocol=version, speed=0, topic_prefix=settings.mqtt.topic_prefix
     )
     try:
         publish(publications, options, threading.Event())

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from typing import Final
 
 CODE_LENGTH: Final = 16
-_DIGITS = re.compile(r"^[0-9]{16}$")
+#: A component code as text (migration 0001 checks the same in SQL).
+CODE_PATTERN: Final = rf"^[0-9]{{{CODE_LENGTH}}}$"
+_DIGITS = re.compile(CODE_PATTERN)
 
 #: Cover categories by minor code under major 01 (public facilities), classic 6+2+2+6 list.
 COVER_CATEGORIES: Final[dict[str, str]] = {

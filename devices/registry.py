@@ -21,9 +21,11 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from devices.codes import CodeError, CodeScheme, parse_code
+from devices.codes import CODE_PATTERN, CodeError, CodeScheme, parse_code
 
 DeviceType = Literal["manhole", "sweeper", "light", "gateway"]
+#: The identifier of a device, region, unit or road segment.
+ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 
 
 class RegistryError(Exception):
@@ -78,7 +80,7 @@ _DEVICE_COLUMNS = (
 class AssetRow(_Row):
     """One component of the dictionary, as a file gives it."""
 
-    code: str = Field(pattern=r"^[0-9]{16}$")
+    code: str = Field(pattern=CODE_PATTERN)
     category: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,64}$")
     name: str | None = None
     competent_unit_id: str | None = None
@@ -102,9 +104,9 @@ class AssetRow(_Row):
 class DeviceRow(_Row):
     """One device, as a file gives it: only ``device_id`` and ``type`` are required."""
 
-    device_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    device_id: str = Field(pattern=ID_PATTERN)
     type: DeviceType
-    asset_code: str | None = Field(default=None, pattern=r"^[0-9]{16}$")
+    asset_code: str | None = Field(default=None, pattern=CODE_PATTERN)
     gateway_id: str | None = None
     firmware: str | None = None
     region_id: str | None = None
@@ -116,7 +118,7 @@ _LEVELS = ("city", "district", "street", "grid")
 class RegionRow(_Row):
     """A district, street or grid with its boundary (GeoJSON Polygon or MultiPolygon)."""
 
-    region_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    region_id: str = Field(pattern=ID_PATTERN)
     name: str
     level: Literal["district", "street", "grid"]
     parent_id: str | None = None
@@ -126,7 +128,7 @@ class RegionRow(_Row):
 class UnitRow(_Row):
     """A responsible unit on the city, district, street or grid level."""
 
-    unit_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    unit_id: str = Field(pattern=ID_PATTERN)
     name: str
     name_zh: str | None = None
     level: Literal["city", "district", "street", "grid"]
@@ -138,7 +140,7 @@ class UnitRow(_Row):
 class RoadRow(_Row):
     """A road segment (GeoJSON LineString) with its sweeping plan."""
 
-    segment_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    segment_id: str = Field(pattern=ID_PATTERN)
     name: str
     road_class: str
     region_id: str | None = None
@@ -170,26 +172,51 @@ class ImportReport:
 
 
 def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (where, columns) for each row of a CSV or GeoJSON file."""
-    if path.suffix.lower() in (".geojson", ".json"):
-        document = json.loads(path.read_text(encoding="utf-8"))
-        if document.get("type") != "FeatureCollection":
-            msg = f"{path}: expected a GeoJSON FeatureCollection"
+    """Yield (where, columns) for each row of a CSV or GeoJSON file.
+
+    A file that is not UTF-8, not JSON, or not shaped like a FeatureCollection of features with
+    property objects raises RegistryError naming the place; rows are validated by the caller.
+    """
+    try:
+        if path.suffix.lower() in (".geojson", ".json"):
+            yield from _features(path, json.loads(path.read_text(encoding="utf-8")))
+            return
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            for row in reader:
+                cleaned = {
+                    k: v for k, v in row.items() if isinstance(k, str) and v not in ("", None)
+                }
+                yield f"line {reader.line_num}", cleaned
+    except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
+        msg = f"{path}: not a readable {path.suffix.lstrip('.') or 'CSV'} file: {exc}"
+        raise RegistryError(msg) from None
+
+
+def _features(path: Path, document: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    if not isinstance(document, dict) or document.get("type") != "FeatureCollection":
+        msg = f"{path}: expected a GeoJSON FeatureCollection"
+        raise RegistryError(msg)
+    features = document.get("features", [])
+    if not isinstance(features, list):
+        msg = f"{path}: 'features' is not an array"
+        raise RegistryError(msg)
+    for number, feature in enumerate(features, start=1):
+        properties = feature.get("properties") if isinstance(feature, dict) else None
+        geometry = (feature.get("geometry") if isinstance(feature, dict) else None) or {}
+        if not isinstance(properties, dict | None) or not isinstance(geometry, dict):
+            msg = f"{path}: feature {number} is not a GeoJSON feature with object properties"
             raise RegistryError(msg)
-        for number, feature in enumerate(document.get("features", []), start=1):
-            row = dict(feature.get("properties") or {})
-            geometry = feature.get("geometry") or {}
-            if geometry.get("type") == "Point":
-                row["lon"], row["lat"] = geometry["coordinates"][:2]
-            elif geometry:
-                row["geometry"] = geometry
-            yield f"feature {number}", row
-        return
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        for row in reader:
-            cleaned = {k: v for k, v in row.items() if k is not None and v not in ("", None)}
-            yield f"line {reader.line_num}", cleaned
+        row = dict(properties or {})
+        if geometry.get("type") == "Point":
+            coordinates = geometry.get("coordinates")
+            if not isinstance(coordinates, list) or len(coordinates) < 2:
+                msg = f"{path}: feature {number}: a Point needs [lon, lat] coordinates"
+                raise RegistryError(msg)
+            row["lon"], row["lat"] = coordinates[:2]
+        elif geometry:
+            row["geometry"] = geometry
+        yield f"feature {number}", row
 
 
 def _validate(

@@ -14,19 +14,20 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 from ingest.contract import READING_KINDS, STATUS, TELEMETRY_KINDS, GatewayEntry, ReadingKind
+from wire.topics import topic_root
+
+if TYPE_CHECKING:
+    from cityops.settings import IngestSettings
 
 logger = logging.getLogger(__name__)
 
-TOPIC_ROOT: Final = "cityops/v1"
 #: A message body as paho hands it over.
 Payload = bytes | bytearray
-#: The subscription that covers every topic of the contract.
-TOPIC_FILTER: Final = f"{TOPIC_ROOT}/#"
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _CHANNELS: Final = frozenset({"telemetry", "event", "status"})
 _US_PER_MS: Final = 1000
@@ -78,6 +79,15 @@ class DecodeLimits:
     max_payload_bytes: int
     max_future_us: int
     auto_register: bool
+
+    @classmethod
+    def of(cls, ingest: IngestSettings) -> DecodeLimits:
+        """The limits of these ingest settings."""
+        return cls(
+            max_payload_bytes=ingest.max_payload_bytes,
+            max_future_us=int(ingest.max_future_s * 1e6),
+            auto_register=ingest.auto_register,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +183,10 @@ class Decoder:
         *,
         limits: DecodeLimits,
         device_type_of: Callable[[str], str | None],
+        topic_prefix: str = "",
     ) -> None:
         self._limits = limits
+        self._root = f"{topic_root(topic_prefix)}/"
         self._device_type_of = device_type_of
         self._json = msgspec.json.Decoder()
         self._typed = {kind: msgspec.json.Decoder(kind.struct) for kind in READING_KINDS}
@@ -210,10 +222,10 @@ class Decoder:
 
     def _route(self, topic: str) -> _Route:
         """Parse a topic (a valid one is remembered: devices publish on the same few)."""
-        parts = topic.split("/")
-        if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT:
-            raise _Reject(Reason.BAD_TOPIC, f"not {TOPIC_ROOT}/<type>/<id>/<channel>: {topic}")
-        _, _, device_type, device_id, channel = parts
+        parts = topic[len(self._root) :].split("/") if topic.startswith(self._root) else []
+        if len(parts) != 3:
+            raise _Reject(Reason.BAD_TOPIC, f"not {self._root}<type>/<id>/<channel>: {topic}")
+        device_type, device_id, channel = parts
         if not _DEVICE_ID.match(device_id):
             raise _Reject(Reason.BAD_TOPIC, f"invalid device id {device_id!r}")
         if device_type == "gateway":

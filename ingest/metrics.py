@@ -71,6 +71,18 @@ class IngestMetrics:
         self.mqtt_connected = Gauge(
             "cityops_ingest_mqtt_connected", "1 while connected to the broker.", registry=registry
         )
+        self.mqtt_connections = Counter(
+            "cityops_ingest_mqtt_connections",
+            "Successful connections to the broker (more than one: it dropped or refused us).",
+            registry=registry,
+        )
+        self.mqtt_protocol = Gauge(
+            "cityops_ingest_mqtt_protocol_info",
+            "The MQTT version in use, and how it was chosen: configured, negotiated, or "
+            "fallback (the broker refused MQTT 5: no receive window, no shared group).",
+            ["version", "chosen"],
+            registry=registry,
+        )
 
     def record_commit(
         self, batch_size: int, result: WriteResult, commit_s: float, now_us: int

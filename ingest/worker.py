@@ -6,10 +6,14 @@ acknowledges its messages (``manual_ack``). Nothing is acknowledged before its r
 entries are committed, so a crash loses nothing: the broker redelivers what was not acknowledged,
 and the (device_id, ts) key turns redeliveries into no-ops.
 
-Backpressure: messages received and not yet acknowledged are bounded by ``buffer_max_messages``.
-Under MQTT 5 that is also the Receive Maximum announced to the broker, which stops sending when the
-window is full; under MQTT 3.1.1 the network thread stops reading once the buffer is full. While
-the database is down the writer retries the same batch with backoff and acknowledges nothing.
+Backpressure is the broker's: under MQTT 5 ingest announces a Receive Maximum
+(``IngestSettings.receive_window``, from ``buffer_max_messages`` and ``buffer_max_bytes``) and a
+Maximum Packet Size, so the broker never has more than that window of messages unacknowledged
+with it, and stops sending when the database stalls; under MQTT 3.1.1 the broker's own window
+(Mosquitto's ``max_inflight_messages`` and ``max_inflight_bytes``) does the same. The network thread
+never waits: it keeps answering keep-alives through a database outage of any length, so the
+connection, and every pending acknowledgement with it, survives. While the database is down the
+writer retries the same batch with backoff and acknowledges nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from cityops.settings import DatabaseSettings, IngestSettings, MqttSettings
 from ingest.decode import DecodeLimits, Decoder, Payload
 from ingest.metrics import IngestMetrics
 from ingest.writer import BatchWriter, Message, load_device_types
+from wire.topics import prefixed
 
 logger = logging.getLogger(__name__)
 
@@ -54,34 +59,80 @@ class BrokerUnavailableError(Exception):
     """The broker could not be reached within the connect timeout."""
 
 
-def choose_protocol(settings: MqttSettings) -> MQTTProtocolVersion:
-    """MQTT 5 unless configured otherwise or the broker refuses it (then 3.1.1)."""
+#: CONNACK reason codes that mean "not this protocol version": 3.1.1's return code 1
+#: (unacceptable protocol version) and MQTT 5's 0x84 (unsupported protocol version).
+_PROTOCOL_REFUSED = frozenset({1, 0x84})
+
+
+def choose_protocol(settings: MqttSettings) -> tuple[MQTTProtocolVersion, str]:
+    """The MQTT version to use, and how it was chosen (configured, negotiated, fallback).
+
+    Under "auto", MQTT 3.1.1 is taken only when the broker explicitly refuses MQTT 5 (a CONNACK
+    saying so, or closing the connection in answer to the CONNECT). A broker that does not answer
+    in time is unavailable, not old: falling back then would silently lose the receive window and
+    the shared subscription.
+    """
     if settings.protocol == "5":
-        return MQTTProtocolVersion.MQTTv5
+        return MQTTProtocolVersion.MQTTv5, "configured"
     if settings.protocol == "3.1.1":
-        return MQTTProtocolVersion.MQTTv311
-    outcome: list[bool] = []
+        return MQTTProtocolVersion.MQTTv311, "configured"
+    answer: list[ReasonCode | None] = []  # None: the broker closed the connection
     answered = threading.Event()
 
-    def on_connect(*args: Any) -> None:
-        outcome.append(not args[3].is_failure)
+    def on_connect(_c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        answer.append(rc)
         answered.set()
+
+    def on_disconnect(*_: Any) -> None:
+        if not answered.is_set():
+            answer.append(None)
+            answered.set()
 
     probe = _client(settings, MQTTProtocolVersion.MQTTv5, f"{settings.client_id}-probe")
     probe.on_connect = on_connect
-    probe.on_disconnect = lambda *_: answered.set()
+    probe.on_disconnect = on_disconnect
+    url = redact(settings.url)
     try:
         probe.connect(settings.host, settings.port, settings.keepalive_s, clean_start=True)
     except OSError as exc:
-        msg = f"cannot reach the MQTT broker at {redact(settings.url)}: {exc}"
+        msg = f"cannot reach the MQTT broker at {url}: {exc}"
         raise BrokerUnavailableError(msg) from exc
     probe.loop_start()
-    answered.wait(settings.connect_timeout_s)
-    probe.disconnect()
-    probe.loop_stop()
-    speaks_5 = bool(outcome) and outcome[0]
-    logger.info("broker %s speaks MQTT %s", redact(settings.url), "5" if speaks_5 else "3.1.1")
-    return MQTTProtocolVersion.MQTTv5 if speaks_5 else MQTTProtocolVersion.MQTTv311
+    try:
+        if not answered.wait(settings.connect_timeout_s):
+            msg = (
+                f"the MQTT broker at {url} did not answer within {settings.connect_timeout_s:g} s "
+                "(mqtt.connect_timeout_s); check the broker, or set mqtt.protocol"
+            )
+            raise BrokerUnavailableError(msg)
+    finally:
+        probe.disconnect()
+        probe.loop_stop()
+    rc = answer[0]
+    if rc is not None and not rc.is_failure:
+        logger.info("broker %s speaks MQTT 5", url)
+        return MQTTProtocolVersion.MQTTv5, "negotiated"
+    if rc is None or rc.value in _PROTOCOL_REFUSED:
+        logger.warning(
+            "the MQTT broker at %s refused MQTT 5 (%s): using MQTT 3.1.1, so ingest cannot "
+            "announce its receive window (the broker's own window bounds its memory) and "
+            "subscribes without a shared group (run one ingest process only)",
+            url,
+            "connection closed" if rc is None else rc,
+        )
+        return MQTTProtocolVersion.MQTTv311, "fallback"
+    msg = f"the MQTT broker at {url} refused the connection: {rc}"
+    raise BrokerUnavailableError(msg)
+
+
+def subscriptions(settings: MqttSettings, *, is_shareable: bool) -> list[str]:
+    """What ingest subscribes to: each of its topic filters under its prefix, shared if it can be.
+
+    Unshared by default: Mosquitto restores a session's plain subscriptions from its store after a
+    restart but not its shared ones (docs/operations.md, "Broker restarts").
+    """
+    share = f"$share/{settings.shared_group}/" if settings.shared_group and is_shareable else ""
+    return [share + prefixed(settings.topic_prefix, topics) for topics in settings.topic_filters]
 
 
 def _client(settings: MqttSettings, protocol: MQTTProtocolVersion, client_id: str) -> mqtt.Client:
@@ -90,7 +141,7 @@ def _client(settings: MqttSettings, protocol: MQTTProtocolVersion, client_id: st
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=protocol,
-        clean_session=None if is_v5 else False,
+        clean_session=None if is_v5 else not settings.is_persistent_session,
         manual_ack=True,
     )
     if settings.username is not None:
@@ -131,12 +182,9 @@ class IngestWorker:
         self._accepting = True
         self._device_types: dict[str, str] = {}
         self._decoder = Decoder(
-            limits=DecodeLimits(
-                max_payload_bytes=ingest.max_payload_bytes,
-                max_future_us=int(ingest.max_future_s * 1e6),
-                auto_register=ingest.auto_register,
-            ),
+            limits=DecodeLimits.of(ingest),
             device_type_of=self._registered_type,
+            topic_prefix=mqtt_settings.topic_prefix,
         )
         metrics.buffered.set_function(lambda: len(self._pending) + self._writing)
         self._conn: psycopg.Connection | None = None
@@ -158,15 +206,11 @@ class IngestWorker:
             logger.error("broker refused the connection: %s", rc)
             return
         self._metrics.mqtt_connected.set(1)
+        self._metrics.mqtt_connections.inc()
         # Shared subscriptions are MQTT 5, but Mosquitto and EMQX serve them to 3.1.1 clients
         # too; a broker that refused MQTT 5 under "auto" (amqtt) gets a plain subscription.
-        # Mosquitto restores a session's plain subscriptions from its store after a restart but
-        # not its shared ones (docs/operations.md), hence mqtt.shared_group is empty by default.
         shareable = self._is_v5 or self._mqtt.protocol == "3.1.1"
-        share = (
-            f"$share/{self._mqtt.shared_group}/" if self._mqtt.shared_group and shareable else ""
-        )
-        topics = [share + topic_filter for topic_filter in self._mqtt.topic_filters]
+        topics = subscriptions(self._mqtt, is_shareable=shareable)
         if self._is_v5:
             client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in topics])
         else:
@@ -186,17 +230,17 @@ class IngestWorker:
             logger.warning("disconnected from the broker (%s); reconnecting", rc)
 
     def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        # Never waits (see the module docstring): the broker's window bounds what arrives.
         if self._acks:
             self._send_acks(client)
-        received = (msg.mid, self._generation, msg.topic, msg.payload, now_us())
-        if len(self._pending) + self._writing >= self._ingest.buffer_max_messages:
-            with self._cond:
-                while self._accepting and (
-                    len(self._pending) + self._writing >= self._ingest.buffer_max_messages
-                ):
-                    self._cond.wait()
         if not self._accepting:
             return  # not acknowledged: the broker hands it to the next session
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # a broker that does not validate topics; bad_topic later
+            # paho keeps the topic bytes in _topic and offers no public accessor for them.
+            topic = msg._topic.decode("utf-8", "backslashreplace")
+        received = (msg.mid, self._generation, topic, msg.payload, now_us())
         was_empty = not self._pending
         if was_empty:
             self._pending_since = time.monotonic()
@@ -211,8 +255,9 @@ class IngestWorker:
         """Ingest until ``stop`` is set, then flush, commit, acknowledge and disconnect."""
         self._metrics.database_up.set(0)
         self._ensure_writer(stop)
-        protocol = choose_protocol(self._mqtt)
+        protocol, chosen = choose_protocol(self._mqtt)
         self._is_v5 = protocol == MQTTProtocolVersion.MQTTv5
+        self._metrics.mqtt_protocol.labels("5" if self._is_v5 else "3.1.1", chosen).set(1)
         client = _client(self._mqtt, protocol, self._mqtt.client_id)
         self._client = client
         client.on_connect = self._on_connect
@@ -223,12 +268,17 @@ class IngestWorker:
         if self._is_v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = self._mqtt.session_expiry_s
-            properties.ReceiveMaximum = self._ingest.buffer_max_messages
+            properties.ReceiveMaximum = self._ingest.receive_window
+            properties.MaximumPacketSize = self._ingest.max_packet_bytes
         client.connect_async(
             self._mqtt.host,
             self._mqtt.port,
             self._mqtt.keepalive_s,
-            clean_start=False if self._is_v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            clean_start=(
+                not self._mqtt.is_persistent_session
+                if self._is_v5
+                else mqtt.MQTT_CLEAN_START_FIRST_ONLY
+            ),
             properties=properties,
         )
         client.loop_start()

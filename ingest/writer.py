@@ -94,9 +94,17 @@ class WriteResult:
 _RECORD_ERROR_CLASSES = frozenset({"22", "23", "54"})
 
 
-def is_record_error(exc: psycopg.Error) -> bool:
-    """Whether the database refused a record for its data (not for a reason any record hits)."""
-    return (exc.sqlstate or "")[:2] in _RECORD_ERROR_CLASSES
+def is_record_error(exc: Exception) -> bool:
+    """Whether a record failed for its data, not for a reason any record hits.
+
+    Either the database refused it (by SQLSTATE class), or it failed on the client before it
+    reached the database (no psycopg error: a value the COPY encoder could not take).
+    """
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return False  # the connection or the server, whatever the record
+    if not isinstance(exc, psycopg.Error) or exc.sqlstate is None:
+        return True  # raised on the client while encoding the record
+    return exc.sqlstate[:2] in _RECORD_ERROR_CLASSES
 
 
 def _first_line(exc: BaseException) -> str:
@@ -145,7 +153,7 @@ class BatchWriter:
         try:
             with self._conn.transaction():
                 result = self._write(messages)
-        except psycopg.Error as exc:
+        except Exception as exc:
             if not is_record_error(exc):
                 raise
             logger.warning(
@@ -158,7 +166,7 @@ class BatchWriter:
         self._seen_written.update(result.seen_written)
         return result
 
-    def _isolate(self, messages: list[Message], refusal: psycopg.Error) -> WriteResult:
+    def _isolate(self, messages: list[Message], refusal: Exception) -> WriteResult:
         """Write ``messages`` that the database refused with ``refusal``, bisecting them.
 
         Each half is tried under a savepoint; a message refused on its own goes to the
@@ -170,7 +178,9 @@ class BatchWriter:
             message.decoded = Decoded(
                 rejections=[
                     *decoded.rejections,
-                    Rejection(Reason.REJECTED_BY_DATABASE, str(refusal).strip()),
+                    Rejection(Reason.REJECTED_BY_DATABASE, str(refusal).strip())
+                    if isinstance(refusal, psycopg.Error)
+                    else Rejection(Reason.DECODE_FAILED, f"{type(refusal).__name__}: {refusal}"),
                 ],
                 device_type=decoded.device_type,
             )
@@ -181,7 +191,7 @@ class BatchWriter:
             try:
                 with self._conn.transaction():
                     result.add(self._write(half))
-            except psycopg.Error as exc:
+            except Exception as exc:
                 if not is_record_error(exc):
                     raise
                 result.add(self._isolate(half, exc))

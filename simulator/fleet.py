@@ -28,6 +28,7 @@ from astral.sun import sunrise, sunset
 
 from simulator.city import City
 from simulator.scenario import Fault, Scenario, SubjectType, plan_faults
+from wire.topics import TOPIC_ROOT
 
 _M_PER_DEG = 111_320.0
 _TILT_ALARM_DEG = 10.0
@@ -124,7 +125,7 @@ def _cover(
 ) -> set[Fault]:
     """Publish one cover's messages; return its faults that showed (offline: a missed heartbeat)."""
     rng = _device_rng(o.seed, device["device_id"])
-    topic = f"cityops/v1/manhole/{device['device_id']}"
+    topic = f"{TOPIC_ROOT}/manhole/{device['device_id']}"
     end = o.start + o.duration_s
     battery = float(rng.uniform(60, 100))
     rssi = float(rng.uniform(-110, -70))
@@ -290,7 +291,7 @@ def _cabinets(
                         },
                     }
                 )
-            _pub(out, t, f"cityops/v1/gateway/{cabinet}/batch", batch)
+            _pub(out, t, f"{TOPIC_ROOT}/gateway/{cabinet}/batch", batch)
             t += o.lamp_report_s
     return shown
 
@@ -332,7 +333,7 @@ def _sweeper(
 ) -> list[Fault]:
     """Drive the route; return the sweeper's and its segments' faults with their real times."""
     rng = _device_rng(o.seed, device["device_id"])
-    topic = f"cityops/v1/sweeper/{device['device_id']}/telemetry"
+    topic = f"{TOPIC_ROOT}/sweeper/{device['device_id']}/telemetry"
     end = o.start + o.duration_s
     local_midnight = (
         math.floor((o.start / 3600 + o.utc_offset_h) / 24) * 86400 - o.utc_offset_h * 3600

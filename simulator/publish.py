@@ -22,6 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from cityops.redact import redact
 from simulator.city import City
 from simulator.fleet import Publication
+from wire.topics import TOPIC_ROOT, prefixed
 
 _AHEAD_S = 0.005  # sleep only when this far ahead of schedule
 _CONNECT_TIMEOUT_S = 10.0
@@ -37,6 +38,11 @@ class PublishOptions:
     qos: Literal[0, 1] = 1
     speed: float = 60.0  # simulated seconds per wall second; 0 publishes flat out
     rate: float | None = None  # messages per second, ignoring simulated time
+    topic_prefix: str = ""  # mqtt.topic_prefix: every topic is published under it
+
+    def topic(self, publication: Publication) -> str:
+        """Where ``publication`` goes on the broker: its contract topic under the prefix."""
+        return prefixed(self.topic_prefix, publication.topic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +125,7 @@ def publish(
                 break
             if stop.is_set():
                 break
-            last = client.publish(pub.topic, pub.payload, qos=options.qos)
+            last = client.publish(options.topic(pub), pub.payload, qos=options.qos)
             sent += 1
             if options.qos:
                 # paho numbers messages in 16 bits and scans its queue per ack: keep it short
@@ -162,11 +168,17 @@ class AbuseBatch:
     duplicates: int
 
 
-def abuse_messages(city: City, kinds: Sequence[str], count: int, now_ms: int) -> AbuseBatch:
-    """``count`` messages of each kind, aimed at the city's first cover and sweeper."""
+def abuse_messages(
+    city: City, kinds: Sequence[str], count: int, now_ms: int, *, max_payload_bytes: int
+) -> AbuseBatch:
+    """``count`` messages of each kind, aimed at the city's first cover and sweeper.
+
+    An oversized payload is 1 KiB over ingest's ``max_payload_bytes``: brokers refuse much
+    larger ones themselves (Mosquitto's ``message_size_limit``), so ingest never sees those.
+    """
     cover = next(d["device_id"] for d in city.devices if d["type"] == "manhole")
     sweeper = next(d["device_id"] for d in city.devices if d["type"] == "sweeper")
-    cover_topic = f"cityops/v1/manhole/{cover}/telemetry"
+    cover_topic = f"{TOPIC_ROOT}/manhole/{cover}/telemetry"
 
     def body(ts: int, **changes: object) -> bytes:
         return json.dumps({"ts": ts, "tilt_deg": 1.5, **changes}).encode()
@@ -176,14 +188,14 @@ def abuse_messages(city: City, kinds: Sequence[str], count: int, now_ms: int) ->
         "wrong_type": lambda ts, _: (cover_topic, body(ts, tilt_deg="steep")),
         "out_of_range": lambda ts, _: (cover_topic, body(ts, battery_pct=140)),
         "missing_field": lambda ts, _: (
-            f"cityops/v1/sweeper/{sweeper}/telemetry",
+            f"{TOPIC_ROOT}/sweeper/{sweeper}/telemetry",
             json.dumps({"ts": ts, "lat": 41.8}).encode(),
         ),
         "unknown_field": lambda ts, _: (cover_topic, body(ts, tilt=3)),
-        "unknown_device": lambda ts, n: (f"cityops/v1/manhole/nobody-{n}/telemetry", body(ts)),
+        "unknown_device": lambda ts, n: (f"{TOPIC_ROOT}/manhole/nobody-{n}/telemetry", body(ts)),
         "future_timestamp": lambda _, n: (cover_topic, body(now_ms + 86_400_000 + n)),
-        "oversized": lambda ts, _: (cover_topic, body(ts, pad="x" * 300_000)),
-        "bad_topic": lambda ts, _: (f"cityops/v1/manhole/{cover}", body(ts)),
+        "oversized": lambda ts, _: (cover_topic, body(ts, pad="x" * (max_payload_bytes + 1024))),
+        "bad_topic": lambda ts, _: (f"{TOPIC_ROOT}/manhole/{cover}", body(ts)),
         "duplicate": lambda ts, _: (cover_topic, body(ts)),
         "replayed": lambda ts, _: (cover_topic, body(ts - 86_400_000)),
     }

@@ -1,4 +1,4 @@
-"""Fixtures: a real PostgreSQL and a real MQTT broker, a fresh database per session.
+"""Fixtures: a real PostgreSQL and a real MQTT broker, a fresh database per session, a city.
 
 The database is CITYOPS_TEST_DATABASE_URL, else PostgreSQL on 127.0.0.1:5432, else an embedded
 PostgreSQL; the whole suite runs on whichever storage path that server offers (.ci/run runs it on
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import subprocess
 import threading
@@ -29,16 +30,21 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry
 
+from cases.catalog import load_catalog
 from cityops import db
 from cityops.services import broker_service, database_service, is_listening, start_mosquitto
 from cityops.settings import DatabaseSettings, IngestSettings, MqttSettings, Settings
+from devices.codes import CodeScheme
+from devices.registry import import_bundle
 from ingest.metrics import IngestMetrics
 from ingest.worker import IngestWorker
+from simulator.city import City, CitySpec, generate, write_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 MOSQUITTO_CONF = ROOT / "config" / "mosquitto" / "cityops.conf"
 # Beside the repository, as in the developers' tree and in CI (a read-only copy there).
 TIMESCALEDB_START = ROOT.parent / "shared" / "timescaledb" / "start"
+CATALOG = load_catalog(ROOT / "config" / "categories.toml")
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
@@ -167,6 +173,20 @@ def conn(database_url: str) -> Iterator[psycopg.Connection]:
 
 
 @pytest.fixture
+def city(conn: psycopg.Connection, tmp_path: Path) -> City:
+    """A small city whose component codes no other test uses (its own division code).
+
+    The seed is fixed: it decides which covers there are, and some seeds leave a category out.
+    """
+    division = random.randrange(300_000, 900_000)
+    spec = CitySpec(seed=1, covers=120, lamps=40, division_base=division)
+    built = generate(spec)
+    write_bundle(built, tmp_path / "city")
+    import_bundle(conn, tmp_path / "city", CodeScheme.parse("6+2+2+6"))
+    return built
+
+
+@pytest.fixture
 def tag() -> str:
     """A short unique prefix for this test's device ids and client ids."""
     return uuid.uuid4().hex[:8]
@@ -216,6 +236,15 @@ class RunningWorker:
     def metric(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0
 
+    def metric_total(self, name: str) -> float:
+        """The sum of a metric's samples over all its labels."""
+        return sum(
+            sample.value
+            for family in self.registry.collect()
+            for sample in family.samples
+            if sample.name == name
+        )
+
     def close(self) -> None:
         self.stop.set()
         self.thread.join(timeout=30)
@@ -238,6 +267,32 @@ def forget_session(broker: str, client_id: str) -> None:
         client.loop_start()
         client.disconnect()
         client.loop_stop()
+
+
+def session_present(broker: str, client_id: str) -> bool:
+    """Whether the broker holds a session for ``client_id``; the probe ends any it finds."""
+    settings = MqttSettings(url=broker)
+    flags: list[bool] = []
+    answered = threading.Event()
+
+    def on_connect(_c: Any, _u: Any, connect_flags: Any, _rc: Any, _p: Any) -> None:
+        flags.append(connect_flags.session_present)
+        answered.set()
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTProtocolVersion.MQTTv5
+    )
+    client.on_connect = on_connect
+    # No clean start, and no session expiry property: a session found is resumed, then ends
+    # when the probe disconnects.
+    client.connect(settings.host, settings.port, clean_start=False)
+    client.loop_start()
+    try:
+        assert answered.wait(10), f"no CONNACK from {broker}"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return flags[0]
 
 
 @pytest.fixture

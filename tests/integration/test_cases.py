@@ -3,7 +3,6 @@ one open case per subject under concurrency, and the monthly evaluation."""
 
 from __future__ import annotations
 
-import random
 import re
 import threading
 from dataclasses import replace
@@ -15,46 +14,44 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from cases.catalog import load_catalog
+from cases.access import CALLER_ACTIONS, OPERATOR, create_token
 from cases.evaluation import evaluate
-from cases.lifecycle import Action, rebuild
-from cases.service import OPERATOR, CaseService, Report, create_token
+from cases.lifecycle import Action, State, rebuild
+from cases.service import CaseService, ForbiddenActionError, Receipt, Report
 from cityops.api import create_app
 from cityops.cli import app as cli_app
-from devices.codes import CodeScheme
-from devices.registry import import_bundle
-from simulator.city import COVER_CATEGORIES, CitySpec, generate, write_bundle
-from tests.plugin import wait_for
+from simulator.city import COVER_CATEGORIES
+from tests.plugin import CATALOG, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-CATALOG = load_catalog(ROOT / "config/categories.toml")
-
-
-@pytest.fixture
-def city(conn: psycopg.Connection, tmp_path: Path):
-    """A small city whose component codes no other test uses (its own division code)."""
-    division = random.randrange(300_000, 900_000)
-    spec = CitySpec(seed=division, covers=120, lamps=40, division_base=division)
-    built = generate(spec)
-    write_bundle(built, tmp_path / "city")
-    import_bundle(conn, tmp_path / "city", CodeScheme.parse("6+2+2+6"))
-    return built
 
 
 def cover(city, category: str) -> dict:
     return next(a for a in city.assets if a["category"] == category)
 
 
+def sensor_case(conn: psycopg.Connection, category: str, asset: dict) -> int:
+    """A case a sensor reports on ``asset``: registered and dispatched to its unit at once."""
+    receipt = CaseService(conn, CATALOG).report(
+        Report(category, "sensor", asset_code=asset["code"])
+    )
+    assert receipt.case_id is not None
+    return receipt.case_id
+
+
 @pytest.fixture
-def api(database_url: str, conn: psycopg.Connection):
+def api(database_url: str, conn: psycopg.Connection, city):
+    """Call the API as a unit of the city (its tokens need the city's units)."""
     with TestClient(create_app(database_url, CATALOG)) as client:
         tokens = {
             unit: create_token(conn, unit, role)
             for unit, role in (
                 ("d0-coordinating", "coordinator"),
+                ("city-office", "coordinator"),
                 ("d0-drainage", "unit"),
                 ("d0-water", "unit"),
                 ("d0-gas", "unit"),
+                ("d0-s0-office", "unit"),
             )
         }
 
@@ -70,11 +67,10 @@ def test_each_cover_category_routes_to_its_owner_and_ownerless_to_the_office(con
     for minor, category, _, owner_kind in COVER_CATEGORIES:
         asset = cover(city, category)
         assert asset["code"][8:10] == minor
-        case_id, created = cases.report(
-            Report("cover_displaced", "sensor", asset_code=asset["code"])
-        )
-        assert created
-        row = cases.show(case_id, OPERATOR)
+        receipt = cases.report(Report("cover_displaced", "sensor", asset_code=asset["code"]))
+        assert receipt.created
+        assert receipt.case_id is not None
+        row = cases.show(receipt.case_id, OPERATOR)
         expected = f"d0-{owner_kind}" if owner_kind else "d0-coordinating"
         assert (row["state"], row["unit_id"], row["district_id"]) == (
             "dispatched",
@@ -122,7 +118,7 @@ def test_whole_lifecycle_over_the_api_with_return_rework_and_cancel(api, conn, c
         "POST", f"/cases/{case_id}/dispatch", "d0-coordinating", json={"unit_id": "nobody"}
     )
     assert unknown.status_code == 422
-    assert unknown.json() == {"error": "no unit 'nobody' to dispatch to"}
+    assert unknown.json() == {"error": "no unit 'nobody' in district d0 to dispatch to"}
     steps = steps[1:]
     for unit, action, body, state in steps:
         response = api("POST", f"/cases/{case_id}/{action}", unit, json=body)
@@ -149,11 +145,100 @@ def test_whole_lifecycle_over_the_api_with_return_rework_and_cancel(api, conn, c
     assert cancelled.json()["state"] == "cancelled"
 
 
+@pytest.fixture
+def other_district(conn: psycopg.Connection, tag: str) -> str:
+    """A second district, of this test alone, with an office, a water company and a sensor."""
+    district = f"x{tag}"
+    conn.execute(
+        "insert into regions (region_id, name, level) values (%s, 'another district', 'district')",
+        (district,),
+    )
+    conn.cursor().executemany(
+        "insert into units (unit_id, name, level, kind, region_id) "
+        "values (%s, 'a unit', 'district', %s, %s)",
+        [(f"{district}-{kind}", kind, district) for kind in ("coordinating", "water")],
+    )
+    conn.execute(
+        "insert into devices (device_id, type, region_id) values (%s, 'manhole', %s)",
+        (f"{district}-sensor", district),
+    )
+    return district
+
+
+def test_an_office_dispatches_inside_its_district_and_the_city_office_anywhere(
+    api, conn, city, other_district
+) -> None:
+    foreign_unit = f"{other_district}-water"
+    water = cover(city, "water_supply")
+    case_id = (
+        CaseService(conn, CATALOG)
+        .report(Report("cover_damaged", "inspector", asset_code=water["code"]))
+        .case_id
+    )
+    assert api("POST", f"/cases/{case_id}/register", "d0-coordinating").status_code == 200
+    path = f"/cases/{case_id}/dispatch"
+    foreign = api("POST", path, "d0-coordinating", json={"unit_id": foreign_unit})
+    unknown = api("POST", path, "d0-coordinating", json={"unit_id": "nobody"})
+    # a unit of another district is answered as no unit at all: nothing tells them apart
+    assert (foreign.status_code, unknown.status_code) == (422, 422)
+    assert foreign.json() == {"error": f"no unit {foreign_unit!r} in district d0 to dispatch to"}
+    assert unknown.json() == {"error": "no unit 'nobody' in district d0 to dispatch to"}
+    assert CaseService(conn, CATALOG).state_of(case_id).state is State.REGISTERED
+    street = api("POST", path, "d0-coordinating", json={"unit_id": "d0-s0-office"})
+    assert street.json()["unit_id"] == "d0-s0-office"  # its street lies in the district
+    assert api("POST", f"/cases/{case_id}/return", "d0-s0-office").status_code == 200
+    shown = api("GET", f"/cases/{case_id}", "city-office")
+    assert shown.status_code == 200, shown.json()
+    dispatched = api("POST", path, "city-office", json={"unit_id": foreign_unit})
+    assert dispatched.status_code == 200, dispatched.json()
+    assert (dispatched.json()["state"], dispatched.json()["unit_id"]) == (
+        "dispatched",
+        foreign_unit,
+    )
+
+
+def action_names(operation: dict) -> list[str | None]:
+    """The actions an operation of the OpenAPI document can name in its path; [None]: none."""
+    for parameter in operation["parameters"]:
+        if parameter["name"] == "action":
+            return parameter["schema"]["enum"]
+    return [None]
+
+
+def test_every_endpoint_answers_a_foreign_case_as_it_answers_a_missing_one(
+    api, conn, city, other_district
+) -> None:
+    document = api("GET", "/openapi.json", "d0-water").json()
+    requests = [  # every operation on a case id, once per action it can name
+        (method.upper(), path, action)
+        for path, operations in document["paths"].items()
+        if "{case_id}" in path
+        for method, operation in operations.items()
+        for action in action_names(operation)
+    ]
+    assert len(requests) == 1 + len(CALLER_ACTIONS)  # show, and every action
+    other = CaseService(conn, CATALOG).report(
+        Report("other", "sensor", device_id=f"{other_district}-sensor")
+    )
+    foreign = {
+        "d0-water": sensor_case(conn, "cover_missing", cover(city, "gas")),  # d0-gas's case
+        "d0-coordinating": other.case_id,  # a case of the other district
+    }
+    (missing,) = conn.execute("select max(case_id) + 1000 from cases").fetchone()
+    for unit, case_id in foreign.items():
+        for method, path, action in requests:
+            body = {} if method == "POST" else None
+            seen = api(method, path.format(case_id=case_id, action=action), unit, json=body)
+            unseen = api(method, path.format(case_id=missing, action=action), unit, json=body)
+            assert (seen.status_code, unseen.status_code) == (404, 404), (unit, path)
+            assert seen.text.replace(str(case_id), "ID") == unseen.text.replace(
+                str(missing), "ID"
+            ), (unit, path)
+
+
 def test_illegal_transitions_and_foreign_cases_are_refused(api, conn, city, database_url) -> None:
     gas = cover(city, "gas")
-    case_id = CaseService(conn, CATALOG).report(
-        Report("cover_missing", "sensor", asset_code=gas["code"])
-    )[0]
+    case_id = sensor_case(conn, "cover_missing", gas)
     refused = api("POST", f"/cases/{case_id}/verify", "d0-coordinating")
     assert refused.status_code == 409
     assert refused.json() == {
@@ -169,6 +254,9 @@ def test_illegal_transitions_and_foreign_cases_are_refused(api, conn, city, data
     office_only = api("POST", f"/cases/{case_id}/dispatch", "d0-gas", json={})
     assert office_only.status_code == 403
     assert "may not dispatch" in office_only.json()["error"]
+    for platforms in (Action.OPEN, Action.REPORT, Action.ESCALATE):  # not even an operator's
+        with pytest.raises(ForbiddenActionError):
+            CaseService(conn, CATALOG).act(case_id, platforms, OPERATOR)
     assert api("POST", f"/cases/{case_id}/accept", "d0-gas").json()["state"] == "accepted"
     assert api("GET", "/cases", "d0-water").status_code == 200
     mine = [c["case_id"] for c in api("GET", "/cases?state=accepted", "d0-gas").json()]
@@ -181,12 +269,58 @@ def test_illegal_transitions_and_foreign_cases_are_refused(api, conn, city, data
             assert "bearer token" in refused_anonymous.json()["error"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("GET", "/cases?unit=d0-water%00", None, "query.unit"),  # PostgreSQL refuses NUL
+        ("GET", "/cases?district=", None, "query.district"),
+        ("GET", "/cases?category=potholes", None, "query.category"),
+        ("GET", "/cases?stat=closed", None, "query.stat"),  # a misspelt filter
+        ("POST", "/cases", {"category": "", "lat": 41.8, "lon": 123.4}, "body.category"),
+        ("POST", "/cases", {"category": "litter", "description": "a\x00"}, "body.description"),
+        ("POST", "/cases/1/report", {}, "path.action"),  # only the platform reports into a case
+        ("POST", "/cases/1/dispatch", {"unit_id": ""}, "body.unit_id"),
+    ],
+)
+def test_bad_input_is_refused_naming_its_field_never_a_server_error(
+    api, method, path, body, field
+) -> None:
+    response = api(method, path, "d0-coordinating", json=body)
+    assert response.status_code == 422, response.json()
+    assert [p["field"] for p in response.json()["problems"]] == [field]
+
+
+def test_a_reporter_gets_its_report_and_never_the_id_of_a_case_it_may_not_see(
+    api, conn, city
+) -> None:
+    gas = cover(city, "gas")
+    case_id = sensor_case(conn, "cover_missing", gas)  # d0-gas's: d0-water may not see it
+
+    def report(unit: str, asset: dict) -> dict:
+        body = {"category": "cover_missing", "asset_code": asset["code"], "source": "inspector"}
+        response = api("POST", "/cases", unit, json=body)
+        assert response.status_code == 201, response.json()
+        return response.json()
+
+    joined = report("d0-water", gas)
+    assert joined == {"report_id": joined["report_id"], "case_id": None, "created": None}
+    assert conn.execute(
+        "select case_id, action, actor from case_events where event_id = %s",
+        (joined["report_id"],),
+    ).fetchone() == (case_id, "report", "d0-water")
+    # a report that opens a case waiting for the office looks the same: nothing tells them apart
+    opened = report("d0-water", cover(city, "sewage"))
+    assert opened == {"report_id": opened["report_id"], "case_id": None, "created": None}
+    mine = report("d0-gas", gas)  # the gas company's own case
+    assert (mine["case_id"], mine["created"]) == (case_id, False)
+
+
 def test_a_second_report_adds_an_event_and_concurrent_reports_make_one_case(
     database_url, conn, city
 ) -> None:
     asset = cover(city, "storm_water")
     errors: list[BaseException] = []
-    results: list[tuple[int, bool]] = []
+    results: list[Receipt] = []
 
     def report() -> None:
         try:
@@ -205,9 +339,9 @@ def test_a_second_report_adds_an_event_and_concurrent_reports_make_one_case(
     for t in threads:
         t.join()
     assert errors == []
-    assert len({case_id for case_id, _ in results}) == 1
-    assert sorted(created for _, created in results) == [False] * 5 + [True]
-    case_id = results[0][0]
+    assert len({r.case_id for r in results}) == 1
+    assert sorted(r.created for r in results) == [False] * 5 + [True]
+    case_id = results[0].case_id
     row = conn.execute("select reports, state from cases where case_id = %s", (case_id,))
     assert row.fetchone() == (6, "dispatched")
     assert conn.execute(
@@ -240,9 +374,7 @@ def test_concurrent_reports_from_two_processes_still_give_one_case(
 
 def test_concurrent_actions_on_one_case_all_land_in_its_history(database_url, conn, city) -> None:
     asset = cover(city, "street_light")
-    case_id = CaseService(conn, CATALOG).report(
-        Report("cover_damaged", "sensor", asset_code=asset["code"])
-    )[0]
+    case_id = sensor_case(conn, "cover_damaged", asset)
     errors: list[BaseException] = []
 
     def comment(n: int) -> None:
@@ -275,7 +407,7 @@ def test_overdue_cases_are_escalated_once(conn, city) -> None:
     now = [datetime.now(UTC) - timedelta(hours=10)]
     cases = CaseService(conn, CATALOG, clock=lambda: now[0])
     asset = cover(city, "heating")
-    case_id = cases.report(Report("cover_missing", "sensor", asset_code=asset["code"]))[0]
+    case_id = cases.report(Report("cover_missing", "sensor", asset_code=asset["code"])).case_id
     now[0] += timedelta(hours=1)  # deadline is 2 h
     assert case_id not in cases.escalate_overdue()
     now[0] += timedelta(hours=2)
@@ -294,7 +426,7 @@ def test_the_api_escalates_overdue_cases_by_itself_and_counts_them(
     old = CaseService(conn, CATALOG, clock=lambda: datetime.now(UTC) - timedelta(hours=5))
     case_id = old.report(
         Report("cover_missing", "sensor", asset_code=cover(city, "power")["code"])
-    )[0]
+    ).case_id
     with TestClient(create_app(database_url, CATALOG, escalate_every_s=0.05)) as client:
         wait_for(
             lambda: (
@@ -324,7 +456,14 @@ def test_cli_walks_a_case_through_its_life(database_url, conn, city) -> None:
     opened = cli(
         "cases", "report", "cover_damaged", "--asset", asset["code"], "--as", "d0-s0-office"
     )
-    case_id = opened.split()[1]
+    assert "may not see" in opened  # the case waits for the district's office, not the street's
+    (case_id,) = conn.execute(
+        "select case_id::text from case_events where event_id = %s", (int(opened.split()[1]),)
+    ).fetchone()
+    again = cli(
+        "cases", "report", "cover_damaged", "--asset", asset["code"], "--as", "d0-coordinating"
+    )
+    assert again.startswith(f"case {case_id} (added to the open case), report ")
     cli("cases", "register", case_id, "--as", "d0-coordinating")
     assert "dispatched (d0-water)" in cli("cases", "dispatch", case_id, "--as", "d0-coordinating")
     cli("cases", "accept", case_id, "--as", "d0-water")
@@ -349,7 +488,7 @@ def test_evaluation_figures_equal_the_ones_worked_out_by_hand(conn, city) -> Non
     water = cover(city, "water_supply")
     drainage = replace(OPERATOR)  # the operator acts for every unit here
     # case A (drainage): disposed in 2 h, closed in 3 h (deadline 4 h): on time
-    a = cases.report(Report("cover_displaced", "sensor", asset_code=sewage[0]["code"]))[0]
+    a = cases.report(Report("cover_displaced", "sensor", asset_code=sewage[0]["code"])).case_id
     at(1)
     cases.act(a, Action.ACCEPT, drainage)
     at(2)
@@ -358,7 +497,7 @@ def test_evaluation_figures_equal_the_ones_worked_out_by_hand(conn, city) -> Non
     cases.act(a, Action.VERIFY, drainage)
     # case B (drainage): disposed at 5 h, reopened, disposed at 8 h, closed at 9 h (late)
     at(0)
-    b = cases.report(Report("cover_displaced", "sensor", asset_code=sewage[1]["code"]))[0]
+    b = cases.report(Report("cover_displaced", "sensor", asset_code=sewage[1]["code"])).case_id
     at(5)
     cases.act(b, Action.ACCEPT, drainage)
     cases.act(b, Action.DISPOSE, drainage)
@@ -372,9 +511,9 @@ def test_evaluation_figures_equal_the_ones_worked_out_by_hand(conn, city) -> Non
     cases.act(b, Action.VERIFY, drainage)  # before the new deadline: on time
     # case C (drainage): never disposed, deadline long past by the month's end
     at(0)
-    c = cases.report(Report("cover_displaced", "sensor", asset_code=sewage[2]["code"]))[0]
+    c = cases.report(Report("cover_displaced", "sensor", asset_code=sewage[2]["code"])).case_id
     # case D: first sent to water (wrong), returned, re-dispatched to water again (routing)
-    d = cases.report(Report("cover_damaged", "inspector", asset_code=water["code"]))[0]
+    d = cases.report(Report("cover_damaged", "inspector", asset_code=water["code"])).case_id
     cases.act(d, Action.REGISTER, drainage)
     cases.act(d, Action.DISPATCH, drainage, unit_id="d0-drainage")
     at(1)

@@ -1,12 +1,9 @@
-"""The simulator against real services: import, accelerated run with faults, abuse, demo."""
+"""The simulator against real services: import, accelerated run with faults, abuse, prefix."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -14,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cityops.cli import app
+from cityops.settings import DatabaseSettings, IngestSettings, MqttSettings, Settings
 from simulator.city import read_bundle
 from simulator.fleet import RunOptions, simulate
 from simulator.scenario import Scenario
@@ -32,11 +30,12 @@ START = "2026-11-25T23:55:00+08:00"
 def cli(database_url: str, broker_url: str):
     runner = CliRunner()
 
-    def invoke(*args: str):
+    def invoke(*args: str, **extra_env: str):
         env = {
             "CITYOPS_DATABASE_URL": database_url,
             "CITYOPS_MQTT_URL": broker_url,
             "CITYOPS_METRICS_PORT": "0",
+            **extra_env,
         }
         return runner.invoke(app, list(args), env=env)
 
@@ -189,33 +188,36 @@ def test_abuse_mode_produces_exactly_the_quarantine_it_announced(
     )
 
 
-def test_demo_starts_ingests_and_stops_cleanly(database_url, broker_url, tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "CITYOPS_DATABASE_URL": database_url,
-        "CITYOPS_MQTT_URL": broker_url,
-        "CITYOPS_METRICS_PORT": "0",
-        "CITYOPS_MQTT_CLIENT_ID": "demo-under-test",
-        "CITYOPS_MQTT_SHARED_GROUP": "demotest",
-    }
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cityops",
-            "demo",
-            "--duration",
-            "6",
-            "--workdir",
-            str(tmp_path / "demo"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+def test_sim_run_publishes_under_the_topic_prefix_where_only_ingest_under_it_takes_it(
+    cli, bundle: Path, database_url: str, broker_url: str, start_worker, publisher, tag: str
+) -> None:
+    assert cli("city", "import", str(bundle)).exit_code == 0
+    prefix = f"site-{tag}"
+
+    def settings(name: str, topic_prefix: str) -> Settings:
+        mqtt = MqttSettings(
+            url=broker_url, client_id=f"{name}-{tag}", shared_group=name, topic_prefix=topic_prefix
+        )
+        ingest = IngestSettings(flush_interval_s=0.05)
+        return Settings(database=DatabaseSettings(url=database_url), mqtt=mqtt, ingest=ingest)
+
+    inside = start_worker(settings("inside", prefix))
+    outside = start_worker(settings("outside", ""))
+    result = cli(
+        "sim", "run", "--city", str(bundle), "--duration", "10", "--start", START, "--speed", "0",
+        CITYOPS_MQTT_TOPIC_PREFIX=prefix,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    published = json.loads(result.output.strip().splitlines()[-1])["messages"]
+    assert published > 0
+    handled = "cityops_ingest_messages_total"
+    wait_for(lambda: inside.metric_total(handled) == published, what=f"{published} handled")
+    assert inside.metric_total(handled) == sum(
+        inside.metric(handled, device_type=t, result="stored")
+        for t in ("manhole", "gateway", "sweeper")
     )
-    assert done.returncode == 0, done.stderr
-    stored = re.search(r"([\d,]+) readings stored", done.stdout)
-    assert stored is not None, done.stdout
-    assert int(stored.group(1).replace(",", "")) > 0
-    assert (tmp_path / "demo" / "city" / "ground_truth.jsonl").read_text().strip()
+    # The simulator finished before this unprefixed message: had the unprefixed worker been sent
+    # any of the run, it would have had it before this one.
+    publisher.publish(f"cityops/v1/manhole/{tag}-last/telemetry", b'{"tilt_deg": 1}')
+    wait_for(lambda: outside.metric_total(handled) > 0, what="the unprefixed message handled")
+    assert outside.metric_total(handled) == 1

@@ -6,14 +6,17 @@ import json
 
 import psycopg
 
+from ingest.contract import LIGHT
+from ingest.decode import Decoded
+from ingest.writer import BatchWriter, Message
 from tests.plugin import Publisher, register, wait_for
 
 T0_MS = 1_764_000_000_000
 
 #: Payloads that once escaped the decoder (or the quarantine insert) and stopped ingest.
 POISON = [
-    ("malformed_json", b"[" * 100_000),
-    ("malformed_json", b'{"values":' * 15_000),
+    ("malformed_json", b"[" * 60_000),
+    ("malformed_json", b'{"values":' * 6_000),
     ("malformed_json", b"\xff\xfe\x00{"),
     ("unknown_field", b'{"\\u0000": 1, "tilt_deg": 1}'),
     ("wrong_type", b'[{"ts": 1764000000000, "values": [[[[1]]]]}]'),
@@ -45,7 +48,7 @@ def test_poison_messages_in_a_backlog_are_quarantined_and_every_good_reading_lan
 ) -> None:
     device = f"{tag}-mh"
     register(conn, {device: "manhole"})
-    settings = make_settings(batch_max_rows=20, buffer_max_messages=40, max_payload_bytes=200_000)
+    settings = make_settings(batch_max_rows=20, buffer_max_messages=40)
     expected_ts: list[int] = []
     expected_poison: list[tuple[str, bytes]] = []
     for round_ in range(2):  # a backlog, then another one after a restart
@@ -148,3 +151,30 @@ def test_an_error_that_refuses_every_record_is_an_outage_nothing_is_quarantined_
         what="all 300 readings once the trigger is gone",
     )
     assert quarantined(conn, device) == []
+
+
+def test_a_record_the_client_cannot_encode_is_quarantined_alone(
+    database_url: str, tag: str
+) -> None:
+    """A value that fails in the COPY encoder, before the database sees it, is a record fault."""
+    device = f"{tag}-lt"
+    with psycopg.connect(database_url) as conn:
+        register(conn, {device: "light"})
+        conn.commit()
+        writer = BatchWriter(conn, raw_max_bytes=1024, last_seen_resolution_s=10)
+        received_us = T0_MS * 1000
+
+        def message(fault_code: int, i: int) -> Message:
+            row = (device, received_us + i, True, *[None] * 6, fault_code)
+            decoded = Decoded(rows=[(LIGHT, row)], device_type="light")
+            return Message(
+                i + 1, 0, f"cityops/v1/light/{device}/telemetry", b"{}", received_us, decoded
+            )
+
+        result = writer.write([message(7, 0), message(2**70, 1), message(8, 2)])
+        assert result.inserted["light"] == 2
+        assert list(result.quarantined.elements()) == ["decode_failed"]
+        codes = conn.execute(
+            "select fault_code from light_readings where device_id = %s order by ts", (device,)
+        ).fetchall()
+        assert codes == [(7,), (8,)]

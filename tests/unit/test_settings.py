@@ -89,8 +89,33 @@ def test_syntax_error_and_missing_file_are_reported(tmp_path: Path) -> None:
 def test_receive_window_must_hold_a_batch(tmp_path: Path) -> None:
     path = tmp_path / "small.toml"
     path.write_text("[ingest]\nbatch_max_rows = 5000\nbuffer_max_messages = 1000\n")
-    with pytest.raises(SettingsError, match=r"buffer_max_messages \(1000\) must be at least"):
+    with pytest.raises(SettingsError, match=r"receive window.* = 1000, must be at least"):
         load_settings(path)
+
+
+def test_receive_window_is_bounded_by_bytes_too(tmp_path: Path) -> None:
+    path = tmp_path / "bytes.toml"
+    path.write_text(
+        "[ingest]\nbatch_max_rows = 100\nbuffer_max_messages = 20000\n"
+        "buffer_max_bytes = 10485760\nmax_payload_bytes = 61440\n"
+    )
+    # 10 MiB of packets of 60 KiB payload + 4 KiB topic and header: 160 messages, not 20,000.
+    assert load_settings(path).ingest.receive_window == 160
+    path.write_text("[ingest]\nbatch_max_rows = 200\nbuffer_max_bytes = 10485760\n")
+    with pytest.raises(SettingsError, match=r"= 150, must be at least batch_max_rows \(200\)"):
+        load_settings(path)
+
+
+def test_a_session_is_kept_for_a_minute_at_least_or_not_at_all(tmp_path: Path) -> None:
+    path = tmp_path / "session.toml"
+    path.write_text("[mqtt]\nsession_expiry_s = 30\n")
+    with pytest.raises(
+        SettingsError, match=r"0 \(no persistent session\) or at least 60 s, got 30"
+    ):
+        load_settings(path)
+    path.write_text("[mqtt]\nsession_expiry_s = 0\n")
+    assert not load_settings(path).mqtt.is_persistent_session
+    assert load_settings(ROOT / "config/cityops.toml").mqtt.is_persistent_session
 
 
 @pytest.mark.parametrize(

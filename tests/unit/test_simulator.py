@@ -220,7 +220,9 @@ def test_scenario_file_is_validated(tmp_path: Path) -> None:
 
 
 def test_abuse_batch_announces_a_reason_for_every_bad_message() -> None:
-    batch = abuse_messages(generate(SPEC), list(ABUSE_KINDS), 3, 1_764_000_000_000)
+    batch = abuse_messages(
+        generate(SPEC), list(ABUSE_KINDS), 3, 1_764_000_000_000, max_payload_bytes=65_536
+    )
     assert sum(batch.quarantine.values()) == 3 * 9
     assert batch.duplicates == 6
     assert len(batch.messages) == 3 * 9 + 2 * 6

@@ -1,0 +1,1 @@
+"""The wire contract shared by ingest and the simulator: where its topics live on a broker."""
