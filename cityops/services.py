@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import pwd
 import re
 import shutil
 import socket
@@ -130,9 +132,13 @@ def start_mosquitto(config_file: Path, workdir: Path, port: int | None = None) -
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     text = re.sub(r"(?m)^listener .*$", f"listener {port} 127.0.0.1", config_file.read_text())
+    # Started as root, Mosquitto would drop to the user "mosquitto", which cannot write its store
+    # into a private work directory: it stays the user that started it.
+    user = pwd.getpwuid(os.geteuid()).pw_name
     conf = workdir / "mosquitto.conf"
-    conf.write_text(text + f"\npersistence_location {workdir}/\n", encoding="utf-8")
-    log = (workdir / "mosquitto.log").open("wb")
+    conf.write_text(text + f"\npersistence_location {workdir}/\nuser {user}\n", encoding="utf-8")
+    # Appended: a broker restarted on the same work directory keeps the earlier run's log.
+    log = (workdir / "mosquitto.log").open("ab")
     with log, _stopping(subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)) as p:
         wait_listening("127.0.0.1", port, p, "mosquitto")
         yield f"mqtt://127.0.0.1:{port}"

@@ -29,7 +29,7 @@ from pydantic_settings import (
 )
 
 from devices.codes import CodeScheme
-from wire.topics import PREFIX_MAX_CHARS, check_prefix
+from wire.topics import PREFIX_MAX_CHARS, TOPIC_ROOT, check_prefix
 
 DEFAULT_CONFIG_PATH = Path("config/cityops.toml")
 #: Room for an MQTT packet's topic, header and properties beside its payload.
@@ -89,9 +89,21 @@ class MqttSettings(_Section):
         description="Stable per worker: the broker keeps this session's messages while it is down.",
     )
     shared_group: str = Field(
-        default="cityops",
+        default="",
         pattern=r"^[A-Za-z0-9_-]*$",
-        description="MQTT 5 shared-subscription group; empty subscribes without sharing.",
+        description=(
+            "MQTT 5 shared-subscription group; empty (the default) subscribes without sharing. "
+            "Mosquitto does not keep shared subscriptions across its restarts: what arrives "
+            "before the workers subscribe again is lost (docs/operations.md)."
+        ),
+    )
+    topic_filters: tuple[str, ...] = Field(
+        default=(f"{TOPIC_ROOT}/#",),
+        min_length=1,
+        description=(
+            "What this worker subscribes to, each under topic_prefix. Several workers without a "
+            "shared group each take their own part, together all of cityops/v1/#."
+        ),
     )
     topic_prefix: str = Field(
         default="",
@@ -111,6 +123,19 @@ class MqttSettings(_Section):
         ),
     )
     connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("topic_filters")
+    @classmethod
+    def _are_contract_filters(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for topic_filter in value:
+            levels = topic_filter.split("/")
+            well_formed = "#" not in levels[:-1] and all(
+                level in {"+", "#"} or (level and not {"+", "#"} & set(level)) for level in levels
+            )
+            if not (topic_filter.startswith(f"{TOPIC_ROOT}/") and well_formed):
+                msg = f"{topic_filter!r} is not an MQTT topic filter under {TOPIC_ROOT}/"
+                raise ValueError(msg)
+        return value
 
     @field_validator("url")
     @classmethod

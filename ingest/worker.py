@@ -38,7 +38,7 @@ from cityops.settings import DatabaseSettings, IngestSettings, MqttSettings
 from ingest.decode import DecodeLimits, Decoder, Payload
 from ingest.metrics import IngestMetrics
 from ingest.writer import BatchWriter, Message, load_device_types
-from wire.topics import topic_filter
+from wire.topics import prefixed
 
 logger = logging.getLogger(__name__)
 
@@ -125,12 +125,14 @@ def choose_protocol(settings: MqttSettings) -> tuple[MQTTProtocolVersion, str]:
     raise BrokerUnavailableError(msg)
 
 
-def subscription(settings: MqttSettings, *, is_shareable: bool) -> str:
-    """The topic filter ingest subscribes to: every topic under its prefix, shared if it can be."""
-    topics = topic_filter(settings.topic_prefix)
-    if settings.shared_group and is_shareable:
-        return f"$share/{settings.shared_group}/{topics}"
-    return topics
+def subscriptions(settings: MqttSettings, *, is_shareable: bool) -> list[str]:
+    """What ingest subscribes to: each of its topic filters under its prefix, shared if it can be.
+
+    Unshared by default: Mosquitto restores a session's plain subscriptions from its store after a
+    restart but not its shared ones (docs/operations.md, "Broker restarts").
+    """
+    share = f"$share/{settings.shared_group}/" if settings.shared_group and is_shareable else ""
+    return [share + prefixed(settings.topic_prefix, topics) for topics in settings.topic_filters]
 
 
 def _client(settings: MqttSettings, protocol: MQTTProtocolVersion, client_id: str) -> mqtt.Client:
@@ -208,16 +210,16 @@ class IngestWorker:
         # Shared subscriptions are MQTT 5, but Mosquitto and EMQX serve them to 3.1.1 clients
         # too; a broker that refused MQTT 5 under "auto" (amqtt) gets a plain subscription.
         shareable = self._is_v5 or self._mqtt.protocol == "3.1.1"
-        topic = subscription(self._mqtt, is_shareable=shareable)
+        topics = subscriptions(self._mqtt, is_shareable=shareable)
         if self._is_v5:
-            client.subscribe(topic, options=SubscribeOptions(qos=1))
+            client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in topics])
         else:
-            client.subscribe(topic, qos=1)
+            client.subscribe([(topic, 1) for topic in topics])
         logger.info(
             "connected to %s (session present: %s), subscribed to %s",
             redact(self._mqtt.url),
             flags.session_present,
-            topic,
+            ", ".join(topics),
         )
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:

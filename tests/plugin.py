@@ -208,7 +208,7 @@ def make_settings(database_url: str, broker_url: str, tag: str) -> Callable[...,
     def make(**ingest: Any) -> Settings:
         return Settings(
             database=DatabaseSettings(url=database_url),
-            mqtt=MqttSettings(url=broker_url, client_id=f"ingest-{tag}", shared_group=f"g{tag}"),
+            mqtt=MqttSettings(url=broker_url, client_id=f"ingest-{tag}"),
             ingest=IngestSettings(**{"flush_interval_s": 0.05, **ingest}),
         )
 

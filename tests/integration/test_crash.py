@@ -33,7 +33,6 @@ def start_ingest(
         "CITYOPS_DATABASE_URL": database_url,
         "CITYOPS_MQTT_URL": broker_url,
         "CITYOPS_MQTT_CLIENT_ID": f"ingest-{tag}",
-        "CITYOPS_MQTT_SHARED_GROUP": f"g{tag}",
         "CITYOPS_METRICS_PORT": str(metrics_port),
         "CITYOPS_INGEST_BATCH_MAX_ROWS": "1000",
     }

@@ -23,7 +23,11 @@ def test_mqtt_3_1_1_with_a_shared_subscription_lands_rows(
     register(conn, {device: "manhole"})
     settings = make_settings()
     settings = settings.model_copy(
-        update={"mqtt": settings.mqtt.model_copy(update={"protocol": "3.1.1"})}
+        update={
+            "mqtt": settings.mqtt.model_copy(
+                update={"protocol": "3.1.1", "shared_group": f"g{tag}"}
+            )
+        }
     )
     running = start_worker(settings)
     publisher.publish_many(

@@ -116,3 +116,35 @@ def test_a_session_is_kept_for_a_minute_at_least_or_not_at_all(tmp_path: Path) -
     path.write_text("[mqtt]\nsession_expiry_s = 0\n")
     assert not load_settings(path).mqtt.is_persistent_session
     assert load_settings(ROOT / "config/cityops.toml").mqtt.is_persistent_session
+
+
+@pytest.mark.parametrize(
+    "topic_filter",
+    [
+        "cityops/v2/#",
+        "$share/g/cityops/v1/#",
+        "cityops/v1/#/telemetry",
+        "cityops/v1/man#",
+        "cityops/v1/",
+    ],
+)
+def test_a_topic_filter_outside_the_contract_or_malformed_is_refused(
+    tmp_path: Path, topic_filter: str
+) -> None:
+    path = tmp_path / "filters.toml"
+    path.write_text(f'[mqtt]\ntopic_filters = ["cityops/v1/light/#", "{topic_filter}"]\n')
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path)
+    [(key, value, reason)] = caught.value.problems
+    assert (key, value) == ("mqtt.topic_filters", ["cityops/v1/light/#", topic_filter])
+    assert f"{topic_filter!r} is not an MQTT topic filter under cityops/v1/" in reason
+
+
+def test_a_partition_of_the_topic_space_is_taken_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "CITYOPS_MQTT_TOPIC_FILTERS", '["cityops/v1/light/#", "cityops/v1/+/+/status"]'
+    )
+    settings = load_settings(ROOT / "config/cityops.toml")
+    assert settings.mqtt.topic_filters == ("cityops/v1/light/#", "cityops/v1/+/+/status")

@@ -1,4 +1,4 @@
-"""The topic prefix: one rule places the contract's tree, and the subscription, the decoder and
+"""The topic prefix: one rule places the contract's tree, and the subscriptions, the decoder and
 the simulator's publisher all follow it."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from cityops.settings import MqttSettings
 from ingest.decode import DecodeLimits, Decoder, Reason
-from ingest.worker import subscription
+from ingest.worker import subscriptions
 from simulator.city import CitySpec, generate
 from simulator.fleet import RunOptions, simulate
 from simulator.publish import PublishOptions
@@ -44,12 +44,18 @@ def test_a_prefix_that_cannot_hold_the_tree_is_refused_by_name(prefix: str) -> N
         MqttSettings(topic_prefix=prefix)
 
 
-def test_the_subscription_covers_the_tree_under_the_prefix_shared_or_not() -> None:
+def test_the_subscriptions_cover_the_filters_under_the_prefix_shared_or_not() -> None:
     demo = MqttSettings(topic_prefix="demo-1", shared_group="demo-1")
-    assert subscription(demo, is_shareable=True) == "$share/demo-1/demo-1/cityops/v1/#"
-    assert subscription(demo, is_shareable=False) == "demo-1/cityops/v1/#"
-    assert subscription(MqttSettings(), is_shareable=True) == "$share/cityops/cityops/v1/#"
-    assert subscription(MqttSettings(shared_group=""), is_shareable=True) == "cityops/v1/#"
+    assert subscriptions(demo, is_shareable=True) == ["$share/demo-1/demo-1/cityops/v1/#"]
+    assert subscriptions(demo, is_shareable=False) == ["demo-1/cityops/v1/#"]
+    assert subscriptions(MqttSettings(), is_shareable=True) == ["cityops/v1/#"]
+    part = MqttSettings(
+        topic_prefix="site/a", topic_filters=("cityops/v1/light/#", "cityops/v1/+/+/status")
+    )
+    assert subscriptions(part, is_shareable=True) == [
+        "site/a/cityops/v1/light/#",
+        "site/a/cityops/v1/+/+/status",
+    ]
 
 
 @pytest.mark.parametrize(
