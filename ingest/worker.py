@@ -307,6 +307,7 @@ class IngestWorker:
     def _next_batch(self, stop: threading.Event) -> list[Message]:
         interval = self._ingest.flush_interval_s
         batch_max = self._ingest.batch_max_rows
+        window = self._ingest.receive_window
         with self._cond:
             while not stop.is_set():
                 if len(self._pending) >= batch_max:
@@ -317,8 +318,15 @@ class IngestWorker:
                         break
                 else:
                     wait_s = interval
-                    if self._acks and self._client is not None:
-                        self._send_acks(self._client)  # nothing arriving: ack from here
+                # The network thread acks while messages flow. When nothing arrives, or the
+                # broker has stopped sending because its window is all unacknowledged (then
+                # nothing will arrive until these acks go), ack from here. Waiting for the
+                # flush timer instead stalled a drain at every batch once the window was under
+                # two batches (7,710 by default): 17.8k against 21.6k msgs/s with 20,000.
+                if self._acks and self._client is not None and (
+                    not self._pending or len(self._pending) + len(self._acks) >= window
+                ):
+                    self._send_acks(self._client)
                 self._cond.wait(min(wait_s, interval))
             if stop.is_set():
                 self._accepting = False
