@@ -168,8 +168,7 @@ class IngestWorker:
         self._metrics = metrics
         # The network thread only appends what it received to _pending, without a lock (deque
         # appends and pops are atomic); the writer decodes whole batches, which costs less CPU
-        # than decoding between paho's per-packet work. _cond only signals "a batch is ready"
-        # and "there is room again".
+        # than decoding between paho's per-packet work. _cond only signals "a batch is ready".
         self._cond = threading.Condition()
         self._pending: deque[_Received] = deque()
         self._pending_since = 0.0
@@ -330,7 +329,6 @@ class IngestWorker:
                 self._cond.wait(min(wait_s, interval))
             if stop.is_set():
                 self._accepting = False
-                self._cond.notify_all()
         decode = self._decoder.decode_message
         batch = [
             Message(
@@ -377,9 +375,7 @@ class IngestWorker:
             self._acks.extend((m.generation, m.mid) for m in batch if m.mid)
             committed = True
             break
-        with self._cond:
-            self._writing = 0
-            self._cond.notify_all()
+        self._writing = 0
         return committed
 
     def _database_failed(self, exc: psycopg.Error) -> None:
