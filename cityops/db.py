@@ -3,7 +3,8 @@
 The two paths differ only here: the TimescaleDB path turns each readings table into a hypertable
 with compression and retention policies (statements checked in shared/design/TIMESCALEDB.md);
 the plain path partitions each readings table by week (migrations named ``*.postgresql.sql``,
-which only that path runs; cityops/partitions.py creates and drops the partitions).
+which only that path runs) and the ingest service creates and drops the partitions
+(cityops/partitions.py).
 """
 
 from __future__ import annotations
@@ -227,17 +228,3 @@ def _execute(conn: psycopg.Connection, step: str, statement: bytes | sql.Compose
     except psycopg.Error as exc:
         msg = f"migration {step} failed: {str(exc).strip().splitlines()[0]}"
         raise MigrationError(msg) from exc
-
-
-def delete_expired_readings(conn: psycopg.Connection, retention_days: int) -> int:
-    """Plain path only: delete readings older than the retention window; return rows deleted."""
-    deleted = 0
-    for kind in READING_KINDS:
-        cur = conn.execute(
-            sql.SQL("delete from {} where ts < now() - make_interval(days => %s)").format(
-                sql.Identifier(kind.table)
-            ),
-            (retention_days,),
-        )
-        deleted += cur.rowcount
-    return deleted

@@ -45,7 +45,10 @@ class DatabaseSettings(_Section):
         description="PostgreSQL URL, postgresql://user[:password]@host:port/database.",
     )
     retention_days: int = Field(
-        default=400, ge=1, le=36500, description="Readings older than this are dropped."
+        default=400,
+        ge=1,
+        le=36500,
+        description="Readings older than this are dropped, by the day (TimescaleDB) or the week.",
     )
     compress_after_days: int = Field(
         default=7, ge=1, le=3650, description="TimescaleDB path: compress chunks older than this."

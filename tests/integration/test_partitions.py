@@ -7,6 +7,7 @@ both of CI's passes.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -16,9 +17,12 @@ from cityops import db, partitions
 from cityops.settings import DatabaseSettings
 from ingest.contract import READING_KINDS
 from tests.plugin import (
+    Publisher,
     create_database,
     drop_database,
     migrate_until,
+    register,
+    wait_for,
 )
 
 WEEK = timedelta(days=7)
@@ -163,6 +167,63 @@ def test_a_reading_beyond_the_weeks_made_ahead_is_stored_then_moved_into_its_wee
             row[1],
         )
         assert conn.execute("select count(*) from light_readings_default").fetchone() == (0,)
+
+
+def test_backfill_outside_the_partitions_is_stored_not_refused_and_expired_backfill_goes(
+    plain_database_url: str, tag, make_settings, start_worker, publisher: Publisher
+) -> None:
+    device = f"{tag}-mh"
+    now = datetime.now(UTC).replace(microsecond=0)
+    ages = {"recent": 0, "backfill": 100, "expired": 450}  # days before now
+    readings = [
+        {"ts": int((now - timedelta(days=days)).timestamp() * 1000), "tilt_deg": days / 10}
+        for days in ages.values()
+    ]
+    with psycopg.connect(plain_database_url, autocommit=True) as conn:
+        register(conn, {device: "manhole"})
+        settings = make_settings()
+        running = start_worker(
+            settings.model_copy(
+                update={"database": DatabaseSettings(url=plain_database_url, timescaledb="off")}
+            )
+        )
+        # The round the worker runs at start is over: it does not move what is published next.
+        wait_for(
+            lambda: (
+                running.metric(
+                    "cityops_ingest_housekeeping_rounds_total", task="partitions", result="done"
+                )
+                == 1
+            ),
+            what="the first partition maintenance",
+        )
+        publisher.publish(f"cityops/v1/manhole/{device}/telemetry", json.dumps(readings))
+        wait_for(
+            lambda: (
+                running.metric("cityops_ingest_rows_total", kind="manhole", result="inserted") == 3
+            ),
+            what="all three readings stored",
+        )
+        assert (
+            running.metric("cityops_ingest_quarantined_total", reason="rejected_by_database") == 0
+        )
+        stored = "select tableoid::regclass::text, tilt_deg from manhole_readings order by ts"
+        backfill_week = monday_of(now - timedelta(days=100))
+        assert conn.execute(stored).fetchall() == [
+            ("manhole_readings_default", pytest.approx(45.0)),
+            ("manhole_readings_default", pytest.approx(10.0)),
+            (f"manhole_readings_p{this_monday():%Y%m%d}", 0.0),
+        ]
+
+        report = partitions.maintain(conn, retention_days=400)
+
+        assert report is not None
+        assert report.expired_default_rows == 1
+        assert report.created == (f"manhole_readings_p{backfill_week:%Y%m%d}",)
+        assert conn.execute(stored).fetchall() == [
+            (f"manhole_readings_p{backfill_week:%Y%m%d}", pytest.approx(10.0)),
+            (f"manhole_readings_p{this_monday():%Y%m%d}", 0.0),
+        ]
 
 
 def _readings_sql(table: str) -> str:
