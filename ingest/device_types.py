@@ -30,6 +30,15 @@ class DeviceTypes:
     def __len__(self) -> int:
         return len(self._types)
 
+    def load(self, conn: psycopg.Connection) -> None:
+        """Read the whole registry unless it was read already; later changes come by ``refresh``.
+
+        The writer calls this on every connect, before decoding anything: after the first time it
+        returns at once, so it never waits for a refresh under way on the housekeeping thread.
+        """
+        if self._seen is None:
+            self.refresh(conn)
+
     def refresh(self, conn: psycopg.Connection) -> int:
         """Apply the changes since the last refresh (the first reads all); return rows read."""
         with self._lock:

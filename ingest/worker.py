@@ -363,7 +363,7 @@ class IngestWorker:
                     raw_max_bytes=self._ingest.max_payload_bytes,
                     last_seen_resolution_s=self._ingest.last_seen_resolution_s,
                 )
-                self._device_types.refresh(self._conn)
+                self._device_types.load(self._conn)
                 self._conn.commit()
                 self._metrics.database_up.set(1)
                 logger.info("database connected, %d devices registered", len(self._device_types))
