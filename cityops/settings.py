@@ -178,7 +178,9 @@ class IngestSettings(_Section):
         description="devices.last_seen is written when it moves by at least this much.",
     )
     registry_refresh_s: float = Field(
-        default=10.0, gt=0, description="How often the device list is re-read from the database."
+        default=10.0,
+        gt=0,
+        description="How often the registry changes since the last read are read (only those).",
     )
     retry_max_s: float = Field(
         default=5.0, gt=0, description="Longest wait between retries while the database is down."

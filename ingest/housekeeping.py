@@ -11,6 +11,7 @@ next round, and never stops ingest.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -56,8 +57,13 @@ class Housekeeping:
         self._thread.start()
 
     def close(self) -> None:
-        """Stop after the current round and close the connection."""
+        """Stop: cancel the statement under way (it may be waiting for a lock), then join."""
         self._stop.set()
+        conn = self._conn
+        if conn is not None:
+            # Shutdown goes on whether or not the cancel request reaches the server.
+            with contextlib.suppress(psycopg.Error):
+                conn.cancel_safe(timeout=5)
         self._thread.join()
 
     def _run(self) -> None:
@@ -71,8 +77,12 @@ class Housekeeping:
                     return
                 self._attempt("registry", self._refresh_registry)
         finally:
-            if self._conn is not None:
-                self._conn.close()
+            self._close_connection()
+
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def _attempt(self, task: str, action: Callable[[psycopg.Connection], str]) -> None:
         """Run one task on the housekeeping connection; count its result, log a failure."""
@@ -81,6 +91,9 @@ class Housekeeping:
                 self._conn = connect(self._database, autocommit=True)
             result = action(self._conn)
         except Exception as exc:  # whatever fails here, ingest must go on
+            if self._stop.is_set() and isinstance(exc, psycopg.errors.QueryCanceled):
+                self._close_connection()  # cancelled by close(): no failure
+                return
             self._metrics.housekeeping_rounds.labels(task, "failed").inc()
             logger.warning(
                 "housekeeping: %s failed, trying again in the next round: %s",
@@ -88,9 +101,7 @@ class Housekeeping:
                 redact(str(exc).strip()) or type(exc).__name__,
                 exc_info=not isinstance(exc, psycopg.Error),  # a bug: keep its traceback
             )
-            if self._conn is not None:
-                self._conn.close()  # a fresh connection next round, whatever state this one is in
-                self._conn = None
+            self._close_connection()  # a fresh one next round, whatever state this one is in
         else:
             self._metrics.housekeeping_rounds.labels(task, result).inc()
 

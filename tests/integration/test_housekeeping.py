@@ -71,6 +71,26 @@ def test_a_registry_refresh_waiting_on_a_lock_does_not_hold_up_the_writer(
     )
 
 
+def test_stopping_ingest_cancels_a_refresh_waiting_on_a_lock(
+    conn, database_url: str, make_settings, start_worker
+) -> None:
+    running = start_worker(make_settings(registry_refresh_s=0.1))
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("lock table devices_deleted in access exclusive mode")
+        wait_for(
+            lambda: waiting_for_a_lock(conn, "devices_deleted"),
+            what="the housekeeping refresh waiting for the lock",
+        )
+        started = time.monotonic()
+        running.close()
+        assert time.monotonic() - started < 5
+        assert not waiting_for_a_lock(conn, "devices_deleted")
+    assert (
+        running.metric("cityops_ingest_housekeeping_rounds_total", task="registry", result="failed")
+        == 0
+    )
+
+
 def test_failed_rounds_are_counted_retried_and_ingest_goes_on(
     plain_database_url: str,
     tag,
