@@ -113,8 +113,8 @@ def migrate(config: ConfigOption = None) -> None:
     out.print(f"applied: {applied}", highlight=False)
     if not report.timescaledb_available:
         out.print(
-            "TimescaleDB is not available on this server: plain PostgreSQL tables, "
-            "retention by the ingest service",
+            "TimescaleDB is not available on this server: plain PostgreSQL tables, readings "
+            "partitioned by week, expired weeks dropped by the ingest service",
             highlight=False,
         )
 

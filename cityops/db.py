@@ -2,7 +2,9 @@
 
 The two paths differ only here: the TimescaleDB path turns each readings table into a hypertable
 with compression and retention policies (statements checked in shared/design/TIMESCALEDB.md);
-the plain path keeps ordinary tables and the service deletes expired rows itself.
+the plain path partitions each readings table by week (migrations named ``*.postgresql.sql``,
+which only that path runs) and the ingest service creates and drops the partitions
+(cityops/partitions.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from cityops.partitions import create_ahead
 from cityops.redact import redact
 from cityops.settings import DatabaseSettings
 from ingest.contract import READING_KINDS
@@ -110,11 +113,14 @@ def ensure_database(settings: DatabaseSettings) -> bool:
         return True
 
 
-def _migration_files() -> list[tuple[str, str]]:
+def _migration_files(path: StoragePath) -> list[tuple[str, str]]:
+    """Migrations for ``path`` in order: ``NNNN_x.sql`` for both, ``NNNN_x.<path>.sql`` for one."""
     folder = resources.files("cityops") / "migrations"
     names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
     return [
-        (name.removesuffix(".sql"), (folder / name).read_text(encoding="utf-8")) for name in names
+        (name.removesuffix(".sql"), (folder / name).read_text(encoding="utf-8"))
+        for name in names
+        if name.count(".") == 1 or name.endswith(f".{path.value}.sql")
     ]
 
 
@@ -207,14 +213,16 @@ def migrate(settings: DatabaseSettings) -> MigrationReport:
         )
         state = timescaledb_state(conn)
         chosen = conn.execute("select path from cityops_storage").fetchone()
-        # Decided before anything is applied, so a server that cannot serve the wanted path
-        # fails with nothing changed.
-        new_path = None if chosen else choose_storage_path(settings.timescaledb, state)
+        if chosen:
+            path, new_path = StoragePath(chosen[0]), None
+        else:
+            # Decided before anything is applied, so a server that cannot serve the wanted path
+            # fails with nothing changed.
+            path = new_path = choose_storage_path(settings.timescaledb, state)
         done = {row[0] for row in conn.execute("select name from cityops_migrations")}
-        applied = [name for name, text in _migration_files() if name not in done]
-        for name, text in _migration_files():
-            if name in done:
-                continue
+        pending = [(name, text) for name, text in _migration_files(path) if name not in done]
+        applied = [name for name, _ in pending]
+        for name, text in pending:
             logger.info("applying migration %s", name)
             _execute(conn, name, text.encode())
             conn.execute("insert into cityops_migrations (name) values (%s)", (name,))
@@ -224,7 +232,12 @@ def migrate(settings: DatabaseSettings) -> MigrationReport:
                     _execute(conn, "storage:timescaledb", statement)
             conn.execute("insert into cityops_storage (path) values (%s)", (new_path.value,))
             applied.append(f"storage:{new_path.value}")
-        path = storage_path(conn)
+        if path is StoragePath.POSTGRESQL:
+            try:
+                applied.extend(f"partition:{name}" for name in create_ahead(conn))
+            except psycopg.Error as exc:
+                msg = f"creating partitions ahead failed: {str(exc).strip().splitlines()[0]}"
+                raise MigrationError(msg) from exc
     available = state is TimescaleDBState.READY
     if path is StoragePath.POSTGRESQL and available and settings.timescaledb != "off":
         logger.warning(
@@ -240,17 +253,3 @@ def _execute(conn: psycopg.Connection, step: str, statement: bytes | sql.Compose
     except psycopg.Error as exc:
         msg = f"migration {step} failed: {str(exc).strip().splitlines()[0]}"
         raise MigrationError(msg) from exc
-
-
-def delete_expired_readings(conn: psycopg.Connection, retention_days: int) -> int:
-    """Plain path only: delete readings older than the retention window; return rows deleted."""
-    deleted = 0
-    for kind in READING_KINDS:
-        cur = conn.execute(
-            sql.SQL("delete from {} where ts < now() - make_interval(days => %s)").format(
-                sql.Identifier(kind.table)
-            ),
-            (retention_days,),
-        )
-        deleted += cur.rowcount
-    return deleted

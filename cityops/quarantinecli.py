@@ -97,7 +97,7 @@ def replay_command(
     settings = settings_from(config)
     selection = Selection(ids=entry_ids or (), reason=_reason(reason))
     with db.connect(settings.database) as conn:
-        report = replay(conn, selection, settings.ingest)
+        report = replay(conn, selection, settings.ingest, topic_prefix=settings.mqtt.topic_prefix)
     again = ", ".join(f"{r} {n}" for r, n in sorted(report.requarantined.items())) or "none"
     out.print(
         f"replayed {report.messages} messages: {report.inserted} readings stored, "

@@ -48,7 +48,10 @@ class DatabaseSettings(_Section):
         description="PostgreSQL URL, postgresql://user[:password]@host:port/database.",
     )
     retention_days: int = Field(
-        default=400, ge=1, le=36500, description="Readings older than this are dropped."
+        default=400,
+        ge=1,
+        le=36500,
+        description="Readings older than this are dropped, by the day (TimescaleDB) or the week.",
     )
     compress_after_days: int = Field(
         default=7, ge=1, le=3650, description="TimescaleDB path: compress chunks older than this."
@@ -235,7 +238,9 @@ class IngestSettings(_Section):
         description="devices.last_seen is written when it moves by at least this much.",
     )
     registry_refresh_s: float = Field(
-        default=10.0, gt=0, description="How often the device list is re-read from the database."
+        default=10.0,
+        gt=0,
+        description="How often the registry changes since the last read are read (only those).",
     )
     retry_max_s: float = Field(
         default=5.0, gt=0, description="Longest wait between retries while the database is down."

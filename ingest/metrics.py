@@ -83,6 +83,20 @@ class IngestMetrics:
             ["version", "chosen"],
             registry=registry,
         )
+        self.registry_rows_read = Counter(
+            "cityops_ingest_registry_rows_read",
+            "Device rows read to refresh the device map: the whole registry the first time, then "
+            "only devices registered, retyped or deleted since the previous refresh.",
+            registry=registry,
+        )
+        self.housekeeping_rounds = Counter(
+            "cityops_ingest_housekeeping_rounds",
+            "Housekeeping rounds by task (registry, partitions) and result: done, skipped (another "
+            "worker maintains the partitions, or the TimescaleDB path, whose policies do), failed "
+            "(tried again in the next round; ingest goes on meanwhile).",
+            ["task", "result"],
+            registry=registry,
+        )
 
     def record_commit(
         self, batch_size: int, result: WriteResult, commit_s: float, now_us: int

@@ -21,8 +21,9 @@ import psycopg
 from psycopg import sql
 
 from cityops.settings import IngestSettings
+from devices.changes import read_device_changes
 from ingest.decode import DecodeLimits, Decoder
-from ingest.writer import BatchWriter, Message, load_device_types
+from ingest.writer import BatchWriter, Message
 
 #: Columns of an entry as ``list_entries`` and ``show_entry`` return them.
 COLUMNS = ("id", "received_at", "reason", "topic", "detail", "payload_bytes")
@@ -90,7 +91,9 @@ def purge(conn: psycopg.Connection, before: datetime) -> int:
     return cur.rowcount
 
 
-def replay(conn: psycopg.Connection, selection: Selection, ingest: IngestSettings) -> ReplayReport:
+def replay(
+    conn: psycopg.Connection, selection: Selection, ingest: IngestSettings, *, topic_prefix: str
+) -> ReplayReport:
     """Run the selected entries' messages through today's registry and contract, once."""
     report = ReplayReport()
     writer = BatchWriter(
@@ -98,6 +101,7 @@ def replay(conn: psycopg.Connection, selection: Selection, ingest: IngestSetting
         raw_max_bytes=ingest.max_payload_bytes,
         last_seen_resolution_s=ingest.last_seen_resolution_s,
     )
+    types = read_device_changes(conn, None).types  # the whole registry, as it is now
     with conn.transaction():
         # Every entry of each selected message (a message leaves one entry per rejection).
         rows = conn.execute(
@@ -116,8 +120,9 @@ def replay(conn: psycopg.Connection, selection: Selection, ingest: IngestSetting
             messages.setdefault((int(received_us), topic, bytes(payload)), []).append(entry_id)
         if not messages:
             return report
-        types = load_device_types(conn)
-        decoder = Decoder(limits=DecodeLimits.of(ingest), device_type_of=types.get)
+        decoder = Decoder(
+            limits=DecodeLimits.of(ingest), device_type_of=types.get, topic_prefix=topic_prefix
+        )
         batch = [
             Message(
                 0,

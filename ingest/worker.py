@@ -32,17 +32,17 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from cityops.db import StoragePath, connect, delete_expired_readings, storage_path
+from cityops.db import connect
 from cityops.redact import redact
 from cityops.settings import DatabaseSettings, IngestSettings, MqttSettings
 from ingest.decode import DecodeLimits, Decoder, Payload
+from ingest.device_types import DeviceTypes
+from ingest.housekeeping import Housekeeping
 from ingest.metrics import IngestMetrics
-from ingest.writer import BatchWriter, Message, load_device_types
+from ingest.writer import BatchWriter, Message
 from wire.topics import prefixed
 
 logger = logging.getLogger(__name__)
-
-_RETENTION_EVERY_S = 3600.0
 
 
 #: What the network thread keeps of a message: mid, connection generation, topic, payload,
@@ -179,7 +179,10 @@ class IngestWorker:
         self._acks: deque[tuple[int, int]] = deque()
         self._generation = 0
         self._accepting = True
-        self._device_types: dict[str, str] = {}
+        self._device_types = DeviceTypes(rows_read=metrics.registry_rows_read)
+        self._housekeeping = Housekeeping(
+            database=database, ingest=ingest, device_types=self._device_types, metrics=metrics
+        )
         self._decoder = Decoder(
             limits=DecodeLimits.of(ingest),
             device_type_of=self._registered_type,
@@ -193,7 +196,7 @@ class IngestWorker:
         self._outage_since: float | None = None  # monotonic start of a database outage
 
     def _registered_type(self, device_id: str) -> str | None:
-        # Looked up through self on every call: housekeeping replaces the whole dict.
+        # Housekeeping updates the map on its own thread, in place (see DeviceTypes).
         return self._device_types.get(device_id)
 
     # -- network thread ---------------------------------------------------------------------
@@ -281,21 +284,15 @@ class IngestWorker:
             properties=properties,
         )
         client.loop_start()
-        next_refresh = time.monotonic() + self._ingest.registry_refresh_s
-        next_retention = time.monotonic() + _RETENTION_EVERY_S
+        self._housekeeping.start()
         try:
             while True:
                 batch = self._next_batch(stop)
                 committed = not batch or self._commit_and_ack(batch, stop)
                 if stop.is_set() and (not self._pending or not committed):
                     break  # drained, or the database is down: the broker keeps the rest
-                now = time.monotonic()
-                if now >= next_refresh:
-                    next_refresh = now + self._ingest.registry_refresh_s
-                    self._housekeep(retention=now >= next_retention)
-                    if now >= next_retention:
-                        next_retention = now + _RETENTION_EVERY_S
         finally:
+            self._housekeeping.close()
             self._send_acks(client)
             client.disconnect()
             client.loop_stop()
@@ -322,8 +319,10 @@ class IngestWorker:
                 # nothing will arrive until these acks go), ack from here. Waiting for the
                 # flush timer instead stalled a drain at every batch once the window was under
                 # two batches (7,710 by default): 17.8k against 21.6k msgs/s with 20,000.
-                if self._acks and self._client is not None and (
-                    not self._pending or len(self._pending) + len(self._acks) >= window
+                if (
+                    self._acks
+                    and self._client is not None
+                    and (not self._pending or len(self._pending) + len(self._acks) >= window)
                 ):
                     self._send_acks(self._client)
                 self._cond.wait(min(wait_s, interval))
@@ -422,7 +421,7 @@ class IngestWorker:
                     raw_max_bytes=self._ingest.max_payload_bytes,
                     last_seen_resolution_s=self._ingest.last_seen_resolution_s,
                 )
-                self._device_types = load_device_types(self._conn)
+                self._device_types.load(self._conn)
                 self._conn.commit()
                 self._metrics.database_up.set(1)
                 logger.info("database connected, %d devices registered", len(self._device_types))
@@ -440,22 +439,3 @@ class IngestWorker:
             self._conn.close()
         self._conn = None
         self._writer = None
-
-    def _housekeep(self, *, retention: bool) -> None:
-        """Re-read the device registry; on the plain path, delete expired readings."""
-        conn = self._conn
-        if conn is None:
-            return
-        try:
-            self._device_types = load_device_types(conn)
-            if retention and storage_path(conn) is StoragePath.POSTGRESQL:
-                deleted = delete_expired_readings(conn, self._database.retention_days)
-                logger.info(
-                    "retention: deleted %d readings older than %d days",
-                    deleted,
-                    self._database.retention_days,
-                )
-            conn.commit()
-        except psycopg.Error as exc:
-            logger.warning("housekeeping skipped: %s", redact(str(exc).strip()))
-            self._drop_connection()

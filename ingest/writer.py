@@ -111,11 +111,6 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().split("\n", 1)[0]
 
 
-def load_device_types(conn: psycopg.Connection) -> dict[str, str]:
-    """Every registered device and its type."""
-    return dict(conn.execute("select device_id, type from devices").fetchall())
-
-
 class BatchWriter:
     """Writes batches over one connection it owns; the caller handles reconnects."""
 

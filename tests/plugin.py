@@ -107,6 +107,38 @@ def timescaledb_server_url(server_url: str) -> str:
     return url
 
 
+def migrate_until(url: str, last: str) -> None:
+    """Leave the plain-path schema an older cityops left: the migrations up to ``last`` applied.
+
+    The bookkeeping is ``db.migrate``'s, so that ``db.migrate`` then upgrades it as in the field.
+    """
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "create table cityops_migrations ("
+            " name text primary key, applied_at timestamptz not null default now())"
+        )
+        conn.execute(
+            "create table cityops_storage ("
+            " path text not null, chosen_at timestamptz not null default now())"
+        )
+        conn.execute("insert into cityops_storage (path) values ('postgresql')")
+        for path in sorted((ROOT / "cityops" / "migrations").glob("*.sql")):
+            name = path.name.removesuffix(".sql")
+            if name > last:
+                break
+            conn.execute(path.read_bytes())
+            conn.execute("insert into cityops_migrations (name) values (%s)", (name,))
+
+
+@pytest.fixture
+def plain_database_url(server_url: str) -> Iterator[str]:
+    """A fresh database migrated on the plain PostgreSQL path, whatever the server offers."""
+    url = create_database(server_url)
+    db.migrate(DatabaseSettings(url=url, timescaledb="off"))
+    yield url
+    drop_database(server_url, url)
+
+
 def create_database(server: str) -> str:
     name = f"cityops_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server, autocommit=True) as conn:

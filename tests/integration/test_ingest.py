@@ -261,21 +261,29 @@ def test_unknown_devices_are_registered_when_auto_registration_is_on(
     ) == [("light", True)]
 
 
-def test_a_device_registered_while_ingest_runs_is_accepted_after_the_refresh(
+def test_registry_changes_while_ingest_runs_reach_the_decoder_and_alone_are_read(
     conn, tag, make_settings, start_worker, publisher: Publisher
 ) -> None:
+    register(conn, {f"{tag}-k{i}": "manhole" for i in range(3)})
+    registered = conn.execute("select count(*) from devices").fetchone()[0]  # type: ignore[index]
     device = f"{tag}-late"
     running = start_worker(make_settings(registry_refresh_s=0.1))
-    topic = f"cityops/v1/manhole/{device}/telemetry"
-    publisher.publish(topic, b'{"ts": 1764000000000, "tilt_deg": 1}')
-    wait_for(
-        lambda: running.metric("cityops_ingest_quarantined_total", reason="unknown_device") == 1,
-        what="the unregistered device's reading in the quarantine",
-    )
+
+    def rows_read() -> float:
+        return running.metric("cityops_ingest_registry_rows_read_total")
+
+    def quarantined(reason: str) -> float:
+        return running.metric("cityops_ingest_quarantined_total", reason=reason)
+
+    assert rows_read() == registered  # the whole registry, once, when the writer connected
+    manhole, light = (f"cityops/v1/{kind}/{device}/telemetry" for kind in ("manhole", "light"))
+    publisher.publish(manhole, b'{"ts": 1764000000000, "tilt_deg": 1}')
+    wait_for(lambda: quarantined("unknown_device") == 1, what="the unregistered device refused")
+
     register(conn, {device: "manhole"})
     wait_for(
         lambda: (
-            publisher.publish(topic, b'{"ts": 1764000001000, "tilt_deg": 2}')
+            publisher.publish(manhole, b'{"ts": 1764000001000, "tilt_deg": 2}')
             or count(conn, "manhole_readings", device) == 1
         ),
         what="the reading accepted after the registry refresh",
@@ -283,3 +291,19 @@ def test_a_device_registered_while_ingest_runs_is_accepted_after_the_refresh(
     assert rows(conn, "select tilt_deg from manhole_readings where device_id = %s", device) == [
         (2.0,)
     ]
+    assert rows_read() == registered + 1  # that device alone
+
+    conn.execute("update devices set type = 'light' where device_id = %s", (device,))
+    # Exactly one more: the devices.last_seen the reading moved is not a change to read.
+    wait_for(lambda: rows_read() == registered + 2, what="the retyped device read")
+    publisher.publish(manhole, b'{"ts": 1764000002000, "tilt_deg": 3}')
+    wait_for(lambda: quarantined("type_mismatch") == 1, what="a manhole reading of a lamp refused")
+    publisher.publish(light, b'{"ts": 1764000003000, "lamp_on": true}')
+    wait_for(lambda: count(conn, "light_readings", device) == 1, what="its lamp reading stored")
+
+    conn.execute("delete from devices where device_id = %s", (device,))
+    wait_for(lambda: rows_read() == registered + 3, what="the deleted device read")
+    publisher.publish(light, b'{"ts": 1764000004000, "lamp_on": false}')
+    wait_for(lambda: quarantined("unknown_device") == 2, what="the deleted device refused")
+    assert count(conn, "light_readings", device) == 1
+    assert rows_read() == registered + 3

@@ -1,4 +1,4 @@
-"""Migrations on a real server: idempotent, path chosen by what the server offers, retention."""
+"""Migrations on a real server: idempotent, path chosen by what the server offers."""
 
 from __future__ import annotations
 
@@ -70,17 +70,6 @@ def test_ensure_database_creates_it_once(server_url: str) -> None:
         assert db.ensure_database(DatabaseSettings(url=url)) is False
     finally:
         drop_database(server_url, url)
-
-
-def test_plain_path_retention_deletes_only_expired_readings(empty_database: str) -> None:
-    db.migrate(DatabaseSettings(url=empty_database))
-    with psycopg.connect(empty_database) as conn:
-        conn.execute(
-            "insert into manhole_readings (device_id, ts, tilt_deg) values "
-            "('m1', now() - interval '401 days', 1), ('m1', now() - interval '399 days', 2)"
-        )
-        assert db.delete_expired_readings(conn, retention_days=400) == 1
-        assert conn.execute("select tilt_deg from manhole_readings").fetchall() == [(2.0,)]
 
 
 def test_concurrent_migrations_do_not_collide(empty_database: str) -> None:

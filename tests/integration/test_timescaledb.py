@@ -107,6 +107,15 @@ def test_migrate_makes_each_readings_table_a_compressed_hypertable_with_policies
             + [(t, "policy_retention", {"drop_after": "30 days"}, True) for t in TABLES]
         )
         assert policies(conn) == expected
+        # The plain path's partitioning migration did not run: its readings tables are hypertables.
+        assert conn.execute(
+            "select count(*) from cityops_migrations where name like '%.postgresql'"
+        ).fetchone() == (0,)
+        assert conn.execute("select count(*) from pg_partitioned_table").fetchone() == (0,)
+        assert conn.execute(
+            "select to_regproc('cityops_create_partition'), to_regclass('manhole_readings_default')"
+        ).fetchone() == (None, None)
+    assert "partition" not in first.output
     second = CliRunner().invoke(app, ["migrate"], env=env)
     assert second.exit_code == 0, second.output
     assert "storage path: timescaledb" in second.output
