@@ -70,6 +70,7 @@ def test_poison_messages_in_a_backlog_are_quarantined_and_every_good_reading_lan
         )
         wait_for(lambda: stored_ts(conn, device) == expected_ts, what="every good reading")
         assert running.thread.is_alive()
+        running.close()  # before the next round's worker takes the same client id
     assert quarantined(conn, device) == expected_poison
 
 
