@@ -66,7 +66,10 @@ from cityops import db  # noqa: E402
 from cityops.services import free_port, start_mosquitto  # noqa: E402
 from cityops.settings import DatabaseSettings, MqttSettings  # noqa: E402
 
-DEVICES = 1000
+# Odd, so that each of N workers on a shared group gets readings of every device, as in a city
+# (the broker deals messages round-robin): with 1,000 devices and 2 workers, each worker would
+# only ever see every other device, and the workers would never touch the same devices rows.
+DEVICES = 1001
 T0_MS = 1_764_000_000_000
 TOPIC = "cityops/v1/#"
 MOSQUITTO_CONF = ROOT / "config/mosquitto/cityops.conf"
@@ -96,10 +99,10 @@ class Contender:
         return f"{self.short}{tag}"
 
 
-def payload(i: int) -> tuple[str, bytes]:
-    device = f"bench-mh-{i % DEVICES:04d}"
+def payload(i: int, devices: int) -> tuple[str, bytes]:
+    device = f"bench-mh-{i % devices:04d}"
     body = {
-        "ts": T0_MS + (i // DEVICES) * 1000,
+        "ts": T0_MS + (i // devices) * 1000,
         "tilt_deg": (i % 900) / 10,
         "cover_open": False,
         "battery_pct": 87.5,
@@ -108,12 +111,12 @@ def payload(i: int) -> tuple[str, bytes]:
     return f"cityops/v1/manhole/{device}/telemetry", json.dumps(body).encode()
 
 
-def expected_rows(n: int) -> set[tuple[str, int, float]]:
+def expected_rows(n: int, devices: int) -> set[tuple[str, int, float]]:
     """(device, ts in epoch ms, tilt) of readings 0..n-1."""
     rows = set()
     for i in range(n):
-        device = f"bench-mh-{i % DEVICES:04d}"
-        rows.add((device, T0_MS + (i // DEVICES) * 1000, round((i % 900) / 10, 1)))
+        device = f"bench-mh-{i % devices:04d}"
+        rows.add((device, T0_MS + (i // devices) * 1000, round((i % 900) / 10, 1)))
     return rows
 
 
@@ -167,7 +170,7 @@ def make_session(url: str, client_id: str, group: str, protocol: str) -> None:
     client.loop_stop()
 
 
-def publish_backlog(url: str, n: int, start: int = 0) -> float:
+def publish_backlog(url: str, n: int, devices: int, start: int = 0) -> float:
     """Publish readings start..start+n-1 at QoS 1, in order; return the seconds it took."""
     s = MqttSettings(url=url)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTProtocolVersion.MQTTv5)
@@ -178,7 +181,7 @@ def publish_backlog(url: str, n: int, start: int = 0) -> float:
     started = time.perf_counter()
     last = None
     for i in range(start, start + n):
-        topic, body = payload(i)
+        topic, body = payload(i, devices)
         last = client.publish(topic, body, qos=1)
         if i % 5000 == 4999:
             last.wait_for_publish(60)
@@ -433,7 +436,7 @@ def run_cityops(
             env = ingest_env(database.url, broker, contender.protocol, cid, contender.group(tag), 0)
             logs.append(tmp / f"{cid}.log")
             procs.append(start_ingest(env, logs[-1]))
-        return measure(
+        result = measure(
             contender.name,
             procs,
             n,
@@ -441,6 +444,18 @@ def run_cityops(
             {**others, "db": database.backend_cpu_s},
             ready=lambda: all(SUBSCRIBED in log.read_text(errors="replace") for log in logs),
         )
+    result["warnings"] = warnings_in(logs)
+    return result
+
+
+def warnings_in(logs: list[Path]) -> list[str]:
+    """The WARNING lines of ingest logs (a database outage, a refused batch): none expected."""
+    return [
+        line.split(" WARNING ", 1)[1]
+        for log in logs
+        for line in log.read_text(errors="replace").splitlines()
+        if " WARNING " in line
+    ]
 
 
 def run_child(
@@ -509,14 +524,14 @@ def ratios(results: dict[str, dict[str, object]], workers: int) -> dict[str, flo
     return out
 
 
-def prepare_database(server: str, name: str) -> str:
+def prepare_database(server: str, name: str, devices: int) -> str:
     url = db.with_database(server, name)
     db.ensure_database(DatabaseSettings(url=url))
     db.migrate(DatabaseSettings(url=url))
     with psycopg.connect(url, autocommit=True) as conn:
         conn.cursor().executemany(
             "insert into devices (device_id, type) values (%s, 'manhole')",
-            [(f"bench-mh-{i:04d}",) for i in range(DEVICES)],
+            [(f"bench-mh-{i:04d}",) for i in range(devices)],
         )
     return url
 
@@ -533,7 +548,7 @@ def compare(args: argparse.Namespace) -> dict[str, object]:
     tag = uuid.uuid4().hex[:6]
     chosen = contenders(workers)
     urls = {
-        c.name: prepare_database(args.database_server, f"bench_{c.name}_{tag}")
+        c.name: prepare_database(args.database_server, f"bench_{c.name}_{tag}", args.devices)
         for c in chosen
         if c.kind != "bare"
     }
@@ -550,7 +565,7 @@ def compare(args: argparse.Namespace) -> dict[str, object]:
                 for cid in c.client_ids(tag):
                     make_session(broker, cid, c.group(tag), c.protocol)
                     sessions += 1
-            publish_s = publish_backlog(broker, n)
+            publish_s = publish_backlog(broker, n, args.devices)
             print(
                 f"queued {n} readings for {sessions} offline sessions in {len(chosen)} groups "
                 f"in {publish_s:.1f} s",
@@ -598,7 +613,14 @@ def compare(args: argparse.Namespace) -> dict[str, object]:
             else ""
         )
     )
-    return {"bench": "ingest", "messages": n, "workers": workers, **results, "ratios": r}
+    return {
+        "bench": "ingest",
+        "messages": n,
+        "devices": args.devices,
+        "workers": workers,
+        **results,
+        "ratios": r,
+    }
 
 
 # -- kill -9 of one of two workers ----------------------------------------------------------
@@ -661,9 +683,14 @@ def kill_one(args: argparse.Namespace) -> dict[str, object]:
     tail = max(2, n // 20)
     tag = uuid.uuid4().hex[:6]
     c = Contender("kill", "cityops", V5, 2, "kill")
-    url = prepare_database(args.database_server, f"bench_kill_{tag}")
+    url = prepare_database(args.database_server, f"bench_kill_{tag}", args.devices)
     database = Database(url)
-    report: dict[str, object] = {"bench": "ingest_kill_one", "messages": n, "tail_messages": tail}
+    report: dict[str, object] = {
+        "bench": "ingest_kill_one",
+        "messages": n,
+        "devices": args.devices,
+        "tail_messages": tail,
+    }
     try:
         with (
             tempfile.TemporaryDirectory() as tmp_name,
@@ -673,7 +700,7 @@ def kill_one(args: argparse.Namespace) -> dict[str, object]:
             ids = c.client_ids(tag)
             for cid in ids:
                 make_session(broker, cid, c.group(tag), V5)
-            publish_backlog(broker, n)
+            publish_backlog(broker, n, args.devices)
             ports = [free_port(), free_port()]
             envs = [
                 ingest_env(url, broker, V5, cid, c.group(tag), p)
@@ -704,7 +731,7 @@ def kill_one(args: argparse.Namespace) -> dict[str, object]:
 
                 survivor_done, survivor_last = wait_quiet(survivor, args.quiet_s, 300)
                 stored_dead = database.stored()
-                publish_s = publish_backlog(broker, tail, start=n)
+                publish_s = publish_backlog(broker, tail, args.devices, start=n)
                 survivor_tail, _ = wait_quiet(survivor, args.quiet_s, 300)
                 stored_before_restart = database.stored()
 
@@ -722,9 +749,10 @@ def kill_one(args: argparse.Namespace) -> dict[str, object]:
                 t_complete = time.perf_counter()
                 restarted = scrape(victim)
                 survivor_after = messages_of(scrape(survivor))
+            survivor_warnings, restarted_warnings = warnings_in(logs[:1]), warnings_in(logs[1:])
             rows = database.rows()
-            missing = len(expected_rows(n + tail) - rows)
-            extra = len(rows - expected_rows(n + tail))
+            missing = len(expected_rows(n + tail, args.devices) - rows)
+            extra = len(rows - expected_rows(n + tail, args.devices))
     finally:
         database.close()
         drop_databases(args.database_server, [url])
@@ -747,6 +775,9 @@ def kill_one(args: argparse.Namespace) -> dict[str, object]:
             "restarted_inserted": int(restarted.get("cityops_ingest_rows_total:inserted", 0)),
             "restarted_duplicates": int(restarted.get("cityops_ingest_rows_total:duplicate", 0)),
             "survivor_committed_after_restart": survivor_after - survivor_tail,
+            # What the survivor said about its peer's death: nothing is expected.
+            "survivor_warnings": survivor_warnings,
+            "restarted_warnings": restarted_warnings,
             "rows_stored": len(rows),
             "rows_missing": missing,
             "rows_not_published": extra,
@@ -771,6 +802,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--naive-messages", type=int, default=20_000)
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=DEVICES,
+        help="readings go to this many devices in turn (an even number with --workers 2 gives "
+        "each worker half of the devices)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
