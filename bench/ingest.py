@@ -1,30 +1,53 @@
-"""How fast `cityops ingest` drains a backlog, against a bare client and a naive ingester.
+"""How fast `cityops ingest` drains a backlog, against bare clients and a naive ingester.
 
-A private Mosquitto (config/mosquitto/cityops.conf) queues the same backlog for three offline
-persistent sessions; then each contender, in its own process, drains its copy:
-  bare     paho-mqtt, MQTT 5, QoS 1, manual ack every 5,000, no database work (the ceiling);
-  cityops  `cityops ingest` as shipped (decode, validate, binary COPY, ack after commit);
-  cityops_mqtt311  the same over MQTT 3.1.1 (mqtt.protocol = "3.1.1"; no MQTT 5 properties);
-  naive    auto-ack, one INSERT per message, autocommit (what a quick script does).
-Reported: messages/s, client CPU microseconds per message, peak RSS, RSS samples while draining,
-and ratios against the bare client measured in the same run; time and CPU count from each
-contender's first handled message to its last, so interpreter start-up is left out. The last
-line is JSON.
+A private Mosquitto (config/mosquitto/cityops.conf) queues the same backlog for one offline
+persistent session per contender process (each contender has its own shared group); then each
+contender drains its copy:
+  bare             paho-mqtt, MQTT 5, QoS 1, manual ack every 5,000, no database work (the
+                   MQTT 5 ceiling);
+  bare_mqtt311     the same over MQTT 3.1.1 (the MQTT 3.1.1 ceiling);
+  cityops          `cityops ingest` as shipped over MQTT 5 (decode, validate, binary COPY, ack
+                   after commit);
+  cityops_mqtt311  the same over MQTT 3.1.1 (mqtt.protocol = "3.1.1");
+  cityops_xN, cityops_mqtt311_xN (with --workers N > 1)  N `cityops ingest` processes with
+                   distinct client ids on one shared group, each with its own session, which
+                   the broker filled round-robin;
+  naive            auto-ack, one INSERT per message, autocommit (what a quick script does).
+Reported: messages/s, client CPU microseconds per message (all processes of a contender), the
+broker's and the database backends' CPU per message, cores busy while draining, peak RSS (the
+largest process), RSS samples, and ratios: each cityops figure against the bare client of the
+same protocol and against one process of the same protocol, all measured in the same run. Time
+and CPU count from a contender's first handled message to its last, so interpreter start-up is
+left out.
 
-Usage: python bench/ingest.py [--messages 200000] [--naive-messages 20000]
+--kill-one instead measures a kill -9 of one of two workers mid-drain (MQTT 5): what the
+survivor drains alone, what waits in the dead worker's session (its in-flight and queued share,
+and half of what is published while it is down), and when its session delivers them after a
+restart; it checks that the stored rows are exactly the published ones and reports the duplicate
+count from the restarted worker's metrics.
+
+The last line of output is JSON.
+
+Usage: python bench/ingest.py [--messages 200000] [--naive-messages 20000] [--workers 2]
+       python bench/ingest.py --kill-one [--messages 200000]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -33,23 +56,53 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import cityops  # noqa: E402
 from cityops import db  # noqa: E402
-from cityops.services import start_mosquitto  # noqa: E402
+from cityops.services import free_port, start_mosquitto  # noqa: E402
 from cityops.settings import DatabaseSettings, MqttSettings  # noqa: E402
 
-DEVICES = 1000
+# Odd, so that each of N workers on a shared group gets readings of every device, as in a city
+# (the broker deals messages round-robin): with 1,000 devices and 2 workers, each worker would
+# only ever see every other device, and the workers would never touch the same devices rows.
+DEVICES = 1001
 T0_MS = 1_764_000_000_000
 TOPIC = "cityops/v1/#"
+MOSQUITTO_CONF = ROOT / "config/mosquitto/cityops.conf"
+# Children import cityops from this tree, not from wherever the virtualenv's editable install
+# points (a worktree's bench must measure the worktree's code).
+CHILD_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+}
+
+V5, V311 = "5", "3.1.1"
+SUBSCRIBED = "subscribed to $share/"  # what `cityops ingest` logs once it has connected
 
 
-def payload(i: int) -> tuple[str, bytes]:
-    device = f"bench-mh-{i % DEVICES:04d}"
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    kind: str  # bare, cityops or naive
+    protocol: str  # V5 or V311
+    workers: int = 1
+    short: str = ""  # in client ids, which MQTT 3.1.1 limits to 23 characters
+
+    def client_ids(self, tag: str) -> list[str]:
+        return [f"b-{self.short}-{k}-{tag}" for k in range(1, self.workers + 1)]
+
+    def group(self, tag: str) -> str:
+        return f"{self.short}{tag}"
+
+
+def payload(i: int, devices: int) -> tuple[str, bytes]:
+    device = f"bench-mh-{i % devices:04d}"
     body = {
-        "ts": T0_MS + (i // DEVICES) * 1000,
+        "ts": T0_MS + (i // devices) * 1000,
         "tilt_deg": (i % 900) / 10,
         "cover_open": False,
         "battery_pct": 87.5,
@@ -58,16 +111,28 @@ def payload(i: int) -> tuple[str, bytes]:
     return f"cityops/v1/manhole/{device}/telemetry", json.dumps(body).encode()
 
 
-def client_id(role: str, tag: str) -> str:
-    """A session name within MQTT 3.1.1's 23 characters."""
-    return f"b-{role[:16]}-{tag[:4]}"
+def expected_rows(n: int, devices: int) -> set[tuple[str, int, float]]:
+    """(device, ts in epoch ms, tilt) of readings 0..n-1."""
+    rows = set()
+    for i in range(n):
+        device = f"bench-mh-{i % devices:04d}"
+        rows.add((device, T0_MS + (i // devices) * 1000, round((i % 900) / 10, 1)))
+    return rows
 
 
-def v5_client(client_id: str, *, manual_ack: bool) -> mqtt.Client:
+def mqtt_client(client_id: str, protocol: str, *, manual_ack: bool) -> mqtt.Client:
+    if protocol == V5:
+        return mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTProtocolVersion.MQTTv5,
+            manual_ack=manual_ack,
+        )
     return mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
-        protocol=mqtt.MQTTProtocolVersion.MQTTv5,
+        protocol=mqtt.MQTTProtocolVersion.MQTTv311,
+        clean_session=False,
         manual_ack=manual_ack,
     )
 
@@ -79,21 +144,34 @@ def connect_props(receive_max: int = 20000) -> Properties:
     return props
 
 
-def make_session(url: str, client_id: str, group: str) -> None:
-    """Create an offline persistent session subscribed (shared group) to the contract topics."""
+def connect(client: mqtt.Client, url: str, protocol: str, *, clean_start: bool = False) -> None:
     s = MqttSettings(url=url)
-    client = v5_client(client_id, manual_ack=True)
-    client.connect(s.host, s.port, clean_start=True, properties=connect_props())
+    if protocol == V5:
+        client.connect(s.host, s.port, clean_start=clean_start, properties=connect_props())
+    else:
+        # MQTT 3.1.1 has no Receive Maximum: the broker's max_inflight_messages (20,000 in
+        # cityops.conf) is the window, as for `cityops ingest` over 3.1.1.
+        client.connect(s.host, s.port)
+
+
+def make_session(url: str, client_id: str, group: str, protocol: str) -> None:
+    """Create an offline persistent session subscribed (shared group) to the contract topics."""
+    client = mqtt_client(client_id, protocol, manual_ack=True)
+    connect(client, url, protocol, clean_start=True)
     subscribed = threading.Event()
     client.on_subscribe = lambda *_: subscribed.set()
     client.loop_start()
-    client.subscribe(f"$share/{group}/{TOPIC}", options=SubscribeOptions(qos=1))
+    if protocol == V5:
+        client.subscribe(f"$share/{group}/{TOPIC}", options=SubscribeOptions(qos=1))
+    else:
+        client.subscribe(f"$share/{group}/{TOPIC}", qos=1)
     assert subscribed.wait(10), "no SUBACK"
     client.disconnect()
     client.loop_stop()
 
 
-def publish_backlog(url: str, n: int) -> float:
+def publish_backlog(url: str, n: int, devices: int, start: int = 0) -> float:
+    """Publish readings start..start+n-1 at QoS 1, in order; return the seconds it took."""
     s = MqttSettings(url=url)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTProtocolVersion.MQTTv5)
     client.max_inflight_messages_set(5000)
@@ -102,8 +180,8 @@ def publish_backlog(url: str, n: int) -> float:
     client.loop_start()
     started = time.perf_counter()
     last = None
-    for i in range(n):
-        topic, body = payload(i)
+    for i in range(start, start + n):
+        topic, body = payload(i, devices)
         last = client.publish(topic, body, qos=1)
         if i % 5000 == 4999:
             last.wait_for_publish(60)
@@ -118,9 +196,8 @@ def publish_backlog(url: str, n: int) -> float:
 # -- contenders run in child processes: python bench/ingest.py --role ROLE ... ----------------
 
 
-def role_bare(url: str, client_id: str, n: int, progress: Path) -> None:
-    s = MqttSettings(url=url)
-    client = v5_client(client_id, manual_ack=True)
+def role_bare(url: str, client_id: str, n: int, progress: Path, protocol: str) -> None:
+    client = mqtt_client(client_id, protocol, manual_ack=True)
     state = {"count": 0, "mids": []}
 
     def on_message(c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
@@ -135,14 +212,13 @@ def role_bare(url: str, client_id: str, n: int, progress: Path) -> None:
             c.disconnect()
 
     client.on_message = on_message
-    client.connect(s.host, s.port, clean_start=False, properties=connect_props())
+    connect(client, url, protocol)
     client.loop_forever()
 
 
 def role_naive(url: str, client_id: str, n: int, database_url: str) -> None:
-    s = MqttSettings(url=url)
     conn = psycopg.connect(database_url, autocommit=True)
-    client = v5_client(client_id, manual_ack=False)
+    client = mqtt_client(client_id, V5, manual_ack=False)
     state = {"count": 0}
 
     def on_message(c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
@@ -166,7 +242,7 @@ def role_naive(url: str, client_id: str, n: int, database_url: str) -> None:
             c.disconnect()
 
     client.on_message = on_message
-    client.connect(s.host, s.port, clean_start=False, properties=connect_props())
+    connect(client, url, V5)
     client.loop_forever()
 
 
@@ -186,79 +262,571 @@ def proc_kib(pid: int, key: str) -> int:
     return 0
 
 
-def stored(database_url: str, table: str = "manhole_readings") -> int:
-    """Rows stored so far: the progress of the contenders that write."""
-    with psycopg.connect(database_url) as conn:
-        return int(conn.execute(f"select count(*) from {table}").fetchone()[0])  # type: ignore[index]
+def pid_running(config_file: Path) -> int:
+    """The pid of the process whose command line names ``config_file`` (our Mosquitto)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(config_file).encode() in (entry / "cmdline").read_bytes():
+                    return int(entry.name)
+            except OSError:
+                continue
+    msg = f"no process runs with {config_file}"
+    raise RuntimeError(msg)
 
 
-def measure(name: str, proc: subprocess.Popen[bytes], n: int, progress) -> dict[str, object]:
-    """Time and CPU from the first message handled to the n-th, so start-up does not count."""
-    first: tuple[float, float, int] | None = None
+class Database:
+    """One connection to a contender's database: rows stored, and its backends' CPU."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+        self._cpu_by_pid: dict[int, float] = {}
+
+    def stored(self, table: str = "manhole_readings") -> int:
+        row = self.conn.execute(f"select count(*) from {table}").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def backend_cpu_s(self) -> float:
+        """CPU of the server processes serving this database, our own connection left out.
+
+        A backend that has ended counts with the last figure read (the naive contender's ends
+        with its last message).
+        """
+        pids = self.conn.execute(
+            "select pid from pg_stat_activity where datname = %s and pid <> pg_backend_pid()",
+            (self.name,),
+        ).fetchall()
+        for (pid,) in pids:
+            with contextlib.suppress(OSError):  # a backend that just ended
+                self._cpu_by_pid[pid] = proc_cpu_s(pid)
+        return sum(self._cpu_by_pid.values())
+
+    def rows(self) -> set[tuple[str, int, float]]:
+        got = self.conn.execute(
+            "select device_id, (extract(epoch from ts) * 1000)::bigint, tilt_deg "
+            "from manhole_readings"
+        ).fetchall()
+        return {(d, ts, round(tilt, 1)) for d, ts, tilt in got}
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def measure(
+    name: str,
+    procs: list[subprocess.Popen[bytes]],
+    n: int,
+    progress: Callable[[], int],
+    others: dict[str, Callable[[], float]],
+    ready: Callable[[], bool] = lambda: True,
+) -> dict[str, object]:
+    """Time and CPU from the first message handled to the n-th, so start-up does not count.
+
+    ``others`` are CPU-second counters of processes that are not the contender's (the broker,
+    the database backends), reported per message over the same window. With several processes,
+    the window opens once all of them are ``ready`` (past interpreter start-up) and one has
+    handled a message.
+    """
+    first: tuple[float, float, int, dict[str, float]] | None = None
+    cpu_by_pid: dict[int, float] = {}
+    hwm_kib = 0
     rss_samples: list[int] = []
     while True:
         done = progress()
         now = time.perf_counter()
-        if proc.poll() is None:
-            cpu_s = proc_cpu_s(proc.pid)
-            hwm = proc_kib(proc.pid, "VmHWM")
-            if first is not None:
-                rss_samples.append(proc_kib(proc.pid, "VmRSS"))
-        elif done < n:
-            msg = f"{name} exited with {proc.returncode} after {done} of {n} messages"
-            raise RuntimeError(msg)
-        if first is None and done > 0:
-            first = (now, cpu_s, done)
+        for proc in procs:
+            if proc.poll() is None:
+                cpu_by_pid[proc.pid] = proc_cpu_s(proc.pid)
+                hwm_kib = max(hwm_kib, proc_kib(proc.pid, "VmHWM"))
+                rss_kib = proc_kib(proc.pid, "VmRSS")
+                if first is not None and rss_kib:  # none once the process is a zombie
+                    rss_samples.append(rss_kib)
+            elif done < n:
+                msg = f"{name} exited with {proc.returncode} after {done} of {n} messages"
+                raise RuntimeError(msg)
+        cpu_s = sum(cpu_by_pid.values())
+        other_cpu = {key: counter() for key, counter in others.items()}
+        if first is None and done > 0 and ready():
+            first = (now, cpu_s, done, other_cpu)
         if done >= n:
             break
         time.sleep(0.1)
     assert first is not None
-    t0, cpu0, done0 = first
+    t0, cpu0, done0, other0 = first
     drained = n - done0
+    if drained == 0:
+        msg = f"{name} handled all {n} messages at once: too few to time, use more --messages"
+        raise RuntimeError(msg)
     elapsed = now - t0
     quarter = max(1, len(rss_samples) // 4)
-    return {
+    result: dict[str, object] = {
         "messages": drained,
         "seconds": round(elapsed, 2),
         "msgs_per_s": round(drained / elapsed),
         "cpu_us_per_msg": round((cpu_s - cpu0) / drained * 1e6, 1),
-        "peak_rss_mib": round(hwm / 1024, 1),
-        "rss_mib_quartiles": [round(s / 1024, 1) for s in rss_samples[quarter - 1 :: quarter]][:4],
     }
+    busy_s = cpu_s - cpu0
+    for key, value in other_cpu.items():
+        result[f"{key}_cpu_us_per_msg"] = round((value - other0[key]) / drained * 1e6, 1)
+        busy_s += value - other0[key]
+    result["cores_busy"] = round(busy_s / elapsed, 2)
+    result["peak_rss_mib"] = round(hwm_kib / 1024, 1)
+    result["rss_mib_quartiles"] = [round(s / 1024, 1) for s in rss_samples[quarter - 1 :: quarter]][
+        :4
+    ]
+    return result
 
 
-def run_cityops(
-    name: str, *, protocol: str, broker: str, database_url: str, n: int, tag: str, tmp: Path
-) -> dict[str, object]:
-    """Run `cityops ingest` as shipped until it has stored the whole backlog."""
-    env = {
-        **os.environ,
+def ingest_env(
+    database_url: str, broker: str, protocol: str, client_id: str, group: str, metrics_port: int
+) -> dict[str, str]:
+    return {
+        **CHILD_ENV,
         "CITYOPS_DATABASE_URL": database_url,
         "CITYOPS_MQTT_URL": broker,
         "CITYOPS_MQTT_PROTOCOL": protocol,
-        "CITYOPS_MQTT_CLIENT_ID": client_id(name, tag),
-        "CITYOPS_MQTT_SHARED_GROUP": f"{name}{tag}",
-        "CITYOPS_METRICS_PORT": "0",
+        "CITYOPS_MQTT_CLIENT_ID": client_id,
+        "CITYOPS_MQTT_SHARED_GROUP": group,
+        "CITYOPS_METRICS_PORT": str(metrics_port),
     }
-    log_path = tmp / f"{name}.log"
-    with log_path.open("wb") as log:
-        ingest = subprocess.Popen(
+
+
+def start_ingest(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
             [sys.executable, "-m", "cityops", "ingest"], env=env, stderr=log, cwd=ROOT
         )
-        try:
-            return measure(name, ingest, n, lambda: stored(database_url))
-        except RuntimeError:
-            sys.stderr.write(log_path.read_text())
-            raise
-        finally:
-            ingest.terminate()
-            ingest.wait(30)
+
+
+@contextlib.contextmanager
+def stopping(procs: list[subprocess.Popen[bytes]], logs: list[Path]) -> Iterator[None]:
+    """Stop every process on the way out; show their logs when the body failed."""
+    try:
+        yield
+    except RuntimeError:
+        for log in logs:
+            sys.stderr.write(log.read_text())
+        raise
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            proc.wait(30)
+
+
+def run_cityops(
+    contender: Contender,
+    *,
+    broker: str,
+    database: Database,
+    n: int,
+    tag: str,
+    tmp: Path,
+    others: dict[str, Callable[[], float]],
+) -> dict[str, object]:
+    """Run `cityops ingest` as shipped, in contender.workers processes, until all is stored."""
+    procs: list[subprocess.Popen[bytes]] = []
+    logs: list[Path] = []
+    with stopping(procs, logs):
+        for cid in contender.client_ids(tag):
+            env = ingest_env(database.url, broker, contender.protocol, cid, contender.group(tag), 0)
+            logs.append(tmp / f"{cid}.log")
+            procs.append(start_ingest(env, logs[-1]))
+        result = measure(
+            contender.name,
+            procs,
+            n,
+            database.stored,
+            {**others, "db": database.backend_cpu_s},
+            ready=lambda: all(SUBSCRIBED in log.read_text(errors="replace") for log in logs),
+        )
+    result["warnings"] = warnings_in(logs)
+    return result
+
+
+def warnings_in(logs: list[Path]) -> list[str]:
+    """The WARNING lines of ingest logs (a database outage, a refused batch): none expected."""
+    return [
+        line.split(" WARNING ", 1)[1]
+        for log in logs
+        for line in log.read_text(errors="replace").splitlines()
+        if " WARNING " in line
+    ]
+
+
+def run_child(
+    contender: Contender,
+    broker: str,
+    n: int,
+    tag: str,
+    tmp: Path,
+    database: Database | None,
+    others: dict[str, Callable[[], float]],
+) -> dict[str, object]:
+    """Run a bare or naive contender in a child process of this script."""
+    me = [sys.executable, str(Path(__file__).resolve())]
+    (cid,) = contender.client_ids(tag)
+    command = [*me, "--role", contender.kind, "--url", broker, "--client-id", cid]
+    command += ["--messages", str(n), "--protocol", contender.protocol]
+    if database is None:
+        progress_file = tmp / f"{contender.name}.progress"
+        progress_file.write_text("0")
+        command += ["--progress", str(progress_file)]
+        progress = lambda: int(progress_file.read_text() or 0)  # noqa: E731
+    else:
+        command += ["--database-url", database.url]
+        progress = database.stored
+        others = {**others, "db": database.backend_cpu_s}
+    proc = subprocess.Popen(command, env=CHILD_ENV)
+    with stopping([proc], []):
+        return measure(contender.name, [proc], n, progress, others)
+
+
+def contenders(workers: int) -> list[Contender]:
+    """In the order they run: each cityops contender right after the ceiling it is divided by."""
+    chosen = [
+        Contender("bare", "bare", V5, short="bare5"),
+        Contender("cityops", "cityops", V5, short="co5"),
+    ]
+    if workers > 1:
+        chosen.append(Contender(f"cityops_x{workers}", "cityops", V5, workers, f"co5x{workers}"))
+    chosen += [
+        Contender("bare_mqtt311", "bare", V311, short="bare3"),
+        Contender("cityops_mqtt311", "cityops", V311, short="co3"),
+    ]
+    if workers > 1:
+        chosen.append(
+            Contender(f"cityops_mqtt311_x{workers}", "cityops", V311, workers, f"co3x{workers}")
+        )
+    chosen.append(Contender("naive", "naive", V5, short="naive"))
+    return chosen
+
+
+def ratios(results: dict[str, dict[str, object]], workers: int) -> dict[str, float]:
+    rate = {name: float(r["msgs_per_s"]) for name, r in results.items()}  # type: ignore[arg-type]
+    out = {
+        "cityops_vs_bare": round(rate["cityops"] / rate["bare"], 3),
+        "cityops_mqtt311_vs_bare_mqtt311": round(rate["cityops_mqtt311"] / rate["bare_mqtt311"], 3),
+        "cityops_vs_naive": round(rate["cityops"] / rate["naive"], 1),
+        "cityops_mqtt311_vs_naive": round(rate["cityops_mqtt311"] / rate["naive"], 1),
+        "bare_mqtt311_vs_bare": round(rate["bare_mqtt311"] / rate["bare"], 3),
+        "naive_vs_bare": round(rate["naive"] / rate["bare"], 3),
+    }
+    if workers > 1:
+        for base, ceiling in (("cityops", "bare"), ("cityops_mqtt311", "bare_mqtt311")):
+            scaled = f"{base}_x{workers}"
+            out[f"{scaled}_vs_{base}"] = round(rate[scaled] / rate[base], 3)
+            out[f"{scaled}_vs_{ceiling}"] = round(rate[scaled] / rate[ceiling], 3)
+    return out
+
+
+def prepare_database(server: str, name: str, devices: int) -> str:
+    url = db.with_database(server, name)
+    db.ensure_database(DatabaseSettings(url=url))
+    db.migrate(DatabaseSettings(url=url))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.cursor().executemany(
+            "insert into devices (device_id, type) values (%s, 'manhole')",
+            [(f"bench-mh-{i:04d}",) for i in range(devices)],
+        )
+    return url
+
+
+def drop_databases(server: str, urls: list[str]) -> None:
+    with psycopg.connect(server, autocommit=True) as conn:
+        for url in urls:
+            name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+def compare(args: argparse.Namespace) -> dict[str, object]:
+    n, n_naive, workers = args.messages, min(args.naive_messages, args.messages), args.workers
+    tag = uuid.uuid4().hex[:6]
+    chosen = contenders(workers)
+    urls = {
+        c.name: prepare_database(args.database_server, f"bench_{c.name}_{tag}", args.devices)
+        for c in chosen
+        if c.kind != "bare"
+    }
+    results: dict[str, dict[str, object]] = {}
+    try:
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            start_mosquitto(MOSQUITTO_CONF, Path(tmp)) as broker,
+        ):
+            mosquitto = pid_running(Path(tmp) / "mosquitto.conf")
+            others = {"broker": lambda: proc_cpu_s(mosquitto)}
+            sessions = 0
+            for c in chosen:
+                for cid in c.client_ids(tag):
+                    make_session(broker, cid, c.group(tag), c.protocol)
+                    sessions += 1
+            publish_s = publish_backlog(broker, n, args.devices)
+            print(
+                f"queued {n} readings for {sessions} offline sessions in {len(chosen)} groups "
+                f"in {publish_s:.1f} s",
+                flush=True,
+            )
+            for c in chosen:
+                database = Database(urls[c.name]) if c.name in urls else None
+                try:
+                    if c.kind == "cityops":
+                        assert database is not None
+                        results[c.name] = run_cityops(
+                            c,
+                            broker=broker,
+                            database=database,
+                            n=n,
+                            tag=tag,
+                            tmp=Path(tmp),
+                            others=others,
+                        )
+                        assert database.stored() == n, f"{c.name} stored a different number of rows"
+                    else:
+                        results[c.name] = run_child(
+                            c,
+                            broker,
+                            n_naive if c.kind == "naive" else n,
+                            tag,
+                            Path(tmp),
+                            database,
+                            others,
+                        )
+                finally:
+                    if database is not None:
+                        database.close()
+                print(f"{c.name:18}", results[c.name], flush=True)
+    finally:
+        drop_databases(args.database_server, list(urls.values()))
+    r = ratios(results, workers)
+    print(
+        f"cityops = {r['cityops_vs_bare']} x bare (MQTT 5), cityops_mqtt311 = "
+        f"{r['cityops_mqtt311_vs_bare_mqtt311']} x bare_mqtt311"
+        + (
+            f"; {workers} processes = {r[f'cityops_x{workers}_vs_cityops']} x one (MQTT 5), "
+            f"{r[f'cityops_mqtt311_x{workers}_vs_cityops_mqtt311']} x one (MQTT 3.1.1)"
+            if workers > 1
+            else ""
+        )
+    )
+    return {
+        "bench": "ingest",
+        "messages": n,
+        "devices": args.devices,
+        "workers": workers,
+        **results,
+        "ratios": r,
+    }
+
+
+# -- kill -9 of one of two workers ----------------------------------------------------------
+
+
+def scrape(port: int) -> dict[str, float]:
+    """A worker's metrics, each sample summed over its labels (by name and chosen labels)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = sample.name
+            if "result" in sample.labels:
+                key += ":" + sample.labels["result"]
+            sums[key] = sums.get(key, 0.0) + sample.value
+    return sums
+
+
+def messages_of(metrics: dict[str, float]) -> int:
+    """Messages a worker has committed (stored, partial or quarantined)."""
+    return int(sum(v for k, v in metrics.items() if k.startswith("cityops_ingest_messages_total")))
+
+
+def until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            msg = f"timed out after {timeout_s:.0f} s waiting for {what}"
+            raise RuntimeError(msg)
+        time.sleep(0.05)
+
+
+def wait_quiet(port: int, quiet_s: float, timeout_s: float) -> tuple[int, float]:
+    """Wait until a worker has buffered nothing and committed nothing new for ``quiet_s``.
+
+    Returns its committed message count and when that count last changed (perf_counter).
+    """
+    deadline = time.monotonic() + timeout_s
+    last = messages_of(scrape(port))
+    changed = time.perf_counter()
+    while True:
+        time.sleep(0.05)
+        metrics = scrape(port)
+        now_count = messages_of(metrics)
+        if now_count != last:
+            last, changed = now_count, time.perf_counter()
+        elif (
+            metrics.get("cityops_ingest_buffered_messages", 0) == 0
+            and time.perf_counter() - changed >= quiet_s
+        ):
+            return last, changed
+        if time.monotonic() > deadline:
+            msg = f"the survivor did not go quiet within {timeout_s:.0f} s"
+            raise RuntimeError(msg)
+
+
+def kill_one(args: argparse.Namespace) -> dict[str, object]:
+    n = args.messages
+    tail = max(2, n // 20)
+    tag = uuid.uuid4().hex[:6]
+    c = Contender("kill", "cityops", V5, 2, "kill")
+    url = prepare_database(args.database_server, f"bench_kill_{tag}", args.devices)
+    database = Database(url)
+    report: dict[str, object] = {
+        "bench": "ingest_kill_one",
+        "messages": n,
+        "devices": args.devices,
+        "tail_messages": tail,
+    }
+    try:
+        with (
+            tempfile.TemporaryDirectory() as tmp_name,
+            start_mosquitto(MOSQUITTO_CONF, Path(tmp_name)) as broker,
+        ):
+            tmp = Path(tmp_name)
+            ids = c.client_ids(tag)
+            for cid in ids:
+                make_session(broker, cid, c.group(tag), V5)
+            publish_backlog(broker, n, args.devices)
+            ports = [free_port(), free_port()]
+            envs = [
+                ingest_env(url, broker, V5, cid, c.group(tag), p)
+                for cid, p in zip(ids, ports, strict=True)
+            ]
+            logs = [tmp / f"{cid}.log" for cid in ids]
+            procs = [start_ingest(env, log) for env, log in zip(envs, logs, strict=True)]
+            with stopping(procs, logs):
+                survivor, victim = ports
+                share = n // 2
+                # Kill the second worker a quarter into its share of the backlog.
+                victim_at_kill = 0
+
+                def victim_quarter_done() -> bool:
+                    nonlocal victim_at_kill
+                    try:
+                        victim_at_kill = messages_of(scrape(victim))
+                    except OSError:
+                        return False  # not listening yet
+                    return victim_at_kill >= share // 4
+
+                until(victim_quarter_done, 120, "the second worker a quarter into its share")
+                survivor_at_kill = messages_of(scrape(survivor))
+                procs[1].send_signal(signal.SIGKILL)
+                procs[1].wait()
+                t_kill = time.perf_counter()
+                stored_at_kill = database.stored()
+
+                survivor_done, survivor_last = wait_quiet(survivor, args.quiet_s, 300)
+                stored_dead = database.stored()
+                publish_s = publish_backlog(broker, tail, args.devices, start=n)
+                survivor_tail, _ = wait_quiet(survivor, args.quiet_s, 300)
+                stored_before_restart = database.stored()
+
+                procs.append(start_ingest(envs[1], logs[1]))
+                t_restart = time.perf_counter()
+                first_new_row: list[float] = []
+
+                def all_stored() -> bool:
+                    count = database.stored()
+                    if not first_new_row and count > stored_before_restart:
+                        first_new_row.append(time.perf_counter())
+                    return count >= n + tail
+
+                until(all_stored, 300, "every reading after the restart")
+                t_complete = time.perf_counter()
+                restarted = scrape(victim)
+                survivor_after = messages_of(scrape(survivor))
+            survivor_warnings, restarted_warnings = warnings_in(logs[:1]), warnings_in(logs[1:])
+            rows = database.rows()
+            missing = len(expected_rows(n + tail, args.devices) - rows)
+            extra = len(rows - expected_rows(n + tail, args.devices))
+    finally:
+        database.close()
+        drop_databases(args.database_server, [url])
+    report.update(
+        {
+            "victim_committed_at_kill": victim_at_kill,
+            "survivor_committed_at_kill": survivor_at_kill,
+            "rows_at_kill": stored_at_kill,
+            "survivor_rate_alone_msgs_per_s": round(
+                (survivor_done - survivor_at_kill) / max(survivor_last - t_kill, 1e-9)
+            ),
+            "survivor_committed_when_quiet": survivor_done,
+            "rows_missing_while_dead": n - stored_dead,
+            "tail_published_s": round(publish_s, 2),
+            "tail_stored_by_survivor": survivor_tail - survivor_done,
+            "tail_waiting_for_dead_session": tail - (stored_before_restart - stored_dead),
+            "restart_to_first_new_row_s": round(first_new_row[0] - t_restart, 2),
+            "restart_to_complete_s": round(t_complete - t_restart, 2),
+            "restarted_committed": messages_of(restarted),
+            "restarted_inserted": int(restarted.get("cityops_ingest_rows_total:inserted", 0)),
+            "restarted_duplicates": int(restarted.get("cityops_ingest_rows_total:duplicate", 0)),
+            "survivor_committed_after_restart": survivor_after - survivor_tail,
+            # What the survivor said about its peer's death: nothing is expected.
+            "survivor_warnings": survivor_warnings,
+            "restarted_warnings": restarted_warnings,
+            "rows_stored": len(rows),
+            "rows_missing": missing,
+            "rows_not_published": extra,
+        }
+    )
+    print(
+        f"killed a worker after it committed {victim_at_kill} of its {share}; the survivor "
+        f"drained alone at {report['survivor_rate_alone_msgs_per_s']} msgs/s; "
+        f"{report['rows_missing_while_dead']} backlog rows and "
+        f"{report['tail_waiting_for_dead_session']} of {tail} new ones waited in the dead "
+        f"worker's session; after the restart: first row in {report['restart_to_first_new_row_s']}"
+        f" s, all in {report['restart_to_complete_s']} s, {report['restarted_duplicates']} "
+        f"duplicates; {missing} missing, {extra} extra"
+    )
+    if missing or extra:
+        msg = f"stored rows differ from the published ones: {missing} missing, {extra} extra"
+        raise SystemExit(msg)
+    return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--naive-messages", type=int, default=20_000)
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=DEVICES,
+        help="readings go to this many devices in turn (an even number with --workers 2 gives "
+        "each worker half of the devices)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="also drain with this many `cityops ingest` processes on one shared group (per "
+        "protocol), against one process in the same run",
+    )
+    parser.add_argument(
+        "--kill-one",
+        action="store_true",
+        help="instead: kill -9 one of two workers mid-drain, restart it, check the rows",
+    )
+    parser.add_argument(
+        "--quiet-s",
+        type=float,
+        default=2.0,
+        help="--kill-one: the survivor counts as done after committing nothing for this long",
+    )
     parser.add_argument(
         "--database-server",
         default=os.environ.get(
@@ -268,108 +836,23 @@ def main() -> None:
     parser.add_argument("--role", choices=["bare", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--client-id", help=argparse.SUPPRESS)
+    parser.add_argument("--protocol", choices=[V5, V311], default=V5, help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
     parser.add_argument("--progress", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "bare":
-        return role_bare(args.url, args.client_id, args.messages, Path(args.progress))
+        return role_bare(
+            args.url, args.client_id, args.messages, Path(args.progress), args.protocol
+        )
     if args.role == "naive":
         return role_naive(args.url, args.client_id, args.messages, args.database_url)
-
-    n, n_naive = args.messages, min(args.naive_messages, args.messages)
-    tag = uuid.uuid4().hex[:6]
-    urls = {
-        name: db.with_database(args.database_server, f"bench_{name}_{tag}")
-        for name in ("cityops", "cityops_mqtt311", "naive")
-    }
-    for url in urls.values():
-        db.ensure_database(DatabaseSettings(url=url))
-        db.migrate(DatabaseSettings(url=url))
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.cursor().executemany(
-                "insert into devices (device_id, type) values (%s, 'manhole')",
-                [(f"bench-mh-{i:04d}",) for i in range(DEVICES)],
-            )
-    results: dict[str, object] = {}
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        start_mosquitto(ROOT / "config/mosquitto/cityops.conf", Path(tmp)) as broker,
-    ):
-        for role in ("bare", "cityops", "cityops_mqtt311", "naive"):
-            make_session(broker, client_id(role, tag), f"{role}{tag}")
-        publish_s = publish_backlog(broker, n)
-        print(f"queued {n} readings for 4 offline sessions in {publish_s:.1f} s", flush=True)
-        me = [sys.executable, str(Path(__file__).resolve())]
-
-        progress = Path(tmp) / "bare.progress"
-        progress.write_text("0")
-        bare = subprocess.Popen(
-            [
-                *me,
-                "--role",
-                "bare",
-                "--url",
-                broker,
-                "--client-id",
-                client_id("bare", tag),
-                "--messages",
-                str(n),
-                "--progress",
-                str(progress),
-            ]
-        )
-        results["bare"] = measure("bare", bare, n, lambda: int(progress.read_text() or 0))
-        print("bare    ", results["bare"], flush=True)
-
-        for name, protocol in (("cityops", "5"), ("cityops_mqtt311", "3.1.1")):
-            results[name] = run_cityops(
-                name,
-                protocol=protocol,
-                broker=broker,
-                database_url=urls[name],
-                n=n,
-                tag=tag,
-                tmp=Path(tmp),
-            )
-            print(f"{name:8}", results[name], flush=True)
-
-        naive = subprocess.Popen(
-            [
-                *me,
-                "--role",
-                "naive",
-                "--url",
-                broker,
-                "--client-id",
-                client_id("naive", tag),
-                "--messages",
-                str(n_naive),
-                "--database-url",
-                urls["naive"],
-            ]
-        )
-        results["naive"] = measure("naive", naive, n_naive, lambda: stored(urls["naive"]))
-        print("naive   ", results["naive"], flush=True)
-
-    for name in ("cityops", "cityops_mqtt311"):
-        assert stored(urls[name]) == n, f"{name} stored a different number of rows"
-    with psycopg.connect(args.database_server, autocommit=True) as conn:
-        for url in urls.values():
-            name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
-            conn.execute(f'drop database "{name}" with (force)')
-    rate = {k: v["msgs_per_s"] for k, v in results.items()}  # type: ignore[index]
-    results["ratios"] = {
-        "cityops_vs_bare": round(rate["cityops"] / rate["bare"], 3),
-        "cityops_vs_naive": round(rate["cityops"] / rate["naive"], 1),
-        "cityops_mqtt311_vs_bare": round(rate["cityops_mqtt311"] / rate["bare"], 3),
-        "cityops_mqtt311_vs_naive": round(rate["cityops_mqtt311"] / rate["naive"], 1),
-        "naive_vs_bare": round(rate["naive"] / rate["bare"], 3),
-    }
-    print(
-        f"cityops (MQTT 5) = {results['ratios']['cityops_vs_bare']} x bare, "  # type: ignore[index]
-        f"{results['ratios']['cityops_vs_naive']} x naive"
-    )  # type: ignore[index]
-    print(json.dumps({"bench": "ingest", **results}))
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    if not Path(cityops.__file__).resolve().is_relative_to(ROOT):
+        parser.error(f"cityops is imported from {cityops.__file__}, not from {ROOT}")
+    print(f"cityops from {ROOT}; load average {os.getloadavg()}", flush=True)
+    report = kill_one(args) if args.kill_one else compare(args)
+    print(json.dumps(report))
     return None
 
 
