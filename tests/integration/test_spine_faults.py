@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import psycopg
 
-from ingest.contract import LIGHT
+from ingest.contract import LIGHT, MANHOLE
 from ingest.decode import Decoded
 from ingest.writer import BatchWriter, Message
 from tests.plugin import Publisher, register, wait_for
@@ -179,3 +180,43 @@ def test_a_record_the_client_cannot_encode_is_quarantined_alone(
             "select fault_code from light_readings where device_id = %s order by ts", (device,)
         ).fetchall()
         assert codes == [(7,), (8,)]
+
+
+def test_two_writers_on_the_same_devices_do_not_deadlock(database_url: str, tag: str) -> None:
+    """Two workers see the same devices in different orders; last_seen must not deadlock them."""
+    devices = [f"{tag}-d{i:04d}" for i in range(2000)]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        register(conn, dict.fromkeys(devices, "manhole"))
+    errors: list[BaseException] = []
+
+    def write(order: list[str], ts_ms: int) -> None:
+        try:
+            with psycopg.connect(database_url) as conn:
+                writer = BatchWriter(conn, raw_max_bytes=1024, last_seen_resolution_s=0)
+                for round_ in range(10):
+                    ts_us = (ts_ms + round_) * 1000
+                    batch = [
+                        Message(
+                            i + 1,
+                            0,
+                            f"cityops/v1/manhole/{device}/telemetry",
+                            b"{}",
+                            ts_us,
+                            Decoded(rows=[(MANHOLE, (device, ts_us, 1.0, False, *[None] * 5))]),
+                        )
+                        for i, device in enumerate(order)
+                    ]
+                    result = writer.write(batch)
+                    assert result.inserted["manhole"] == len(order)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=write, args=(devices, T0_MS)),
+        threading.Thread(target=write, args=(devices[::-1], T0_MS + 100)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
