@@ -35,6 +35,21 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def assert_a_new_device_is_picked_up(
+    conn: psycopg.Connection, publisher: Publisher, device: str
+) -> None:
+    """Register ``device`` now; its readings must land once a refresh has read it."""
+    register(conn, {device: "manhole"})
+    wait_for(
+        lambda: (
+            publisher.publish(f"cityops/v1/manhole/{device}/telemetry", reading(now_ms()))
+            or stored(conn, device) >= 1
+        ),
+        what=f"a reading of {device}, registered while ingest runs",
+    )
+    assert stored(conn, device) >= 1
+
+
 def test_a_registry_refresh_waiting_on_a_lock_does_not_hold_up_the_writer(
     conn, database_url: str, tag, make_settings, start_worker, publisher: Publisher
 ) -> None:
@@ -60,15 +75,7 @@ def test_a_registry_refresh_waiting_on_a_lock_does_not_hold_up_the_writer(
             == 0
         )
     # The lock is gone: the refresh that waited ends, and a device registered now is read.
-    late = f"{tag}-late"
-    register(conn, {late: "manhole"})
-    wait_for(
-        lambda: (
-            publisher.publish(f"cityops/v1/manhole/{late}/telemetry", reading(now_ms()))
-            or stored(conn, late) >= 1
-        ),
-        what="a device registered after the lock was released",
-    )
+    assert_a_new_device_is_picked_up(conn, publisher, f"{tag}-late")
 
 
 def test_stopping_ingest_cancels_a_refresh_waiting_on_a_lock(
@@ -133,15 +140,7 @@ def test_failed_rounds_are_counted_retried_and_ingest_goes_on(
         blocker.rollback()
         conn.execute("alter table devices_deleted_away rename to devices_deleted")
         wait_for(lambda: rounds("registry", "done") >= 1, what="a refresh done again")
-        late = f"{tag}-late"
-        register(conn, {late: "manhole"})
-        wait_for(
-            lambda: (
-                publisher.publish(f"cityops/v1/manhole/{late}/telemetry", reading(now_ms()))
-                or stored(conn, late) >= 1
-            ),
-            what="a device registered after the failures",
-        )
+        assert_a_new_device_is_picked_up(conn, publisher, f"{tag}-late")
 
 
 def test_the_worker_drops_expired_partitions_beside_ingest(
@@ -172,3 +171,4 @@ def test_the_worker_drops_expired_partitions_beside_ingest(
             what="the expired partition dropped",
         )
         wait_for(lambda: stored(conn, device) == 1, what="the reading stored, the old one gone")
+        assert conn.execute("select to_regclass(%s)", (expired,)).fetchone() == (None,)
