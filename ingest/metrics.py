@@ -63,8 +63,9 @@ class IngestMetrics:
         )
         self.database_errors = Counter(
             "cityops_ingest_database_errors",
-            "Failed write attempts, by kind (unreachable, refused: privileges, schema, read-only); "
-            "each is retried and nothing is acknowledged before commit.",
+            "Failed write attempts, by kind (unreachable; refused: privileges, schema, read-only; "
+            "failed: a fault in ingest itself); each is retried, nothing is acknowledged before "
+            "commit.",
             ["kind"],
             registry=registry,
         )

@@ -1,10 +1,11 @@
 """The ingest worker: MQTT in, batched binary COPY out, acknowledgement only after commit.
 
-Two threads. paho's network thread decodes each message and appends it to the current batch;
-the calling thread flushes a batch when it is full or ``flush_interval_s`` old, commits it, then
-acknowledges its messages (``manual_ack``). Nothing is acknowledged before its rows or quarantine
-entries are committed, so a crash loses nothing: the broker redelivers what was not acknowledged,
-and the (device_id, ts) key turns redeliveries into no-ops.
+Two threads. paho's network thread appends each message to the pending batch; the calling
+thread decodes and flushes a batch when it is full or ``flush_interval_s`` old, commits it, then
+queues its acknowledgements (``manual_ack``), which the network thread sends while messages
+flow and the writer sends itself when they do not. Nothing is acknowledged before its rows or
+quarantine entries are committed, so a crash loses nothing: the broker redelivers what was not
+acknowledged, and the (device_id, ts) key turns redeliveries into no-ops.
 
 Backpressure is the broker's: under MQTT 5 ingest announces a Receive Maximum
 (``IngestSettings.receive_window``, from ``buffer_max_messages`` and ``buffer_max_bytes``) and a
@@ -357,7 +358,7 @@ class IngestWorker:
                 if writer is None:
                     break
                 result = writer.write(batch)
-            except psycopg.Error as exc:
+            except Exception as exc:  # any failure to write is retried, never fatal
                 self._database_failed(exc)
                 if stop.is_set():
                     logger.warning(
@@ -377,10 +378,15 @@ class IngestWorker:
         self._writing = 0
         return committed
 
-    def _database_failed(self, exc: psycopg.Error) -> None:
+    def _database_failed(self, exc: Exception) -> None:
         """Count a failed attempt, drop the connection, log once when an outage starts."""
         self._drop_connection()
-        kind = "unreachable" if isinstance(exc, psycopg.OperationalError) else "refused"
+        if isinstance(exc, psycopg.OperationalError):
+            kind = "unreachable"
+        elif isinstance(exc, psycopg.Error):
+            kind = "refused"
+        else:  # not the database's: a fault in ingest itself, retried all the same
+            kind = "failed"
         self._metrics.database_errors.labels(kind).inc()
         if self._outage_since is None:
             self._outage_since = time.monotonic()
@@ -401,13 +407,13 @@ class IngestWorker:
 
     def _send_acks(self, client: mqtt.Client) -> None:
         """Acknowledge committed messages; safe from both threads (each pop is atomic)."""
-        generation = self._generation
         while True:
             try:
                 message_generation, mid = self._acks.popleft()
             except IndexError:
                 return
-            if message_generation == generation:
+            # Read per ack: a reconnect while this runs must not ack an old id on a new link.
+            if message_generation == self._generation:
                 client.ack(mid, 1)
 
     def _ensure_writer(self, stop: threading.Event) -> BatchWriter | None:
@@ -425,7 +431,7 @@ class IngestWorker:
                 self._conn.commit()
                 self._metrics.database_up.set(1)
                 logger.info("database connected, %d devices registered", len(self._device_types))
-            except psycopg.Error as exc:
+            except Exception as exc:  # any failure to write is retried, never fatal
                 self._database_failed(exc)
                 if stop.is_set():
                     return None

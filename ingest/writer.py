@@ -94,17 +94,26 @@ class WriteResult:
 _RECORD_ERROR_CLASSES = frozenset({"22", "23", "54"})
 
 
+#: SQLSTATEs of class 22 that are about the COPY stream's shape, i.e. the table's columns
+#: (bad_copy_file_format, invalid_binary_representation): every record would hit them.
+_SCHEMA_ERROR_STATES = frozenset({"22P03", "22P04"})
+#: What encoding one value for COPY raises on the client (a number out of its column's range).
+_ENCODING_ERRORS = (ValueError, TypeError, OverflowError, struct.error, psycopg.DataError)
+
+
 def is_record_error(exc: Exception) -> bool:
     """Whether a record failed for its data, not for a reason any record hits.
 
-    Either the database refused it (by SQLSTATE class), or it failed on the client before it
-    reached the database (no psycopg error: a value the COPY encoder could not take).
+    Either the database refused it (by SQLSTATE class), or the client could not encode one of
+    its values for COPY. Anything else (the connection, the schema, the server, a bug here) is
+    not about one record.
     """
+    if isinstance(exc, psycopg.Error) and exc.sqlstate is not None:
+        state = exc.sqlstate
+        return state[:2] in _RECORD_ERROR_CLASSES and state not in _SCHEMA_ERROR_STATES
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         return False  # the connection or the server, whatever the record
-    if not isinstance(exc, psycopg.Error) or exc.sqlstate is None:
-        return True  # raised on the client while encoding the record
-    return exc.sqlstate[:2] in _RECORD_ERROR_CLASSES
+    return isinstance(exc, _ENCODING_ERRORS)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -255,19 +264,26 @@ class BatchWriter:
         return result
 
     def _copy_rows(self, kind: ReadingKind, rows: list[tuple[Any, ...]]) -> int:
-        """COPY straight into the table; if a row is already there, go through the stage."""
+        """COPY straight into the table; if a row is already there, go through the stage.
+
+        Columns are always named: a column added to a table later does not change what is
+        written, and a column gone is an error about the schema (an outage), not about a row.
+        """
+        columns = sql.SQL(", ").join(map(sql.Identifier, kind.columns))
         table = sql.Identifier(kind.table)
+        stage = sql.Identifier(f"stage_{kind.table}")
         try:
             with self._conn.transaction():
-                self._copy(table, self._types[kind.table], rows)
+                self._copy(sql.SQL("{} ({})").format(table, columns), self._types[kind.table], rows)
         except psycopg.errors.UniqueViolation:
             pass  # a redelivery or replay: skip what is stored, keep the rest
         else:
             return len(rows)
-        stage = sql.Identifier(f"stage_{kind.table}")
-        self._copy(stage, self._types[kind.table], rows)
+        self._copy(sql.SQL("{} ({})").format(stage, columns), self._types[kind.table], rows)
         cur = self._conn.execute(
-            sql.SQL("insert into {} select * from {} on conflict do nothing").format(table, stage)
+            sql.SQL("insert into {} ({}) select {} from {} on conflict do nothing").format(
+                table, columns, columns, stage
+            )
         )
         inserted = cur.rowcount
         self._conn.execute(sql.SQL("truncate {}").format(stage))

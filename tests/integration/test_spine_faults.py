@@ -6,11 +6,12 @@ import json
 import threading
 
 import psycopg
+import pytest
 
 from ingest.contract import LIGHT, MANHOLE
 from ingest.decode import Decoded
-from ingest.writer import BatchWriter, Message
-from tests.plugin import Publisher, register, wait_for
+from ingest.writer import BatchWriter, Message, is_record_error
+from tests.plugin import Publisher, migrated_database, register, wait_for
 
 T0_MS = 1_764_000_000_000
 
@@ -220,3 +221,31 @@ def test_two_writers_on_the_same_devices_do_not_deadlock(database_url: str, tag:
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_a_column_added_changes_nothing_and_a_column_dropped_is_an_outage(
+    server_url: str, tag: str
+) -> None:
+    """A migration under a running writer: no reading may be quarantined for the schema."""
+    device = f"{tag}-mh"
+
+    def message(i: int) -> Message:
+        row = (device, (T0_MS + i) * 1000, 1.0, False, *[None] * 5)
+        decoded = Decoded(rows=[(MANHOLE, row)], device_type="manhole")
+        return Message(i + 1, 0, f"cityops/v1/manhole/{device}/telemetry", b"{}", 0, decoded)
+
+    with migrated_database(server_url) as url, psycopg.connect(url) as conn:
+        register(conn, {device: "manhole"})
+        conn.commit()
+        writer = BatchWriter(conn, raw_max_bytes=1024, last_seen_resolution_s=10)
+        conn.execute("alter table manhole_readings add column note text")
+        conn.commit()
+        added = writer.write([message(0)])
+        assert (added.inserted["manhole"], sum(added.quarantined.values())) == (1, 0)
+        conn.execute("alter table manhole_readings drop column temp_c")
+        conn.commit()
+        with pytest.raises(psycopg.Error) as refused:
+            writer.write([message(1)])
+        assert not is_record_error(refused.value)
+        conn.rollback()
+        assert conn.execute("select count(*) from quarantine").fetchone() == (0,)
