@@ -93,7 +93,8 @@ def config_check(
         load_settings(path)
     except SettingsError as exc:
         for key, value, reason in exc.problems:
-            err.print(f"{exc.source}: {key} = {value!r}: {reason}", highlight=False, markup=False)
+            line = f"{exc.source}: {key} = {value!r}: {reason}"
+            err.print(redact(line), highlight=False, markup=False)
         raise typer.Exit(2) from None
     out.print(f"{path or 'defaults and environment'}: ok", highlight=False)
 

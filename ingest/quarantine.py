@@ -24,6 +24,7 @@ from cityops.settings import IngestSettings
 from devices.changes import read_device_changes
 from ingest.decode import DecodeLimits, Decoder
 from ingest.writer import BatchWriter, Message
+from wire.topics import topic_root
 
 #: Columns of an entry as ``list_entries`` and ``show_entry`` return them.
 COLUMNS = ("id", "received_at", "reason", "topic", "detail", "payload_bytes")
@@ -94,7 +95,11 @@ def purge(conn: psycopg.Connection, before: datetime) -> int:
 def replay(
     conn: psycopg.Connection, selection: Selection, ingest: IngestSettings, *, topic_prefix: str
 ) -> ReplayReport:
-    """Run the selected entries' messages through today's registry and contract, once."""
+    """Run the selected entries' messages through today's registry and contract, once.
+
+    Only entries under ``topic_prefix``'s tree are taken: those of another prefix (the demo's,
+    another site's on a shared database) are left as they are, with their reasons.
+    """
     report = ReplayReport()
     writer = BatchWriter(
         conn,
@@ -108,9 +113,9 @@ def replay(
             sql.SQL(
                 "select id, extract(epoch from received_at)::numeric * 1000000, topic, payload, "
                 "payload_bytes from quarantine where (received_at, topic, payload) in "
-                "(select received_at, topic, payload from quarantine where {}) "
-                "order by id for update"
-            ).format(selection.where())
+                "(select received_at, topic, payload from quarantine where {} "
+                "and starts_with(topic, {})) order by id for update"
+            ).format(selection.where(), sql.Literal(topic_root(topic_prefix) + "/"))
         ).fetchall()
         messages: dict[tuple[int, str, bytes], list[int]] = {}
         for entry_id, received_us, topic, payload, size in rows:

@@ -130,3 +130,13 @@ def test_debug_shows_the_traceback(env: dict[str, str], tmp_path: Path) -> None:
     done = cityops(env, "--debug", "units", "token", "u1", cwd=tmp_path)
     assert done.returncode != 0
     assert "Traceback" in done.stderr
+
+
+def test_config_check_shows_no_password_in_the_values_it_refuses(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**env, "CITYOPS_MQTT_URL": f"http://ingest:{PASSWORD}@127.0.0.1:1883"}
+    done = cityops(env, "config", "check", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "mqtt.url = 'http://ingest:***@127.0.0.1:1883'" in done.stderr
+    assert PASSWORD not in done.stderr + done.stdout

@@ -142,3 +142,19 @@ def test_bad_arguments_end_in_one_line_and_exit_2(cli, args, message) -> None:
     result = cli("quarantine", *args)
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_replay_leaves_entries_under_another_topic_prefix_as_they_are(cli, conn, tag) -> None:
+    device = f"{tag}-site-b"
+    register(conn, {device: "manhole"})
+    topic = f"site-b/cityops/v1/manhole/{device}/telemetry"
+    entry_id = conn.execute(
+        "insert into quarantine (received_at, topic, reason, detail, payload, payload_bytes) "
+        "values (now(), %s, 'unknown_device', 'x', %s, 15) returning id",
+        (topic, b'{"tilt_deg": 1}'),
+    ).fetchone()[0]  # type: ignore[index]
+    replayed = cli("quarantine", "replay", str(entry_id))
+    assert replayed.exit_code == 0, replayed.output
+    assert "replayed 0 messages" in replayed.output
+    kept = conn.execute("select topic, reason from quarantine where id = %s", (entry_id,))
+    assert kept.fetchone() == (topic, "unknown_device")
