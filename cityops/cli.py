@@ -351,7 +351,7 @@ def demo(
                 stop=stop,
                 console=out,
             )
-        except PublishError as exc:
+        except (PublishError, BrokerUnavailableError) as exc:
             fail(str(exc))
     out.print(
         f"stopped: {summary.published:,} messages published, {summary.stored:,} readings stored, "

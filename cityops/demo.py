@@ -15,6 +15,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,7 +33,7 @@ from ingest.metrics import IngestMetrics
 from ingest.worker import IngestWorker
 from simulator.city import CitySpec, generate, write_bundle
 from simulator.fleet import Publication, RunOptions, simulate
-from simulator.publish import PublishError, PublishOptions, publish
+from simulator.publish import PublishOptions, publish
 from simulator.scenario import Scenario
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,21 @@ def _view(
     return table
 
 
+def _thread(
+    name: str, work: Callable[[], object], failures: list[Exception], stop: threading.Event
+) -> threading.Thread:
+    """A thread of the demo whose failure stops it, for the command to report in one line."""
+
+    def run() -> None:
+        try:
+            work()
+        except Exception as exc:  # not printed by the thread: the command reports it
+            failures.append(exc)
+            stop.set()
+
+    return threading.Thread(target=run, name=name)
+
+
 def run_demo(
     settings: Settings,
     *,
@@ -160,24 +176,21 @@ def run_demo(
         ingest=settings.ingest,
         metrics=IngestMetrics(CollectorRegistry()),
     )
-    ingest_thread = threading.Thread(target=worker.run, args=(stop,), name="ingest")
     published: list[int] = []
-    failures: list[PublishError] = []
+    failures: list[Exception] = []  # the first ends the demo, raised once both threads stopped
     options = PublishOptions(
         url=settings.mqtt.url,
         protocol=protocol,
         speed=speed,
         topic_prefix=settings.mqtt.topic_prefix,
     )
-
-    def publish_fleet() -> None:
-        try:
-            published.append(publish(fleet.publications, options, stop).messages)
-        except PublishError as exc:
-            failures.append(exc)
-            stop.set()
-
-    publisher = threading.Thread(target=publish_fleet, name="fleet")
+    ingest_thread = _thread("ingest", lambda: worker.run(stop), failures, stop)
+    publisher = _thread(
+        "fleet",
+        lambda: published.append(publish(fleet.publications, options, stop).messages),
+        failures,
+        stop,
+    )
     ingest_thread.start()
     publisher.start()
     started = time.monotonic()
