@@ -22,7 +22,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from cityops.partitions import create_ahead
-from cityops.redact import redact
+from cityops.redact import error_line, redact
 from cityops.settings import DatabaseSettings
 from ingest.contract import READING_KINDS
 
@@ -62,7 +62,7 @@ def connect(settings: DatabaseSettings, *, autocommit: bool = False) -> psycopg.
 
 def _cannot_connect(what: str, url: str, exc: psycopg.Error) -> str:
     """One line: which server, why (libpq's first line), and where to fix it."""
-    why = (str(exc).strip().splitlines() or ["no answer"])[0]
+    why = error_line(exc)
     return redact(
         f"cannot connect to {what} at {url}: {why}; "
         "check database.url (or CITYOPS_DATABASE_URL) and that PostgreSQL runs"
@@ -236,7 +236,7 @@ def migrate(settings: DatabaseSettings) -> MigrationReport:
             try:
                 applied.extend(f"partition:{name}" for name in create_ahead(conn))
             except psycopg.Error as exc:
-                msg = f"creating partitions ahead failed: {str(exc).strip().splitlines()[0]}"
+                msg = f"creating partitions ahead failed: {error_line(exc)}"
                 raise MigrationError(msg) from exc
     available = state is TimescaleDBState.READY
     if path is StoragePath.POSTGRESQL and available and settings.timescaledb != "off":
@@ -251,5 +251,5 @@ def _execute(conn: psycopg.Connection, step: str, statement: bytes | sql.Compose
     try:
         conn.execute(statement)
     except psycopg.Error as exc:
-        msg = f"migration {step} failed: {str(exc).strip().splitlines()[0]}"
+        msg = f"migration {step} failed: {error_line(exc)}"
         raise MigrationError(msg) from exc

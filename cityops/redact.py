@@ -1,4 +1,4 @@
-"""Secrets out of text: passwords in URLs and connection strings never reach logs or output."""
+"""Text fit for logs and output: no password from a URL or connection string, errors in a line."""
 
 from __future__ import annotations
 
@@ -16,3 +16,9 @@ def redact(text: str) -> str:
     """``text`` with every password in a URL or a connection string replaced by ``***``."""
     text = _URL_PASSWORD.sub(rf"\g<head>{MASK}@", text)
     return _CONNINFO_PASSWORD.sub(rf"\g<head>{MASK}", text)
+
+
+def error_line(exc: BaseException) -> str:
+    """The first line of an error's message (its type when it has none), passwords redacted."""
+    lines = str(exc).strip().splitlines()
+    return redact(lines[0] if lines else type(exc).__name__)

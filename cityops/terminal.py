@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cityops.redact import redact
+from cityops.redact import error_line, redact
 from cityops.settings import Settings, SettingsError, load_settings
 
 out = Console(soft_wrap=True)
@@ -43,25 +43,21 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def describe_failure(exc: Exception) -> tuple[str, int]:
     """One line for a failure no command handled itself, and the exit code (2: known cause)."""
     if isinstance(exc, psycopg.OperationalError):
-        why = _first_line(exc)
+        why = error_line(exc)
         if why.startswith("cannot connect"):  # db.connect's message names the fix already
             return why, 2
         return f"lost the database: {why}; check that PostgreSQL runs and run again", 2
     if isinstance(exc, psycopg.errors.UndefinedTable):
-        return f"the schema is missing ({_first_line(exc)}): run `cityops migrate` first", 2
+        return f"the schema is missing ({error_line(exc)}): run `cityops migrate` first", 2
     if isinstance(exc, psycopg.Error):
-        return f"the database refused: {_first_line(exc)}", 2
+        return f"the database refused: {error_line(exc)}", 2
     if isinstance(exc, OSError):
-        return f"{_first_line(exc)} ({type(exc).__name__})", 2
+        return f"{error_line(exc)} ({type(exc).__name__})", 2
     return (
-        f"unexpected {type(exc).__name__}: {_first_line(exc)} "
+        f"unexpected {type(exc).__name__}: {error_line(exc)} "
         "(run again with --debug for the traceback)",
         1,
     )

@@ -21,7 +21,7 @@ import psycopg
 
 from cityops.db import StoragePath, connect, storage_path
 from cityops.partitions import maintain
-from cityops.redact import redact
+from cityops.redact import error_line
 from cityops.settings import DatabaseSettings, IngestSettings
 from ingest.device_types import DeviceTypes
 from ingest.metrics import IngestMetrics
@@ -98,7 +98,7 @@ class Housekeeping:
             logger.warning(
                 "housekeeping: %s failed, trying again in the next round: %s",
                 task,
-                redact(str(exc).strip()) or type(exc).__name__,
+                error_line(exc),
                 exc_info=not isinstance(exc, psycopg.Error),  # a bug: keep its traceback
             )
             self._close_connection()  # a fresh one next round, whatever state this one is in

@@ -34,7 +34,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cityops.db import connect
-from cityops.redact import redact
+from cityops.redact import error_line, redact
 from cityops.settings import DatabaseSettings, IngestSettings, MqttSettings
 from ingest.decode import DecodeLimits, Decoder, Payload
 from ingest.device_types import DeviceTypes
@@ -394,7 +394,7 @@ class IngestWorker:
                 "database outage (%s): %s; retrying with backoff up to %.1f s, acknowledging "
                 "nothing until it ends",
                 kind,
-                redact(str(exc).strip()),
+                error_line(exc),
                 self._ingest.retry_max_s,
             )
 

@@ -26,6 +26,7 @@ from psycopg import postgres, sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
+from cityops.redact import error_line
 from ingest.contract import READING_KINDS, ReadingKind
 from ingest.decode import Decoded, Payload, Reason, Rejection
 
@@ -116,10 +117,6 @@ def is_record_error(exc: Exception) -> bool:
     return isinstance(exc, _ENCODING_ERRORS)
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().split("\n", 1)[0]
-
-
 class BatchWriter:
     """Writes batches over one connection it owns; the caller handles reconnects."""
 
@@ -163,7 +160,7 @@ class BatchWriter:
             logger.warning(
                 "batch of %d messages refused (%s); isolating the refused ones",
                 len(messages),
-                _first_line(exc),
+                error_line(exc),
             )
             with self._conn.transaction():
                 result = self._isolate(messages, exc)
