@@ -147,9 +147,9 @@ class BatchWriter:
     def write(self, messages: list[Message]) -> WriteResult:
         """Store every row and rejection of ``messages`` in one transaction and commit it.
 
-        Raises psycopg.Error when the database refuses the batch for any reason but the data of
-        some of its messages (``is_record_error``); nothing is committed then and the same
-        messages can be written again.
+        Raises whatever made the batch fail for any reason but the data of some of its messages
+        (``is_record_error``): an outage. Nothing is committed then, and the same messages can
+        be written again.
         """
         try:
             with self._conn.transaction():
