@@ -13,9 +13,10 @@ contender drains its copy:
                    distinct client ids on one shared group, each with its own session, which
                    the broker filled round-robin;
   naive            auto-ack, one INSERT per message, autocommit (what a quick script does).
-Reported: messages/s, client CPU microseconds per message (all processes of a contender), the
-broker's and the database backends' CPU per message, cores busy while draining, peak RSS (the
-largest process), RSS samples, and ratios: each cityops figure against the bare client of the
+Reported: messages/s, client CPU microseconds per message (all processes of a contender, with
+their children: `cityops ingest` receives in a child process), the broker's and the database
+backends' CPU per message, cores busy while draining, peak RSS (the largest contender process with
+its children, summed), RSS samples, and ratios: each cityops figure against the bare client of the
 same protocol and against one process of the same protocol, all measured in the same run. Time
 and CPU count from a contender's first handled message to its last, so interpreter start-up is
 left out.
@@ -51,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import psutil
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -256,10 +258,20 @@ def proc_cpu_s(pid: int) -> float:
 
 
 def proc_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
+    """A /proc/PID/status figure in KiB; 0 for a process that has ended."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
     return 0
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (`cityops ingest` runs its MQTT receiver as a child)."""
+    try:
+        return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def pid_running(config_file: Path) -> int:
@@ -339,9 +351,12 @@ def measure(
         now = time.perf_counter()
         for proc in procs:
             if proc.poll() is None:
-                cpu_by_pid[proc.pid] = proc_cpu_s(proc.pid)
-                hwm_kib = max(hwm_kib, proc_kib(proc.pid, "VmHWM"))
-                rss_kib = proc_kib(proc.pid, "VmRSS")
+                tree = process_tree(proc.pid)
+                for pid in tree:
+                    with contextlib.suppress(OSError):  # a child that just ended
+                        cpu_by_pid[pid] = proc_cpu_s(pid)
+                hwm_kib = max(hwm_kib, sum(proc_kib(pid, "VmHWM") for pid in tree))
+                rss_kib = sum(proc_kib(pid, "VmRSS") for pid in tree)
                 if first is not None and rss_kib:  # none once the process is a zombie
                     rss_samples.append(rss_kib)
             elif done < n:

@@ -44,7 +44,8 @@ from cityops.terminal import (
 from devices import registry
 from ingest.contract import json_schema
 from ingest.metrics import IngestMetrics
-from ingest.worker import BrokerUnavailableError, IngestWorker
+from ingest.receiver import BrokerUnavailableError
+from ingest.worker import IngestWorker, ReceiverFailedError
 from simulator.publish import PublishError
 from wire.topics import topic_filter
 
@@ -198,7 +199,7 @@ def _ingest(settings: Settings, metrics_port: int | None) -> None:
     )
     try:
         worker.run(stop)
-    except BrokerUnavailableError as exc:
+    except (BrokerUnavailableError, ReceiverFailedError) as exc:
         fail(str(exc))
     finally:
         if server is not None:

@@ -14,7 +14,7 @@ from paho.mqtt.enums import MQTTProtocolVersion
 
 from cityops.settings import MqttSettings
 from cityops.terminal import ConfigOption, fail, out, settings_from, stop_on_signals
-from ingest.worker import BrokerUnavailableError, choose_protocol
+from ingest.receiver import BrokerUnavailableError, choose_protocol
 from simulator.city import CitySpec, generate, read_bundle, write_bundle
 from simulator.fleet import Publication, Run, RunOptions, simulate
 from simulator.publish import (

@@ -1,4 +1,5 @@
-"""Crash and outage: kill -9 of ingest mid-stream, and a database restart while ingest runs."""
+"""Crash and outage: kill -9 of ingest or of its MQTT receiver mid-stream, and a database restart
+while ingest runs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 
@@ -61,6 +63,35 @@ def expected(n: int) -> list[tuple[object, ...]]:
     return [(T0_MS + i * 1000, pytest.approx((i % 900) / 10, abs=1e-4)) for i in range(n)]
 
 
+def receiver_of(ingest: subprocess.Popen[bytes]) -> psutil.Process:
+    """The MQTT receiver process of a running `cityops ingest`."""
+
+    def receivers() -> list[psutil.Process]:
+        children = psutil.Process(ingest.pid).children()
+        return [child for child in children if "spawn_main" in " ".join(child.cmdline())]
+
+    wait_for(lambda: len(receivers()) == 1, what="the receiver process")
+    return receivers()[0]
+
+
+def start_stream(
+    conn: psycopg.Connection, publisher: Publisher, device: str
+) -> tuple[threading.Thread, int]:
+    """Publish N readings from a thread once ingest takes them; return when >2,000 are stored."""
+    messages = readings(N, device)
+    # Until ingest has subscribed, nobody gets the first reading: repeat it until it lands.
+    wait_for(
+        lambda: (
+            publisher.publish_many(messages[:1]) or count(conn, "manhole_readings", device) == 1
+        ),
+        what="first reading",
+    )
+    sender = threading.Thread(target=publisher.publish_many, args=(messages[1:],))
+    sender.start()
+    wait_for(lambda: count(conn, "manhole_readings", device) > 2_000, what="ingest under way")
+    return sender, N
+
+
 @pytest.fixture
 def ingest_process(
     database_url, broker_url, tag, tmp_path
@@ -81,20 +112,14 @@ def test_kill_9_mid_stream_then_restart_stores_exactly_the_published_readings(
     register(conn, {device: "manhole"})
     log = tmp_path / "ingest.log"
     ingest_process.append(start_ingest(database_url, broker_url, tag, log))
-    messages = readings(N, device)
-    # Until ingest has subscribed, nobody gets the first reading: repeat it until it lands.
-    wait_for(
-        lambda: (
-            publisher.publish_many(messages[:1]) or count(conn, "manhole_readings", device) == 1
-        ),
-        what="first reading",
-    )
-    sender = threading.Thread(target=publisher.publish_many, args=(messages[1:],))
-    sender.start()
-    wait_for(lambda: count(conn, "manhole_readings", device) > 2_000, what="ingest under way")
+    receiver = receiver_of(ingest_process[0])
+    sender, _ = start_stream(conn, publisher, device)
     ingest_process[0].kill()
     ingest_process[0].wait()
     at_kill = count(conn, "manhole_readings", device)
+    # Its receiver sees the writer's end of the pipe close, disconnects and ends.
+    _, alive = psutil.wait_procs([receiver], timeout=30)
+    assert not alive, "the receiver outlived its writer"
     sender.join()
     port = free_port()
     ingest_process.append(start_ingest(database_url, broker_url, tag, log, port))
@@ -114,6 +139,35 @@ def test_kill_9_mid_stream_then_restart_stores_exactly_the_published_readings(
     assert float(inserted.group(1)) == N - at_kill
     ingest_process[1].send_signal(signal.SIGTERM)
     assert ingest_process[1].wait(timeout=30) == 0
+
+
+def test_kill_9_of_the_receiver_stops_ingest_in_one_line_and_a_restart_loses_nothing(
+    conn, database_url, mosquitto_url, tag, tmp_path, ingest_process, publisher: Publisher
+) -> None:
+    device = f"{tag}-mh"
+    register(conn, {device: "manhole"})
+    log = tmp_path / "ingest.log"
+    ingest_process.append(start_ingest(database_url, mosquitto_url, tag, log))
+    receiver = receiver_of(ingest_process[0])
+    sender, _ = start_stream(conn, publisher, device)
+    receiver.kill()
+    assert ingest_process[0].wait(timeout=30) == 2
+    at_stop = count(conn, "manhole_readings", device)
+    errors = [line for line in log.read_text().splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: the MQTT receiver process ended unexpectedly; ingest stopped: start it again (a "
+        "service manager does), the broker redelivers what was not acknowledged"
+    ]
+    assert "Traceback" not in log.read_text()
+    sender.join()
+    ingest_process.append(start_ingest(database_url, mosquitto_url, tag, log))
+    wait_for(
+        lambda: count(conn, "manhole_readings", device) == N,
+        timeout_s=120,
+        what=f"all {N} readings after restart",
+    )
+    assert at_stop < N, "the kill came too late to test anything"
+    assert stored(conn, device) == expected(N)
 
 
 @pytest.fixture

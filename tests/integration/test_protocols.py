@@ -11,7 +11,7 @@ import pytest
 
 from cityops.services import embedded_broker
 from cityops.settings import MqttSettings
-from ingest.worker import BrokerUnavailableError, choose_protocol
+from ingest.receiver import BrokerUnavailableError, choose_protocol
 from tests.integration.test_ingest import count
 from tests.plugin import Publisher, register, session_present, wait_for
 

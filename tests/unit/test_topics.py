@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from cityops.settings import MqttSettings
 from ingest.decode import DecodeLimits, Decoder, Reason
-from ingest.worker import subscriptions
+from ingest.receiver import subscriptions
 from simulator.city import CitySpec, generate
 from simulator.fleet import RunOptions, simulate
 from simulator.publish import PublishOptions

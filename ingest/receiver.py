@@ -1,0 +1,372 @@
+"""The MQTT side of ingest: choosing the protocol, and a receiver process that holds the session.
+
+The receiver runs paho's network loop in a process of its own, so that receiving and the writer's
+decoding and COPY run on two cores instead of taking turns on one GIL (one process did 0.50-0.63 x
+a bare paho client; docs/benchmarks.md). It only receives, ships and acknowledges, on one thread
+that drives paho through its external-loop API (``socket``, ``loop_read``, ``loop_write``,
+``loop_misc``, ``reconnect``) and waits on the broker's socket and the writer's pipe at once:
+
+- each message is shipped to the writer as ``(mid, generation, topic, payload, received_us)``, in
+  lists of up to ``_CHUNK`` messages or ``_SHIP_AFTER_US`` old, over its end of a duplex pipe (a
+  socket pair: room for several lists, where an OS pipe holds 64 KiB);
+- connection events are shipped as ``Connected``, ``Disconnected`` and ``Refused``;
+- from the same pipe it takes lists of committed ``(generation, mid)`` pairs and acknowledges
+  them at once, ``STOP`` (stop taking messages, ship what it holds, answer ``Stopped``) and
+  ``CLOSE`` (disconnect and exit).
+
+It never waits on the writer: the broker's window (Receive Maximum under MQTT 5) bounds what can
+be unacknowledged, so what the receiver ships is bounded too, and keep-alives go on through a
+database outage of any length. Message ids belong to one connection (``generation``): an id
+committed after a reconnect is not acknowledged on the new connection; the broker redelivers it
+and the (device_id, ts) key makes that a no-op.
+
+The receiver ignores SIGINT and SIGTERM (the writer stops it in order) and ends when the writer's
+end of the pipe closes, whatever ended the writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Final
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from cityops.redact import error_line, redact
+from cityops.settings import MqttSettings
+from ingest.decode import Payload
+from wire.topics import prefixed
+
+logger = logging.getLogger(__name__)
+
+#: What the receiver ships of a message: mid, connection generation, topic, payload, receive
+#: time (epoch microseconds).
+Received = tuple[int, int, str, Payload, int]
+
+#: Messages shipped in one list at most, and how old the oldest may grow before a partial list
+#: is shipped (microseconds).
+_CHUNK: Final = 256
+_SHIP_AFTER_US: Final = 5_000
+#: How long the loop waits at most with nothing to do: paho's keep-alive is checked this often.
+_IDLE_S: Final = 1.0
+
+STOP: Final = "stop"
+CLOSE: Final = "close"
+
+
+@dataclass(frozen=True)
+class Connected:
+    """Connected and subscribed to ``topics``."""
+
+    session_present: bool
+    topics: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    """The connection ended; paho reconnects on its own."""
+
+    reason: str | None  # None: a disconnect ingest asked for
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The broker refused the connection (bad credentials, say); paho tries again."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """After STOP: every message the receiver took has been shipped; no more will come."""
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The receiver failed and ends; ``error`` is one redacted line."""
+
+    error: str
+
+
+@dataclass(frozen=True)
+class ReceiverConfig:
+    """What the receiver process is started with."""
+
+    mqtt: MqttSettings
+    protocol: MQTTProtocolVersion
+    receive_window: int
+    max_packet_bytes: int
+    retry_max_s: float
+
+
+def now_us() -> int:
+    """Wall-clock time in epoch microseconds."""
+    return time.time_ns() // 1000
+
+
+class BrokerUnavailableError(Exception):
+    """The broker could not be reached within the connect timeout."""
+
+
+#: CONNACK reason codes that mean "not this protocol version": 3.1.1's return code 1
+#: (unacceptable protocol version) and MQTT 5's 0x84 (unsupported protocol version).
+_PROTOCOL_REFUSED = frozenset({1, 0x84})
+
+
+def choose_protocol(settings: MqttSettings) -> tuple[MQTTProtocolVersion, str]:
+    """The MQTT version to use, and how it was chosen (configured, negotiated, fallback).
+
+    Under "auto", MQTT 3.1.1 is taken only when the broker explicitly refuses MQTT 5 (a CONNACK
+    saying so, or closing the connection in answer to the CONNECT). A broker that does not answer
+    in time is unavailable, not old: falling back then would silently lose the receive window and
+    the shared subscription.
+    """
+    if settings.protocol == "5":
+        return MQTTProtocolVersion.MQTTv5, "configured"
+    if settings.protocol == "3.1.1":
+        return MQTTProtocolVersion.MQTTv311, "configured"
+    answer: list[ReasonCode | None] = []  # None: the broker closed the connection
+    answered = threading.Event()
+
+    def on_connect(_c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        answer.append(rc)
+        answered.set()
+
+    def on_disconnect(*_: Any) -> None:
+        if not answered.is_set():
+            answer.append(None)
+            answered.set()
+
+    probe = make_client(settings, MQTTProtocolVersion.MQTTv5, f"{settings.client_id}-probe")
+    probe.on_connect = on_connect
+    probe.on_disconnect = on_disconnect
+    url = redact(settings.url)
+    try:
+        probe.connect(settings.host, settings.port, settings.keepalive_s, clean_start=True)
+    except OSError as exc:
+        msg = f"cannot reach the MQTT broker at {url}: {exc}"
+        raise BrokerUnavailableError(msg) from exc
+    probe.loop_start()
+    try:
+        if not answered.wait(settings.connect_timeout_s):
+            msg = (
+                f"the MQTT broker at {url} did not answer within {settings.connect_timeout_s:g} s "
+                "(mqtt.connect_timeout_s); check the broker, or set mqtt.protocol"
+            )
+            raise BrokerUnavailableError(msg)
+    finally:
+        probe.disconnect()
+        probe.loop_stop()
+    rc = answer[0]
+    if rc is not None and not rc.is_failure:
+        logger.info("broker %s speaks MQTT 5", url)
+        return MQTTProtocolVersion.MQTTv5, "negotiated"
+    if rc is None or rc.value in _PROTOCOL_REFUSED:
+        logger.warning(
+            "the MQTT broker at %s refused MQTT 5 (%s): using MQTT 3.1.1, so ingest cannot "
+            "announce its receive window (the broker's own window bounds its memory) and "
+            "subscribes without a shared group (run one ingest process only)",
+            url,
+            "connection closed" if rc is None else rc,
+        )
+        return MQTTProtocolVersion.MQTTv311, "fallback"
+    msg = f"the MQTT broker at {url} refused the connection: {rc}"
+    raise BrokerUnavailableError(msg)
+
+
+def subscriptions(settings: MqttSettings, *, is_shareable: bool) -> list[str]:
+    """What ingest subscribes to: each of its topic filters under its prefix, shared if it can be.
+
+    Unshared by default: Mosquitto restores a session's plain subscriptions from its store after a
+    restart but not its shared ones (docs/operations.md, "Broker restarts").
+    """
+    share = f"$share/{settings.shared_group}/" if settings.shared_group and is_shareable else ""
+    return [share + prefixed(settings.topic_prefix, topics) for topics in settings.topic_filters]
+
+
+def make_client(
+    settings: MqttSettings, protocol: MQTTProtocolVersion, client_id: str
+) -> mqtt.Client:
+    """A paho client with ingest's session, credentials and TLS; QoS 1 acks are ingest's."""
+    is_v5 = protocol == MQTTProtocolVersion.MQTTv5
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=protocol,
+        clean_session=None if is_v5 else not settings.is_persistent_session,
+        manual_ack=True,
+    )
+    if settings.username is not None:
+        client.username_pw_set(settings.username, settings.password)
+    if settings.is_tls:
+        client.tls_set()
+    return client
+
+
+def run_receiver(config: ReceiverConfig, pipe: Connection) -> None:
+    """The receiver process's entry point (see the module docstring)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        _Receiver(config, pipe).serve()
+    except (EOFError, BrokenPipeError):
+        pass  # the writer is gone: what was not acknowledged is redelivered to the next session
+    except Exception as exc:  # reported by the writer, in one line
+        try:
+            pipe.send(Failed(error_line(exc)))
+        finally:
+            raise SystemExit(1) from None
+
+
+class _Receiver:
+    def __init__(self, config: ReceiverConfig, pipe: Connection) -> None:
+        self._config = config
+        self._pipe = pipe
+        self._is_v5 = config.protocol == MQTTProtocolVersion.MQTTv5
+        self._chunk: list[Received] = []
+        self._generation = 0
+        self._accepting = True
+        # Reconnecting backs off from 1 s to retry_max_s + 1, doubling; 0 once connected.
+        self._reconnect_delay_s = 0.0
+        self._retry_at = 0.0  # monotonic time of the next connection attempt
+        self._client = make_client(config.mqtt, config.protocol, config.mqtt.client_id)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    def serve(self) -> None:
+        settings, client = self._config.mqtt, self._client
+        properties = None
+        if self._is_v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = settings.session_expiry_s
+            properties.ReceiveMaximum = self._config.receive_window
+            properties.MaximumPacketSize = self._config.max_packet_bytes
+        client.connect_async(
+            settings.host,
+            settings.port,
+            settings.keepalive_s,
+            clean_start=(
+                not settings.is_persistent_session
+                if self._is_v5
+                else mqtt.MQTT_CLEAN_START_FIRST_ONLY
+            ),
+            properties=properties,
+        )
+        try:
+            self._loop()
+        finally:
+            client.disconnect()
+
+    def _loop(self) -> None:
+        client, pipe = self._client, self._pipe
+        while True:
+            sock: Any = client.socket()
+            if sock is None and time.monotonic() >= self._retry_at:
+                sock = self._connect()
+            # TLS may hold decrypted bytes that select() cannot see.
+            pending = sock is not None and hasattr(sock, "pending") and sock.pending() > 0
+            readable, writable, _ = select.select(
+                [pipe] if sock is None else [pipe, sock],
+                [sock] if sock is not None and client.want_write() else [],
+                [],
+                0.0 if pending else self._wait_s(sock),
+            )
+            if pipe in readable and not self._command(pipe.recv()):
+                return
+            if sock is not None:
+                if pending or sock in readable:
+                    client.loop_read()  # a lost connection ends in _on_disconnect
+                if sock in writable:
+                    client.loop_write()
+                client.loop_misc()  # keep-alive
+            if self._chunk and now_us() - self._chunk[0][4] >= _SHIP_AFTER_US:
+                self._ship()
+
+    def _wait_s(self, sock: object) -> float:
+        if self._chunk:
+            return max(0.0, (self._chunk[0][4] + _SHIP_AFTER_US - now_us()) / 1e6)
+        if sock is None:
+            return max(0.0, self._retry_at - time.monotonic())
+        return _IDLE_S
+
+    def _connect(self) -> Any:
+        """Start a connection (CONNACK comes to _on_connect); back off while that fails."""
+        try:
+            self._client.reconnect()
+        except OSError:
+            self._back_off()
+            return None
+        return self._client.socket()
+
+    def _back_off(self) -> None:
+        max_delay_s = self._config.retry_max_s + 1
+        self._reconnect_delay_s = min(max(2 * self._reconnect_delay_s, 1.0), max_delay_s)
+        self._retry_at = time.monotonic() + self._reconnect_delay_s
+
+    def _command(self, command: object) -> bool:
+        """Carry out one command from the writer; return False on CLOSE."""
+        if isinstance(command, list):
+            ack, generation = self._client.ack, self._generation
+            for message_generation, mid in command:
+                if message_generation == generation:
+                    ack(mid, 1)
+        elif command == STOP:
+            self._accepting = False
+            self._ship()
+            self._pipe.send(Stopped())
+        elif command == CLOSE:
+            return False
+        return True
+
+    def _ship(self) -> None:
+        if self._chunk:
+            chunk, self._chunk = self._chunk, []
+            self._pipe.send(chunk)
+
+    # -- paho callbacks, on the same thread -------------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Any
+    ) -> None:
+        if rc.is_failure:
+            self._pipe.send(Refused(str(rc)))
+            return
+        self._reconnect_delay_s = 0.0
+        # Shared subscriptions are MQTT 5, but Mosquitto and EMQX serve them to 3.1.1 clients
+        # too; a broker that refused MQTT 5 under "auto" (amqtt) gets a plain subscription.
+        shareable = self._is_v5 or self._config.mqtt.protocol == "3.1.1"
+        topics = subscriptions(self._config.mqtt, is_shareable=shareable)
+        if self._is_v5:
+            client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in topics])
+        else:
+            client.subscribe([(topic, 1) for topic in topics])
+        self._pipe.send(Connected(bool(flags.session_present), tuple(topics)))
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        # Message ids belong to a connection: never acknowledge an old one on a new one.
+        self._generation += 1
+        self._back_off()
+        self._pipe.send(Disconnected(str(rc) if rc.is_failure else None))
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if not self._accepting:
+            return  # not acknowledged: the broker hands it to the next session
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # a broker that does not validate topics; bad_topic later
+            # paho keeps the topic bytes in _topic and offers no public accessor for them.
+            topic = msg._topic.decode("utf-8", "backslashreplace")
+        self._chunk.append((msg.mid, self._generation, topic, msg.payload, now_us()))
+        if len(self._chunk) >= _CHUNK:
+            self._ship()
