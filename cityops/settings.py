@@ -258,7 +258,7 @@ class IngestSettings(_Section):
     def receive_window(self) -> int:
         """Unacknowledged messages the broker may send at once: the MQTT 5 Receive Maximum.
 
-        The broker enforces it, so the network thread never has to stop reading (which would
+        The broker enforces it, so the receiver never has to stop reading (which would
         stop keep-alives too): at most this many messages of at most max_packet_bytes each are
         held, which bounds memory by count and by bytes.
         """

@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import psutil
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -44,11 +45,9 @@ def metrics(port: int) -> dict[str, float]:
 
 
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    msg = f"no VmRSS for process {pid}"
-    raise AssertionError(msg)
+    """Resident memory of ingest: the writer process and its receiver."""
+    writer = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [writer, *writer.children(recursive=True)])
 
 
 def full_size_reading(device: str, i: int) -> tuple[str, bytes]:
