@@ -9,10 +9,11 @@ that drives paho through its external-loop API (``socket``, ``loop_read``, ``loo
 - each message is shipped to the writer as ``(mid, generation, topic, payload, received_us)``, in
   lists of up to ``_CHUNK`` messages or ``_SHIP_AFTER_US`` old, over its end of a duplex pipe (a
   socket pair: room for several lists, where an OS pipe holds 64 KiB);
-- connection events are shipped as ``Connected``, ``Disconnected`` and ``Refused``;
+- connection events are shipped as ``Connected``, ``Disconnected``, ``Refused`` and
+  ``Unreachable`` (once, when connecting starts failing);
 - from the same pipe it takes lists of committed ``(generation, mid)`` pairs and acknowledges
   them at once, ``STOP`` (stop taking messages, ship what it holds, answer ``Stopped``) and
-  ``CLOSE`` (disconnect and exit).
+  ``CLOSE`` (write what paho still holds, disconnect and exit).
 
 It never waits on the writer: the broker's window (Receive Maximum under MQTT 5) bounds what can
 be unacknowledged, so what the receiver ships is bounded too, and keep-alives go on through a
@@ -20,8 +21,10 @@ database outage of any length. Message ids belong to one connection (``generatio
 committed after a reconnect is not acknowledged on the new connection; the broker redelivers it
 and the (device_id, ts) key makes that a no-op.
 
-The receiver ignores SIGINT and SIGTERM (the writer stops it in order) and ends when the writer's
-end of the pipe closes, whatever ended the writer.
+The receiver ignores SIGINT and SIGTERM (the writer stops it in order; it is started with both
+blocked, so that a Ctrl-C during its start-up cannot reach it either) and ends when the writer's
+end of the pipe closes, whatever ended the writer. It exits 0 when told to close or when the
+writer is gone, 1 when it failed (after shipping ``Failed``).
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ _CHUNK: Final = 256
 _SHIP_AFTER_US: Final = 5_000
 #: How long the loop waits at most with nothing to do: paho's keep-alive is checked this often.
 _IDLE_S: Final = 1.0
+#: How long closing may take to write the last acknowledgements and the DISCONNECT.
+_FLUSH_S: Final = 5.0
 
 STOP: Final = "stop"
 CLOSE: Final = "close"
@@ -82,6 +87,13 @@ class Disconnected:
 @dataclass(frozen=True)
 class Refused:
     """The broker refused the connection (bad credentials, say); paho tries again."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Unreachable:
+    """Connecting fails (reason: one redacted line); it is retried with backoff."""
 
     reason: str
 
@@ -206,6 +218,7 @@ def make_client(
         clean_session=None if is_v5 else not settings.is_persistent_session,
         manual_ack=True,
     )
+    client.connect_timeout = settings.connect_timeout_s
     if settings.username is not None:
         client.username_pw_set(settings.username, settings.password)
     if settings.is_tls:
@@ -217,9 +230,10 @@ def run_receiver(config: ReceiverConfig, pipe: Connection) -> None:
     """The receiver process's entry point (see the module docstring)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         _Receiver(config, pipe).serve()
-    except (EOFError, BrokenPipeError):
+    except (EOFError, ConnectionError):
         pass  # the writer is gone: what was not acknowledged is redelivered to the next session
     except Exception as exc:  # reported by the writer, in one line
         try:
@@ -239,6 +253,7 @@ class _Receiver:
         # Reconnecting backs off from 1 s to retry_max_s + 1, doubling; 0 once connected.
         self._reconnect_delay_s = 0.0
         self._retry_at = 0.0  # monotonic time of the next connection attempt
+        self._unreachable = False  # reported, until a connection succeeds
         self._client = make_client(config.mqtt, config.protocol, config.mqtt.client_id)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -267,6 +282,20 @@ class _Receiver:
             self._loop()
         finally:
             client.disconnect()
+            self._flush(time.monotonic() + _FLUSH_S)
+
+    def _flush(self, deadline: float) -> None:
+        """Write what paho still holds (acknowledgements, the DISCONNECT) while the socket takes it.
+
+        paho writes at once only what the socket buffer takes; the rest waits for loop_write.
+        """
+        client = self._client
+        while client.want_write() and (sock := client.socket()) is not None:
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                return
+            select.select([], [sock], [], left_s)
+            client.loop_write()
 
     def _loop(self) -> None:
         client, pipe = self._client, self._pipe
@@ -304,7 +333,10 @@ class _Receiver:
         """Start a connection (CONNACK comes to _on_connect); back off while that fails."""
         try:
             self._client.reconnect()
-        except OSError:
+        except OSError as exc:
+            if not self._unreachable:
+                self._unreachable = True
+                self._pipe.send(Unreachable(error_line(exc)))
             self._back_off()
             return None
         return self._client.socket()
@@ -343,6 +375,7 @@ class _Receiver:
             self._pipe.send(Refused(str(rc)))
             return
         self._reconnect_delay_s = 0.0
+        self._unreachable = False
         # Shared subscriptions are MQTT 5, but Mosquitto and EMQX serve them to 3.1.1 clients
         # too; a broker that refused MQTT 5 under "auto" (amqtt) gets a plain subscription.
         shareable = self._is_v5 or self._config.mqtt.protocol == "3.1.1"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import signal
 import threading
 import time
 from collections import deque
@@ -48,6 +49,7 @@ from ingest.receiver import (
     ReceiverConfig,
     Refused,
     Stopped,
+    Unreachable,
     choose_protocol,
     now_us,
     run_receiver,
@@ -86,7 +88,7 @@ class IngestWorker:
         self._pending_since = 0.0
         self._writing = 0
         self._receiver_stopped = False
-        self._receiver_closing = False
+        # Why the receiver ended, once it has (set by the reader thread).
         self._receiver_failure: str | None = None
         self._device_types = DeviceTypes(rows_read=metrics.registry_rows_read)
         self._housekeeping = Housekeeping(
@@ -130,26 +132,34 @@ class IngestWorker:
         receiver = context.Process(
             target=run_receiver, args=(config, receiver_end), name="ingest-receiver", daemon=True
         )
-        receiver.start()
+        # The child inherits the blocked signals (a Ctrl-C during its start-up must not reach
+        # it) until it ignores them itself.
+        signals = {signal.SIGINT, signal.SIGTERM}
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        try:
+            receiver.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         receiver_end.close()
         reader = threading.Thread(
             target=self._read, args=(pipe,), name="ingest-receiver-reader", daemon=True
         )
-        reader.start()
-        self._housekeeping.start()
+        failure = None
         try:
+            reader.start()
+            self._housekeeping.start()
             self._write_until_stopped(pipe, stop)
         finally:
             self._housekeeping.close()
-            self._close_receiver(pipe, receiver)
+            failure = self._close_receiver(pipe, receiver)
             reader.join(_RECEIVER_CLOSE_S)
             if self._conn is not None:
                 self._conn.close()
             logger.info("ingest stopped")
-        if self._receiver_failure is not None:
+        if failure is not None:
             msg = (
-                f"{self._receiver_failure}; ingest stopped: start it again (a service manager "
-                "does), the broker redelivers what was not acknowledged"
+                f"{failure}; ingest stopped: start it again (a service manager does), the "
+                "broker redelivers what was not acknowledged"
             )
             raise ReceiverFailedError(msg)
 
@@ -161,22 +171,22 @@ class IngestWorker:
                 self._tell_receiver(pipe, STOP)
             batch = self._next_batch(stop, stopping=stopping)
             if self._receiver_failure is not None:
-                return  # nothing can be acknowledged any more: the broker redelivers it all
+                return
             committed = not batch or self._commit_and_ack(batch, pipe, stop)
             if stopping and (not committed or (self._receiver_stopped and not self._pending)):
                 return  # drained, or the database is down: the broker keeps the rest
 
-    def _tell_receiver(self, pipe: Connection, command: object) -> None:
-        try:
+    @staticmethod
+    def _tell_receiver(pipe: Connection, command: object) -> None:
+        with contextlib.suppress(OSError):  # it has ended: the reader thread reports why
             pipe.send(command)
-        except OSError:  # it has ended: the reader thread reports why
-            with self._cond:
-                if self._receiver_failure is None and not self._receiver_closing:
-                    self._receiver_failure = "the MQTT receiver process ended unexpectedly"
 
-    def _close_receiver(self, pipe: Connection, receiver: BaseProcess) -> None:
-        """Have the receiver acknowledge what is committed and disconnect; end it if it hangs."""
-        self._receiver_closing = True
+    def _close_receiver(self, pipe: Connection, receiver: BaseProcess) -> str | None:
+        """Have the receiver disconnect (ending it if it hangs); return why it failed, if it did.
+
+        It failed if it ended before it was told to close, or ended badly after.
+        """
+        failure = self._receiver_failure
         with contextlib.suppress(OSError):  # it has already ended
             pipe.send(CLOSE)
         receiver.join(_RECEIVER_CLOSE_S)
@@ -184,7 +194,10 @@ class IngestWorker:
             logger.warning("the MQTT receiver did not stop within %.0f s", _RECEIVER_CLOSE_S)
             receiver.kill()
             receiver.join()
+        elif failure is None and receiver.exitcode != 0:
+            failure = f"the MQTT receiver process ended with exit code {receiver.exitcode}"
         pipe.close()
+        return failure
 
     # -- reader thread ----------------------------------------------------------------------
 
@@ -197,6 +210,8 @@ class IngestWorker:
                 item = pipe.recv()
             except (EOFError, OSError):
                 item = Failed("the MQTT receiver process ended unexpectedly")
+            except Exception as exc:  # what it ships cannot be read: nothing more can be
+                item = Failed(f"cannot read what the MQTT receiver sends: {error_line(exc)}")
             if not isinstance(item, list):
                 if self._on_event(item):
                     return
@@ -230,11 +245,16 @@ class IngestWorker:
             with self._cond:
                 self._receiver_stopped = True
                 self._cond.notify_all()
+        elif isinstance(event, Unreachable):
+            logger.warning(
+                "cannot reach the MQTT broker at %s (%s); retrying with backoff",
+                redact(self._mqtt.url),
+                event.reason,
+            )
         elif isinstance(event, Failed):
             self._metrics.mqtt_connected.set(0)
             with self._cond:
-                if not self._receiver_closing:
-                    self._receiver_failure = event.error
+                self._receiver_failure = event.error
                 self._cond.notify_all()
             return True
         return False
@@ -259,6 +279,8 @@ class IngestWorker:
                 else:
                     wait_s = interval
                 self._cond.wait(min(wait_s, interval))
+        if self._receiver_failure is not None:
+            return []  # nothing could be acknowledged: the broker redelivers it all
         decode = self._decoder.decode_message
         batch = [
             Message(
@@ -292,14 +314,14 @@ class IngestWorker:
                 result = writer.write(batch)
             except Exception as exc:  # any failure to write is retried, never fatal
                 self._database_failed(exc)
-                if stop.is_set():
+                if stop.is_set() or self._receiver_failure is not None:
                     logger.warning(
-                        "database unavailable at shutdown; %d messages stay unacknowledged "
+                        "database unavailable as ingest stops; %d messages stay unacknowledged "
                         "and will be redelivered",
                         len(batch),
                     )
                     break
-                stop.wait(delay_s)
+                self._back_off(stop, delay_s)
                 delay_s = min(delay_s * 2, self._ingest.retry_max_s)
                 continue
             self._database_recovered()
@@ -309,6 +331,15 @@ class IngestWorker:
             break
         self._writing = 0
         return committed
+
+    def _back_off(self, stop: threading.Event, delay_s: float) -> None:
+        """Wait before the next attempt; stop, or the receiver ending, cuts it short (0.1 s)."""
+        deadline = time.monotonic() + delay_s
+        while not stop.is_set() and self._receiver_failure is None:
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                return
+            stop.wait(min(left_s, 0.1))
 
     def _database_failed(self, exc: Exception) -> None:
         """Count a failed attempt, drop the connection, log once when an outage starts."""
@@ -354,9 +385,9 @@ class IngestWorker:
                 logger.info("database connected, %d devices registered", len(self._device_types))
             except Exception as exc:  # any failure to write is retried, never fatal
                 self._database_failed(exc)
-                if stop.is_set():
+                if stop.is_set() or self._receiver_failure is not None:
                     return None
-                stop.wait(delay_s)
+                self._back_off(stop, delay_s)
                 delay_s = min(delay_s * 2, self._ingest.retry_max_s)
         return self._writer
 

@@ -170,6 +170,36 @@ def test_kill_9_of_the_receiver_stops_ingest_in_one_line_and_a_restart_loses_not
     assert stored(conn, device) == expected(N)
 
 
+def test_a_receiver_that_dies_during_a_database_outage_stops_ingest_at_once(
+    conn, database_url, mosquitto_url, tag, tmp_path, ingest_process, publisher: Publisher
+) -> None:
+    device = f"{tag}-mh"
+    register(conn, {device: "manhole"})
+    conn.execute(
+        f"create function frozen_{tag}() returns trigger language plpgsql as "
+        "$$ begin raise exception 'maintenance'; end $$"
+    )
+    conn.execute(
+        f"create trigger frozen_{tag} before insert on manhole_readings "
+        f"for each statement execute function frozen_{tag}()"
+    )
+    try:  # the database is the session's: the trigger must not outlive this test
+        log = tmp_path / "ingest.log"
+        ingest_process.append(start_ingest(database_url, mosquitto_url, tag, log))
+        receiver = receiver_of(ingest_process[0])
+        wait_for(lambda: "subscribed to" in log.read_text(), what="ingest subscribed")
+        publisher.publish_many(readings(10, device))
+        wait_for(lambda: "database outage (refused)" in log.read_text(), what="the outage")
+        receiver.kill()
+        # Not after the outage: ingest retries the database with backoff meanwhile, and without
+        # its receiver nothing it commits could be acknowledged.
+        assert ingest_process[0].wait(timeout=30) == 2
+        assert "error: the MQTT receiver process ended unexpectedly" in log.read_text()
+        assert count(conn, "manhole_readings", device) == 0
+    finally:
+        conn.execute(f"drop trigger frozen_{tag} on manhole_readings")
+
+
 @pytest.fixture
 def own_postgres(tmp_path: Path) -> Iterator[object]:
     """A PostgreSQL server of this test's own, so the test may stop and start it."""
