@@ -36,12 +36,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cases.access import create_token  # noqa: E402
-from cityops import db  # noqa: E402
 from cityops.services import free_port, wait_listening  # noqa: E402
-from cityops.settings import DatabaseSettings  # noqa: E402
 from devices.codes import CodeScheme  # noqa: E402
 from devices.registry import import_bundle  # noqa: E402
 from simulator.city import CitySpec, generate, write_bundle  # noqa: E402
+from store import db  # noqa: E402
+from store.settings import DatabaseSettings  # noqa: E402
 
 UNITS = [
     "d0-drainage",

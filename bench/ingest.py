@@ -64,9 +64,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import cityops  # noqa: E402
-from cityops import db  # noqa: E402
 from cityops.services import free_port, start_mosquitto  # noqa: E402
-from cityops.settings import DatabaseSettings, MqttSettings  # noqa: E402
+from store import db  # noqa: E402
+from store.settings import DatabaseSettings  # noqa: E402
+from wire.mqtt import MqttSettings  # noqa: E402
 
 # Odd, so that each of N workers on a shared group gets readings of every device, as in a city
 # (the broker deals messages round-robin): with 1,000 devices and 2 workers, each worker would

@@ -46,19 +46,19 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cityops import db, partitions  # noqa: E402
-from cityops.settings import DatabaseSettings  # noqa: E402
-from ingest.contract import READING_KINDS  # noqa: E402
 from ingest.decode import DecodeLimits, Decoder  # noqa: E402
 from ingest.writer import BatchWriter, Message  # noqa: E402
+from store import db, partitions  # noqa: E402
+from store.settings import DatabaseSettings  # noqa: E402
 from tests.plugin import migrate_until  # noqa: E402
+from wire.contract import READING_KINDS  # noqa: E402
 
 RETENTION_DAYS = 400
 BATCH = 5000
 
 
 def old_retention(conn: psycopg.Connection, retention_days: int) -> int:
-    """What ingest ran every hour before partitioning (cityops.db.delete_expired_readings)."""
+    """What ingest ran every hour before partitioning (the old db.delete_expired_readings)."""
     deleted = 0
     for kind in READING_KINDS:
         cur = conn.execute(

@@ -29,11 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cityops.services import start_mosquitto  # noqa: E402
-from cityops.settings import MqttSettings  # noqa: E402
 from simulator.city import CitySpec, generate, write_bundle  # noqa: E402
 from simulator.fleet import Publication, RunOptions, simulate  # noqa: E402
 from simulator.publish import PublishOptions, publish  # noqa: E402
 from simulator.scenario import Scenario  # noqa: E402
+from wire.mqtt import MqttSettings  # noqa: E402
 
 START = 1_764_086_100.0  # 2025-11-25 23:55 in Shenyang: lamps on, sweepers start at midnight
 

@@ -17,9 +17,9 @@ from cases.catalog import Catalog, CatalogError, load_catalog
 from cases.evaluation import as_csv, as_json, evaluate
 from cases.lifecycle import Action
 from cases.service import CaseError, CaseService, IllegalActionError, Report
-from cityops import db
 from cityops.settings import Settings
 from cityops.terminal import ConfigOption, fail, out, settings_from
+from store import db
 
 cases_app = typer.Typer(
     help="Cases: report, list, show, act, escalate, evaluate.", no_args_is_help=True

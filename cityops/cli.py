@@ -17,19 +17,11 @@ import typer
 from prometheus_client import CollectorRegistry, start_http_server
 from rich.table import Table
 
-from cityops import db, demo_database, services
+from cityops import demo_database, services
 from cityops.casescli import cases_app, serve, units_app
 from cityops.demo import demo_settings, run_demo
 from cityops.quarantinecli import quarantine_app
-from cityops.redact import redact
-from cityops.settings import (
-    DatabaseSettings,
-    MqttSettings,
-    Settings,
-    SettingsError,
-    load_settings,
-    resolve_config_path,
-)
+from cityops.settings import Settings, SettingsError, load_settings, resolve_config_path
 from cityops.simulate import broker_protocol, sim_app
 from cityops.terminal import (
     ConfigOption,
@@ -42,11 +34,14 @@ from cityops.terminal import (
     stop_on_signals,
 )
 from devices import registry
-from ingest.contract import json_schema
 from ingest.metrics import IngestMetrics
-from ingest.receiver import BrokerUnavailableError
 from ingest.worker import IngestWorker, ReceiverFailedError
+from redaction import redact
 from simulator.publish import PublishError
+from store import db
+from store.settings import DatabaseSettings
+from wire.contract import json_schema
+from wire.mqtt import BrokerUnavailableError, MqttSettings
 from wire.topics import topic_filter
 
 app = typer.Typer(

@@ -26,15 +26,17 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from cityops import db
-from cityops.settings import DatabaseSettings, MqttSettings, Settings
+from cityops.settings import Settings
 from devices import registry
 from ingest.metrics import IngestMetrics
 from ingest.worker import IngestWorker
-from simulator.city import CitySpec, generate, write_bundle
-from simulator.fleet import Publication, RunOptions, simulate
+from simulator.city import City, CitySpec, generate, write_bundle
+from simulator.fleet import Publication, Run, RunOptions, simulate
 from simulator.publish import PublishOptions, publish
 from simulator.scenario import Scenario
+from store import db
+from store.settings import DatabaseSettings
+from wire.mqtt import MqttSettings
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +146,16 @@ def _thread(
     return threading.Thread(target=run, name=name)
 
 
+@dataclass(frozen=True)
+class _Stage:
+    """The demo's city and fleet, and what the database held before it started."""
+
+    city: City
+    fleet: Run
+    stored: int
+    quarantined: int
+
+
 def run_demo(
     settings: Settings,
     *,
@@ -155,21 +167,7 @@ def run_demo(
     console: Console,
 ) -> DemoSummary:
     """Run the demo until ``stop`` or ``duration_s``; stop everything cleanly."""
-    city = generate(DEMO_CITY)
-    bundle = workdir / "city"
-    write_bundle(city, bundle)
-    with db.connect(settings.database) as conn:
-        registry.import_bundle(conn, bundle, settings.registry.scheme)
-        base_stored, _, base_quarantined = _counts(conn)
-    # A new behaviour seed each run: heartbeats and faults fall at other times, so a second
-    # demo on the same database stores new readings instead of duplicates of the first.
-    run = RunOptions(
-        start=last_night_start(time.time()), duration_s=_RUN_S, seed=time.time_ns() % 1_000_000
-    )
-    fleet = simulate(city, DEMO_FAULTS, run)
-    (bundle / "ground_truth.jsonl").write_text(
-        "".join(f.truth_line() + "\n" for f in fleet.faults), encoding="utf-8"
-    )
+    stage = _set_stage(settings, workdir)
     worker = IngestWorker(
         database=settings.database,
         mqtt_settings=settings.mqtt,
@@ -187,43 +185,14 @@ def run_demo(
     ingest_thread = _thread("ingest", lambda: worker.run(stop), failures, stop)
     publisher = _thread(
         "fleet",
-        lambda: published.append(publish(fleet.publications, options, stop).messages),
+        lambda: published.append(publish(stage.fleet.publications, options, stop).messages),
         failures,
         stop,
     )
     ingest_thread.start()
     publisher.start()
-    started = time.monotonic()
     try:
-        with (
-            db.connect(settings.database, autocommit=True) as conn,
-            Live(console=console, refresh_per_second=2) as live,
-        ):
-            last = (started, base_stored)
-            while not stop.wait(0.5):
-                total, reporting, q_total = _counts(conn)
-                now = time.monotonic()
-                rate = (total - last[1]) / max(now - last[0], 1e-3)
-                last = (now, total)
-                sent = (
-                    published[0]
-                    if published
-                    else _estimate(fleet.publications, speed, now - started)
-                )
-                live.update(
-                    _view(
-                        now - started,
-                        total - base_stored,
-                        rate,
-                        reporting,
-                        len(city.devices),
-                        q_total - base_quarantined,
-                        len(fleet.faults),
-                        sent,
-                    )
-                )
-                if duration_s is not None and now - started >= duration_s:
-                    stop.set()
+        _watch(settings.database, stage, published, speed, duration_s, stop, console)
     finally:
         stop.set()
         publisher.join()
@@ -235,10 +204,72 @@ def run_demo(
         total, _, q_total = _counts(conn)
     return DemoSummary(
         published[0] if published else 0,
-        total - base_stored,
-        q_total - base_quarantined,
-        len(fleet.faults),
+        total - stage.stored,
+        q_total - stage.quarantined,
+        len(stage.fleet.faults),
     )
+
+
+def _set_stage(settings: Settings, workdir: Path) -> _Stage:
+    """Generate the demo city, register it, and simulate tonight's fleet with its faults."""
+    city = generate(DEMO_CITY)
+    bundle = workdir / "city"
+    write_bundle(city, bundle)
+    with db.connect(settings.database) as conn:
+        registry.import_bundle(conn, bundle, settings.registry.scheme)
+        stored, _, quarantined = _counts(conn)
+    # A new behaviour seed each run: heartbeats and faults fall at other times, so a second
+    # demo on the same database stores new readings instead of duplicates of the first.
+    run = RunOptions(
+        start=last_night_start(time.time()), duration_s=_RUN_S, seed=time.time_ns() % 1_000_000
+    )
+    fleet = simulate(city, DEMO_FAULTS, run)
+    (bundle / "ground_truth.jsonl").write_text(
+        "".join(f.truth_line() + "\n" for f in fleet.faults), encoding="utf-8"
+    )
+    return _Stage(city, fleet, stored, quarantined)
+
+
+def _watch(
+    database: DatabaseSettings,
+    stage: _Stage,
+    published: list[int],
+    speed: float,
+    duration_s: float | None,
+    stop: threading.Event,
+    console: Console,
+) -> None:
+    """Show progress twice a second until ``stop``, or set it once ``duration_s`` has passed."""
+    started = time.monotonic()
+    with (
+        db.connect(database, autocommit=True) as conn,
+        Live(console=console, refresh_per_second=2) as live,
+    ):
+        last = (started, stage.stored)
+        while not stop.wait(0.5):
+            total, reporting, q_total = _counts(conn)
+            now = time.monotonic()
+            rate = (total - last[1]) / max(now - last[0], 1e-3)
+            last = (now, total)
+            sent = (
+                published[0]
+                if published
+                else _estimate(stage.fleet.publications, speed, now - started)
+            )
+            live.update(
+                _view(
+                    now - started,
+                    total - stage.stored,
+                    rate,
+                    reporting,
+                    len(stage.city.devices),
+                    q_total - stage.quarantined,
+                    len(stage.fleet.faults),
+                    sent,
+                )
+            )
+            if duration_s is not None and now - started >= duration_s:
+                stop.set()
 
 
 def _estimate(publications: list[Publication], speed: float, elapsed_s: float) -> int:

@@ -15,9 +15,9 @@ from typing import Final
 import psycopg
 from psycopg import sql
 
-from cityops import db
-from cityops.redact import redact
-from cityops.settings import DatabaseSettings
+from redaction import redact
+from store import db
+from store.settings import DatabaseSettings
 
 DEMO_DATABASE: Final = "cityops_demo"
 _MARK_TABLE: Final = "cityops_demo"

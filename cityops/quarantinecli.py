@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-from cityops import db
 from cityops.terminal import ConfigOption, fail, out, settings_from
 from ingest.decode import Reason
 from ingest.quarantine import COLUMNS, Selection, list_entries, purge, replay, show_entry
+from store import db
 
 quarantine_app = typer.Typer(
     help="What ingest could not store: list, show, replay once fixed, purge.", no_args_is_help=True

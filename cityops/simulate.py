@@ -12,9 +12,7 @@ from typing import Annotated, Literal
 import typer
 from paho.mqtt.enums import MQTTProtocolVersion
 
-from cityops.settings import MqttSettings
 from cityops.terminal import ConfigOption, fail, out, settings_from, stop_on_signals
-from ingest.receiver import BrokerUnavailableError, choose_protocol
 from simulator.city import CitySpec, generate, read_bundle, write_bundle
 from simulator.fleet import Publication, Run, RunOptions, simulate
 from simulator.publish import (
@@ -26,6 +24,7 @@ from simulator.publish import (
 )
 from simulator.roads import RoadFileError, load_roads
 from simulator.scenario import Scenario, ScenarioError, load_scenario
+from wire.mqtt import BrokerUnavailableError, MqttSettings, choose_protocol
 
 sim_app = typer.Typer(
     help="The simulated fleet: city generator, device behaviour, abuse.", no_args_is_help=True

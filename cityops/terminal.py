@@ -20,8 +20,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cityops.redact import error_line, redact
 from cityops.settings import Settings, SettingsError, load_settings
+from redaction import error_line, redact
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

@@ -22,10 +22,9 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from devices.codes import CODE_PATTERN, CodeError, CodeScheme, parse_code
+from wire.contract import ID_PATTERN
 
 DeviceType = Literal["manhole", "sweeper", "light", "gateway"]
-#: The identifier of a device, region, unit or road segment.
-ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 
 
 class RegistryError(Exception):

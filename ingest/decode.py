@@ -18,17 +18,24 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from ingest.contract import READING_KINDS, STATUS, TELEMETRY_KINDS, GatewayEntry, ReadingKind
+from wire.contract import (
+    ID_PATTERN,
+    READING_KINDS,
+    STATUS,
+    TELEMETRY_KINDS,
+    GatewayEntry,
+    ReadingKind,
+)
 from wire.topics import topic_root
 
 if TYPE_CHECKING:
-    from cityops.settings import IngestSettings
+    from ingest.settings import IngestSettings
 
 logger = logging.getLogger(__name__)
 
 #: A message body as paho hands it over.
 Payload = bytes | bytearray
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_DEVICE_ID = re.compile(ID_PATTERN)
 _CHANNELS: Final = frozenset({"telemetry", "event", "status"})
 _US_PER_MS: Final = 1000
 _ROUTES_MAX: Final = 200_000  # remembered topics; forgotten all at once beyond this

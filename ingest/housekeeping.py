@@ -3,7 +3,7 @@
 It runs on a thread and a database connection of its own, so that neither holds up the writer:
 every ``ingest.registry_refresh_s`` it reads the registry's changes into the device map the
 decoder uses (``DeviceTypes``); at start and then hourly, on the plain PostgreSQL path, it
-creates the readings tables' partitions ahead and drops the expired ones (cityops/partitions.py;
+creates the readings tables' partitions ahead and drops the expired ones (store/partitions.py;
 TimescaleDB's own policies do that on the other path). Rounds are counted by task and result
 (``cityops_ingest_housekeeping_rounds_total``); a failed one is logged and tried again in the
 next round, and never stops ingest.
@@ -19,12 +19,13 @@ from collections.abc import Callable
 
 import psycopg
 
-from cityops.db import StoragePath, connect, storage_path
-from cityops.partitions import maintain
-from cityops.redact import error_line
-from cityops.settings import DatabaseSettings, IngestSettings
 from ingest.device_types import DeviceTypes
 from ingest.metrics import IngestMetrics
+from ingest.settings import IngestSettings
+from redaction import error_line
+from store.db import StoragePath, connect, storage_path
+from store.partitions import maintain
+from store.settings import DatabaseSettings
 
 logger = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from cityops.settings import IngestSettings
 from devices.changes import read_device_changes
 from ingest.decode import DecodeLimits, Decoder
+from ingest.settings import IngestSettings
 from ingest.writer import BatchWriter, Message
 from wire.topics import topic_root
 

@@ -1,4 +1,4 @@
-"""The MQTT side of ingest: choosing the protocol, and a receiver process that holds the session.
+"""The MQTT side of ingest: a receiver process that holds the session.
 
 The receiver runs paho's network loop in a process of its own, so that receiving and the writer's
 decoding and COPY run on two cores instead of taking turns on one GIL (one process did 0.50-0.63 x
@@ -32,22 +32,21 @@ from __future__ import annotations
 import logging
 import select
 import signal
-import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Final
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from cityops.redact import error_line, redact
-from cityops.settings import MqttSettings
 from ingest.decode import Payload
+from redaction import error_line
+from wire.mqtt import MqttSettings, make_client
 from wire.topics import prefixed
 
 logger = logging.getLogger(__name__)
@@ -126,76 +125,6 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-class BrokerUnavailableError(Exception):
-    """The broker could not be reached within the connect timeout."""
-
-
-#: CONNACK reason codes that mean "not this protocol version": 3.1.1's return code 1
-#: (unacceptable protocol version) and MQTT 5's 0x84 (unsupported protocol version).
-_PROTOCOL_REFUSED = frozenset({1, 0x84})
-
-
-def choose_protocol(settings: MqttSettings) -> tuple[MQTTProtocolVersion, str]:
-    """The MQTT version to use, and how it was chosen (configured, negotiated, fallback).
-
-    Under "auto", MQTT 3.1.1 is taken only when the broker explicitly refuses MQTT 5 (a CONNACK
-    saying so, or closing the connection in answer to the CONNECT). A broker that does not answer
-    in time is unavailable, not old: falling back then would silently lose the receive window and
-    the shared subscription.
-    """
-    if settings.protocol == "5":
-        return MQTTProtocolVersion.MQTTv5, "configured"
-    if settings.protocol == "3.1.1":
-        return MQTTProtocolVersion.MQTTv311, "configured"
-    answer: list[ReasonCode | None] = []  # None: the broker closed the connection
-    answered = threading.Event()
-
-    def on_connect(_c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
-        answer.append(rc)
-        answered.set()
-
-    def on_disconnect(*_: Any) -> None:
-        if not answered.is_set():
-            answer.append(None)
-            answered.set()
-
-    probe = make_client(settings, MQTTProtocolVersion.MQTTv5, f"{settings.client_id}-probe")
-    probe.on_connect = on_connect
-    probe.on_disconnect = on_disconnect
-    url = redact(settings.url)
-    try:
-        probe.connect(settings.host, settings.port, settings.keepalive_s, clean_start=True)
-    except OSError as exc:
-        msg = f"cannot reach the MQTT broker at {url}: {exc}"
-        raise BrokerUnavailableError(msg) from exc
-    probe.loop_start()
-    try:
-        if not answered.wait(settings.connect_timeout_s):
-            msg = (
-                f"the MQTT broker at {url} did not answer within {settings.connect_timeout_s:g} s "
-                "(mqtt.connect_timeout_s); check the broker, or set mqtt.protocol"
-            )
-            raise BrokerUnavailableError(msg)
-    finally:
-        probe.disconnect()
-        probe.loop_stop()
-    rc = answer[0]
-    if rc is not None and not rc.is_failure:
-        logger.info("broker %s speaks MQTT 5", url)
-        return MQTTProtocolVersion.MQTTv5, "negotiated"
-    if rc is None or rc.value in _PROTOCOL_REFUSED:
-        logger.warning(
-            "the MQTT broker at %s refused MQTT 5 (%s): using MQTT 3.1.1, so ingest cannot "
-            "announce its receive window (the broker's own window bounds its memory) and "
-            "subscribes without a shared group (run one ingest process only)",
-            url,
-            "connection closed" if rc is None else rc,
-        )
-        return MQTTProtocolVersion.MQTTv311, "fallback"
-    msg = f"the MQTT broker at {url} refused the connection: {rc}"
-    raise BrokerUnavailableError(msg)
-
-
 def subscriptions(settings: MqttSettings, *, is_shareable: bool) -> list[str]:
     """What ingest subscribes to: each of its topic filters under its prefix, shared if it can be.
 
@@ -204,26 +133,6 @@ def subscriptions(settings: MqttSettings, *, is_shareable: bool) -> list[str]:
     """
     share = f"$share/{settings.shared_group}/" if settings.shared_group and is_shareable else ""
     return [share + prefixed(settings.topic_prefix, topics) for topics in settings.topic_filters]
-
-
-def make_client(
-    settings: MqttSettings, protocol: MQTTProtocolVersion, client_id: str
-) -> mqtt.Client:
-    """A paho client with ingest's session, credentials and TLS; QoS 1 acks are ingest's."""
-    is_v5 = protocol == MQTTProtocolVersion.MQTTv5
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=protocol,
-        clean_session=None if is_v5 else not settings.is_persistent_session,
-        manual_ack=True,
-    )
-    client.connect_timeout = settings.connect_timeout_s
-    if settings.username is not None:
-        client.username_pw_set(settings.username, settings.password)
-    if settings.is_tls:
-        client.tls_set()
-    return client
 
 
 def run_receiver(config: ReceiverConfig, pipe: Connection) -> None:
@@ -254,7 +163,15 @@ class _Receiver:
         self._reconnect_delay_s = 0.0
         self._retry_at = 0.0  # monotonic time of the next connection attempt
         self._unreachable = False  # reported, until a connection succeeds
-        self._client = make_client(config.mqtt, config.protocol, config.mqtt.client_id)
+        settings = config.mqtt
+        self._client = make_client(
+            settings.url,
+            config.protocol,
+            settings.client_id,
+            clean_session=None if self._is_v5 else not settings.is_persistent_session,
+            manual_ack=True,
+            connect_timeout_s=settings.connect_timeout_s,
+        )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message

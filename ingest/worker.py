@@ -32,9 +32,6 @@ from multiprocessing.process import BaseProcess
 import psycopg
 from paho.mqtt.enums import MQTTProtocolVersion
 
-from cityops.db import connect
-from cityops.redact import error_line, redact
-from cityops.settings import DatabaseSettings, IngestSettings, MqttSettings
 from ingest.decode import DecodeLimits, Decoder
 from ingest.device_types import DeviceTypes
 from ingest.housekeeping import Housekeeping
@@ -50,11 +47,15 @@ from ingest.receiver import (
     Refused,
     Stopped,
     Unreachable,
-    choose_protocol,
     now_us,
     run_receiver,
 )
+from ingest.settings import IngestSettings
 from ingest.writer import BatchWriter, Message
+from redaction import error_line, redact
+from store.db import connect
+from store.settings import DatabaseSettings
+from wire.mqtt import MqttSettings, choose_protocol
 
 logger = logging.getLogger(__name__)
 

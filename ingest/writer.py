@@ -26,9 +26,9 @@ from psycopg import postgres, sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
-from cityops.redact import error_line
-from ingest.contract import READING_KINDS, ReadingKind
 from ingest.decode import Decoded, Payload, Reason, Rejection
+from redaction import error_line
+from wire.contract import READING_KINDS, ReadingKind
 
 logger = logging.getLogger(__name__)
 

@@ -14,14 +14,14 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTProtocolVersion
 
-from cityops.redact import redact
+from redaction import redact
 from simulator.city import City
 from simulator.fleet import Publication
+from wire.mqtt import BrokerAddress, make_client
 from wire.topics import TOPIC_ROOT, prefixed
 
 _AHEAD_S = 0.005  # sleep only when this far ahead of schedule
@@ -63,21 +63,17 @@ class PublishError(Exception):
 
 
 def _connect(options: PublishOptions) -> mqtt.Client:
-    parts = urlsplit(options.url)
     protocol = (
         MQTTProtocolVersion.MQTTv5 if options.protocol == "5" else MQTTProtocolVersion.MQTTv311
     )
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"cityops-sim-{uuid.uuid4().hex[:8]}",
-        protocol=protocol,
+    client = make_client(
+        options.url,
+        protocol,
+        f"cityops-sim-{uuid.uuid4().hex[:8]}",
+        connect_timeout_s=_CONNECT_TIMEOUT_S,
     )
     client.max_inflight_messages_set(400)
     client.max_queued_messages_set(0)
-    if parts.username:
-        client.username_pw_set(parts.username, parts.password)
-    if parts.scheme == "mqtts":
-        client.tls_set()
     answered = threading.Event()
     refusal: list[str] = []
 
@@ -89,7 +85,8 @@ def _connect(options: PublishOptions) -> mqtt.Client:
 
     client.on_connect = on_connect
     try:
-        client.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
+        address = BrokerAddress.of(options.url)
+        client.connect(address.host, address.port)
     except OSError as exc:
         msg = f"cannot reach the MQTT broker at {redact(options.url)}: {exc}"
         raise PublishError(msg) from exc

@@ -31,14 +31,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry
 
 from cases.catalog import load_catalog
-from cityops import db
 from cityops.services import broker_service, database_service, is_listening, start_mosquitto
-from cityops.settings import DatabaseSettings, IngestSettings, MqttSettings, Settings
+from cityops.settings import Settings
 from devices.codes import CodeScheme
 from devices.registry import import_bundle
 from ingest.metrics import IngestMetrics
+from ingest.settings import IngestSettings
 from ingest.worker import IngestWorker
 from simulator.city import City, CitySpec, generate, write_bundle
+from store import db
+from store.settings import DatabaseSettings
+from wire.mqtt import MqttSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 MOSQUITTO_CONF = ROOT / "config" / "mosquitto" / "cityops.conf"
@@ -122,7 +125,7 @@ def migrate_until(url: str, last: str) -> None:
             " path text not null, chosen_at timestamptz not null default now())"
         )
         conn.execute("insert into cityops_storage (path) values ('postgresql')")
-        for path in sorted((ROOT / "cityops" / "migrations").glob("*.sql")):
+        for path in sorted((ROOT / "store" / "migrations").glob("*.sql")):
             name = path.name.removesuffix(".sql")
             if name > last:
                 break

@@ -26,8 +26,8 @@ from schemathesis.checks import (
 )
 
 from cases.access import Role, create_token
+from cases.api import create_app
 from cases.service import CaseService, Report
-from cityops.api import create_app
 from simulator.city import City
 from tests.plugin import CATALOG
 

@@ -26,9 +26,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cityops.services import free_port, start_mosquitto
-from cityops.settings import MqttSettings
 from tests.integration.test_ingest import T0_MS
 from tests.plugin import MOSQUITTO_CONF, RunningWorker, register, wait_for
+from wire.mqtt import MqttSettings
 
 N = 10_000  # readings in the stream
 WINDOW = 100  # readings the publisher has awaiting their PUBACK at most

@@ -15,10 +15,10 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from cases.access import CALLER_ACTIONS, OPERATOR, create_token
+from cases.api import create_app
 from cases.evaluation import evaluate
 from cases.lifecycle import Action, State, rebuild
 from cases.service import CaseService, ForbiddenActionError, Receipt, Report
-from cityops.api import create_app
 from cityops.cli import app as cli_app
 from simulator.city import COVER_CATEGORIES
 from tests.plugin import CATALOG, wait_for

@@ -18,9 +18,9 @@ import psutil
 import psycopg
 import pytest
 
-from cityops import db
 from cityops.services import free_port
-from cityops.settings import DatabaseSettings
+from store import db
+from store.settings import DatabaseSettings
 from tests.integration.test_ingest import T0_MS, count
 from tests.plugin import Publisher, register, wait_for
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cityops import db
 from cityops.demo_database import (
     DEMO_DATABASE,
     DemoDatabaseError,
@@ -24,7 +23,10 @@ from cityops.demo_database import (
     is_demo_database,
     tables_with_rows,
 )
-from cityops.settings import DatabaseSettings, IngestSettings, MqttSettings, Settings
+from cityops.settings import Settings
+from ingest.settings import IngestSettings
+from store import db
+from store.settings import DatabaseSettings
 from tests.plugin import (
     Publisher,
     create_database,
@@ -34,6 +36,7 @@ from tests.plugin import (
     session_present,
     wait_for,
 )
+from wire.mqtt import MqttSettings
 
 T0_MS = 1_764_000_000_000
 

@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 import psycopg
 
-from cityops.settings import DatabaseSettings, Settings
+from cityops.settings import Settings
+from store.settings import DatabaseSettings
 from tests.plugin import Publisher, RunningWorker, register, wait_for
 
 

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from cityops import db
-from cityops.settings import DatabaseSettings
-from ingest.contract import READING_KINDS
+from store import db
+from store.settings import DatabaseSettings
 from tests.plugin import create_database, drop_database
+from wire.contract import READING_KINDS
 
 
 @pytest.fixture

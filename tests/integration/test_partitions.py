@@ -13,9 +13,8 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from cityops import db, partitions
-from cityops.settings import DatabaseSettings
-from ingest.contract import READING_KINDS
+from store import db, partitions
+from store.settings import DatabaseSettings
 from tests.plugin import (
     Publisher,
     create_database,
@@ -24,6 +23,7 @@ from tests.plugin import (
     register,
     wait_for,
 )
+from wire.contract import READING_KINDS
 
 WEEK = timedelta(days=7)
 

@@ -10,10 +10,9 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from cityops.services import embedded_broker
-from cityops.settings import MqttSettings
-from ingest.receiver import BrokerUnavailableError, choose_protocol
 from tests.integration.test_ingest import count
 from tests.plugin import Publisher, register, session_present, wait_for
+from wire.mqtt import BrokerUnavailableError, MqttSettings, choose_protocol
 
 
 def test_mqtt_3_1_1_with_a_shared_subscription_lands_rows(

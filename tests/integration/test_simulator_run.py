@@ -11,11 +11,14 @@ import pytest
 from typer.testing import CliRunner
 
 from cityops.cli import app
-from cityops.settings import DatabaseSettings, IngestSettings, MqttSettings, Settings
+from cityops.settings import Settings
+from ingest.settings import IngestSettings
 from simulator.city import read_bundle
 from simulator.fleet import RunOptions, simulate
 from simulator.scenario import Scenario
+from store.settings import DatabaseSettings
 from tests.plugin import wait_for
+from wire.mqtt import MqttSettings
 
 SCENARIO = """
 [rates]

@@ -8,10 +8,10 @@ import threading
 import psycopg
 import pytest
 
-from ingest.contract import LIGHT, MANHOLE
 from ingest.decode import Decoded
 from ingest.writer import BatchWriter, Message, is_record_error
 from tests.plugin import Publisher, migrated_database, register, wait_for
+from wire.contract import LIGHT, MANHOLE
 
 T0_MS = 1_764_000_000_000
 

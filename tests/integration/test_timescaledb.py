@@ -21,12 +21,12 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from cityops import db
 from cityops.cli import app
 from cityops.services import free_port
-from cityops.settings import DatabaseSettings
-from ingest.contract import READING_KINDS
+from store import db
+from store.settings import DatabaseSettings
 from tests.plugin import Publisher, create_database, drop_database, register, wait_for
+from wire.contract import READING_KINDS
 
 TABLES = {kind.table for kind in READING_KINDS}
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from ingest.contract import LIGHT, MANHOLE, READING_KINDS, STATUS, SWEEPER, json_schema
 from ingest.decode import DecodeLimits, Decoder, Reason, classify_validation_error
+from wire.contract import LIGHT, MANHOLE, READING_KINDS, STATUS, SWEEPER, json_schema
 
 NOW_US = 1_764_000_100_000_000
 T0_MS = 1_764_000_000_000

@@ -14,9 +14,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.contract import READING_KINDS
 from ingest.decode import Decoded, DecodeLimits, Decoder, Reason
 from ingest.writer import Message, quarantine_row
+from wire.contract import READING_KINDS
 
 NOW_US = 1_764_000_100_000_000
 DEVICES = {"mh-1": "manhole", "sw-1": "sweeper", "lt-1": "light", "gw-1": "gateway"}

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from cityops.db import (
+from store.db import (
     MigrationError,
     StoragePath,
     TimescaleDBState,
     choose_storage_path,
     timescaledb_statements,
 )
-from cityops.settings import DatabaseSettings
-from ingest.contract import READING_KINDS
+from store.settings import DatabaseSettings
+from wire.contract import READING_KINDS
 
 
 def test_statements_per_readings_table_match_the_reviewed_forms() -> None:

@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from cityops.settings import MqttSettings
 from ingest.decode import DecodeLimits, Decoder, Reason
 from ingest.receiver import subscriptions
 from simulator.city import CitySpec, generate
 from simulator.fleet import RunOptions, simulate
 from simulator.publish import PublishOptions
 from simulator.scenario import Scenario
+from wire.mqtt import MqttSettings
 from wire.topics import TOPIC_ROOT, check_prefix, prefixed, topic_filter, topic_root
 
 START = datetime(2026, 11, 25, 15, 55, tzinfo=UTC).timestamp()

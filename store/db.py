@@ -4,7 +4,7 @@ The two paths differ only here: the TimescaleDB path turns each readings table i
 with compression and retention policies (statements checked in shared/design/TIMESCALEDB.md);
 the plain path partitions each readings table by week (migrations named ``*.postgresql.sql``,
 which only that path runs) and the ingest service creates and drops the partitions
-(cityops/partitions.py).
+(store/partitions.py).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from cityops.partitions import create_ahead
-from cityops.redact import error_line, redact
-from cityops.settings import DatabaseSettings
-from ingest.contract import READING_KINDS
+from redaction import error_line, redact
+from store.partitions import create_ahead
+from store.settings import DatabaseSettings
+from wire.contract import READING_KINDS
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def ensure_database(settings: DatabaseSettings) -> bool:
 
 def _migration_files(path: StoragePath) -> list[tuple[str, str]]:
     """Migrations for ``path`` in order: ``NNNN_x.sql`` for both, ``NNNN_x.<path>.sql`` for one."""
-    folder = resources.files("cityops") / "migrations"
+    folder = resources.files("store") / "migrations"
     names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
     return [
         (name.removesuffix(".sql"), (folder / name).read_text(encoding="utf-8"))

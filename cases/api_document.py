@@ -2,7 +2,7 @@
 
 Every constraint the API checks on a request is declared here, so the document states it: text
 PostgreSQL can store (no NUL), identifiers as the registry takes them, actions and categories as
-enums. The catalog's categories are known only when the app is built; ``cityops.api`` narrows
+enums. The catalog's categories are known only when the app is built; ``cases.api`` narrows
 the ``*Fields`` models to them.
 """
 
@@ -18,7 +18,7 @@ from cases.catalog import Severity
 from cases.lifecycle import Action, State
 from cases.service import Source
 from devices.codes import CODE_PATTERN
-from devices.registry import ID_PATTERN
+from wire.contract import ID_PATTERN
 
 
 @dataclass(frozen=True, slots=True)

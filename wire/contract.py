@@ -19,6 +19,9 @@ Timestamp = (
     Annotated[int, Meta(ge=946_684_800_000, le=32_503_680_000_000)]
     | Annotated[datetime, Meta(tz=True)]
 )
+#: Identifiers of devices and gateways on the wire, and of every registry entry (regions, units,
+#: road segments): the one definition the decoder, the contract and the registry readers share.
+ID_PATTERN: Final = r"^[A-Za-z0-9_.:-]{1,64}$"
 #: Short machine identifiers (event names, firmware versions).
 Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.+-]{1,32}$")]
 
@@ -116,7 +119,7 @@ class GatewayEntry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ``device_type`` is needed only for devices the registry does not know yet (auto-registration).
     """
 
-    device_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+    device_id: Annotated[str, Meta(pattern=ID_PATTERN)]
     device_type: str | None = None
     ts: Timestamp | None = None
     values: dict[str, Any]

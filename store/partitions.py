@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from ingest.contract import READING_KINDS
+from wire.contract import READING_KINDS
 
 #: Weeks created after the current one. Maintenance runs hourly; should it stop for this long,
 #: readings go to the default partition and the next round moves them into their own.

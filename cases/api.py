@@ -1,0 +1,275 @@
+"""The HTTP API for units, offices and operators: report, list, show and act on cases.
+
+Every caller is a unit with a bearer token (`cityops units token UNIT`). A unit sees the cases it
+is responsible for, a coordinating office those of its district (the city's office those of every
+district), an operator all. A case the caller may not see is 404, whether or not it exists.
+Errors are JSON: {"error": reason, ...}. The OpenAPI document (its models:
+``cases.api_document``) is served at /openapi.json, its pages at /docs; it declares every
+answer an endpoint can give.
+
+Annotations here are evaluated at definition (no ``from __future__ import annotations``):
+FastAPI reads the dependencies of the endpoints, which are closures, from them.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from typing import Annotated, Any
+
+import psycopg
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry, Counter, make_asgi_app
+from psycopg_pool import ConnectionPool
+from pydantic import Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from cases.access import Caller, caller_for_token
+from cases.api_document import (
+    ActionIn,
+    CallerAction,
+    CaseDetailOut,
+    CaseFilterFields,
+    CaseOut,
+    OneOf,
+    ReportFields,
+    ReportOut,
+    answers,
+)
+from cases.catalog import Catalog
+from cases.lifecycle import Action
+from cases.service import (
+    BadReportError,
+    CaseNotFoundError,
+    CaseService,
+    ForbiddenActionError,
+    IllegalActionError,
+    Report,
+)
+
+logger = logging.getLogger(__name__)
+_bearer = HTTPBearer(auto_error=False)
+_TOKEN_CACHE_S = 60.0  # a deleted token keeps working this long in a running API
+
+
+def _error(status: int, reason: str, **extra: Any) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": reason, **extra})
+
+
+def create_app(
+    database_url: str,
+    catalog: Catalog,
+    *,
+    pool_size: int = 8,
+    escalate_every_s: float = 60.0,
+    registry: CollectorRegistry | None = None,
+) -> FastAPI:
+    """The API over a connection pool to ``database_url``.
+
+    While it runs it also escalates overdue cases every ``escalate_every_s`` and serves
+    Prometheus metrics at /metrics.
+    """
+    pool = ConnectionPool(
+        database_url, min_size=1, max_size=pool_size, open=False, kwargs={"autocommit": True}
+    )
+    metrics = registry or CollectorRegistry()
+    escalated = Counter(
+        "cityops_cases_escalated", "Cases escalated past their deadline.", registry=metrics
+    )
+    stop = threading.Event()
+
+    def escalate_periodically() -> None:
+        while not stop.wait(escalate_every_s):
+            try:
+                with case_service() as cases:
+                    escalated.inc(len(cases.escalate_overdue()))
+            except psycopg.Error as exc:
+                logger.warning("escalation skipped: %s", exc)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> Any:
+        pool.open(wait=True, timeout=30)
+        escalator = threading.Thread(target=escalate_periodically, name="escalation")
+        escalator.start()
+        yield
+        stop.set()
+        escalator.join()
+        pool.close()
+
+    app = FastAPI(title="cityops cases", version="1", lifespan=lifespan)
+    app.mount("/metrics", make_asgi_app(registry=metrics))
+
+    @contextmanager
+    def case_service() -> Iterator[CaseService]:
+        with pool.connection() as conn:
+            yield CaseService(conn, catalog)
+
+    tokens: dict[str, tuple[Caller, float]] = {}
+
+    async def caller(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Caller:
+        # async, so a cached token costs no thread hop; a new one is looked up on a worker
+        if credentials is None:
+            raise _Unauthorized
+        cached = tokens.get(credentials.credentials)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        found = await run_in_threadpool(look_up, credentials.credentials)
+        if found is None:
+            raise _Unauthorized
+        tokens[credentials.credentials] = (found, time.monotonic() + _TOKEN_CACHE_S)
+        return found
+
+    def look_up(token: str) -> Caller | None:
+        with pool.connection() as conn:
+            return caller_for_token(conn, token)
+
+    _install_error_handlers(app)
+
+    _install_routes(app, case_service, caller, tuple(c.code for c in catalog.category))
+    return app
+
+
+def _install_routes(
+    app: FastAPI,
+    case_service: Callable[[], AbstractContextManager[CaseService]],
+    caller: Callable[..., Awaitable[Caller]],
+    categories: tuple[str, ...],
+) -> None:
+    """The endpoints; each works on a pooled connection for exactly its own request."""
+    category_code = Annotated[str, OneOf(categories)]
+
+    class ReportIn(ReportFields):
+        """A problem reported by an inspector or a citizen."""
+
+        category: category_code = Field(description="A code of the problem catalog.")
+
+    class CaseFilters(CaseFilterFields):
+        """Which cases to list, and the page."""
+
+        category: category_code | None = None
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/cases", status_code=201, responses=answers(400, 401, 422, 503))
+    def report(
+        body: ReportIn,
+        who: Annotated[Caller, Depends(caller)],
+    ) -> ReportOut:
+        """Report a problem; a second report on an open case adds to it (201 either way).
+
+        The case is named only if the caller may see it: a report may join another unit's case.
+        """
+        with case_service() as cases:
+            receipt = cases.report(Report(**body.model_dump()), who)
+        return ReportOut.model_validate(receipt, from_attributes=True)
+
+    @app.get("/cases", response_model=list[CaseOut], responses=answers(401, 422, 503))
+    def list_cases(
+        who: Annotated[Caller, Depends(caller)],
+        filters: Annotated[CaseFilters, Query()],
+    ) -> list[dict[str, Any]]:
+        """Cases the caller may see, newest first."""
+        with case_service() as cases:
+            return cases.find(
+                who,
+                state=filters.state,
+                unit_id=filters.unit,
+                district_id=filters.district,
+                category=filters.category,
+                overdue=filters.overdue,
+                after_id=filters.after,
+                limit=filters.limit,
+            )
+
+    @app.get(
+        "/cases/{case_id}", response_model=CaseDetailOut, responses=answers(401, 404, 422, 503)
+    )
+    def show(
+        case_id: int,
+        who: Annotated[Caller, Depends(caller)],
+    ) -> dict[str, Any]:
+        """One case with its history and the actions its state allows."""
+        with case_service() as cases:
+            return cases.show(case_id, who)
+
+    @app.post(
+        "/cases/{case_id}/{action}",
+        response_model=CaseOut,
+        responses=answers(400, 401, 403, 404, 409, 422, 503),
+    )
+    def act(
+        case_id: int,
+        action: CallerAction,
+        who: Annotated[Caller, Depends(caller)],
+        body: ActionIn | None = None,
+    ) -> dict[str, Any]:
+        """Register, cancel, dispatch, accept, return, dispose, verify, reopen or comment."""
+        details = body or ActionIn()
+        with case_service() as cases:
+            return cases.act(
+                case_id,
+                Action(action),
+                who,
+                note=details.note,
+                unit_id=details.unit_id,
+                photo_url=details.photo_url,
+            )
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error a caller can meet, as JSON with a reason; never a stack trace."""
+    statuses: dict[type[Exception], int] = {
+        CaseNotFoundError: 404,
+        ForbiddenActionError: 403,
+        BadReportError: 422,
+    }
+
+    async def _by_status(_r: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, _Unauthorized):
+            return _error(401, "a valid bearer token is required (cityops units token UNIT)")
+        return _error(statuses[type(exc)], str(exc))
+
+    handled: list[type[Exception]] = [_Unauthorized, *statuses]
+    for error_type in handled:
+        app.add_exception_handler(error_type, _by_status)
+
+    @app.exception_handler(IllegalActionError)
+    async def _illegal(_r: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, IllegalActionError)
+        return _error(409, str(exc), state=exc.state, allowed=exc.allowed)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_r: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = [
+            {"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()
+        ]
+        return _error(422, "invalid request", problems=problems)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_r: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)  # no such path or method; a body that is not text
+        return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def _database(_r: Request, exc: Exception) -> JSONResponse:
+        logger.warning("database unavailable: %s", exc)
+        return _error(503, "the database is unavailable; try again")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_r: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error", exc_info=exc)
+        return _error(500, "internal error; it has been logged")
+
+
+class _Unauthorized(Exception):  # noqa: N818 - mapped to HTTP 401 above
+    pass

@@ -1,0 +1,1 @@
+"""The database: connection, migration runner and migrations, partitions, its settings."""
