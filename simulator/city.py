@@ -222,11 +222,24 @@ def _district(
     n_covers: int,
     n_lamps: int,
 ) -> None:
-    spec = city.spec
+    """Add district ``d``: its regions, units, roads, the components along them and sweepers."""
+    district_id = f"d{d}"
+    _district_regions(city, layout, d)
+    _district_units(city, d)
+    _district_roads(city, layout.frame, district_id, segments)
+    roads = [(p, q, main) for _, _, _, p, q, main in segments]
+    place = _Place(layout, d, district_id, str(city.spec.division_base + d), roads)
+    if roads:
+        _covers(city, rng, place, n_covers)
+        _lamps(city, rng, place, n_lamps)
+    _district_sweepers(city, d)
+
+
+def _district_regions(city: City, layout: _Layout, d: int) -> None:
+    """The district's square and its four streets (quarters), each split into four grids."""
     frame = layout.frame
     size = layout.size_m
     x0, y0 = layout.origins[d]
-    division = str(spec.division_base + d)
     district_id = f"d{d}"
     city.regions.append(
         {
@@ -238,29 +251,44 @@ def _district(
     )
     half = size / 2
     for s in range(4):
-        sx, sy = x0 + s % 2 * half, y0 + s // 2 * half
-        street_id = f"{district_id}-s{s}"
+        corner = (x0 + s % 2 * half, y0 + s // 2 * half)
+        _street_regions(city, frame, d, s, corner=corner, side=half)
+
+
+def _street_regions(
+    city: City, frame: _Frame, d: int, s: int, *, corner: tuple[float, float], side: float
+) -> None:
+    """Street ``s`` of district ``d`` (a square of ``side`` from ``corner``) and its four grids."""
+    sx, sy = corner
+    street_id = f"d{d}-s{s}"
+    city.regions.append(
+        {
+            "region_id": street_id,
+            "name": f"District {d} street {s}",
+            "level": "street",
+            "parent_id": f"d{d}",
+            "geometry": _rectangle(frame, sx, sy, sx + side, sy + side),
+        }
+    )
+    quarter = side / 2
+    for g in range(4):
+        gx, gy = sx + g % 2 * quarter, sy + g // 2 * quarter
         city.regions.append(
             {
-                "region_id": street_id,
-                "name": f"District {d} street {s}",
-                "level": "street",
-                "parent_id": district_id,
-                "geometry": _rectangle(frame, sx, sy, sx + half, sy + half),
+                "region_id": f"{street_id}-g{g}",
+                "name": f"District {d} street {s} grid {g}",
+                "level": "grid",
+                "parent_id": street_id,
+                "geometry": _rectangle(frame, gx, gy, gx + quarter, gy + quarter),
             }
         )
-        quarter = half / 2
-        for g in range(4):
-            gx, gy = sx + g % 2 * quarter, sy + g // 2 * quarter
-            city.regions.append(
-                {
-                    "region_id": f"{street_id}-g{g}",
-                    "name": f"District {d} street {s} grid {g}",
-                    "level": "grid",
-                    "parent_id": street_id,
-                    "geometry": _rectangle(frame, gx, gy, gx + quarter, gy + quarter),
-                }
-            )
+
+
+def _district_units(city: City, d: int) -> None:
+    """The district's four street offices and its units of every kind, units kept by level."""
+    district_id = f"d{d}"
+    for s in range(4):
+        street_id = f"{district_id}-s{s}"
         city.units.append(
             {
                 "unit_id": f"{street_id}-office",
@@ -287,6 +315,9 @@ def _district(
     # streets first in the file: street offices name the coordinating office as parent
     city.units.sort(key=lambda u: ("city", "district", "street").index(u["level"]))
 
+
+def _district_roads(city: City, frame: _Frame, district_id: str, segments: list[_Segment]) -> None:
+    """The district's road segments, each with its night sweeping plan."""
     for segment_id, name, road_class, p, q, main in segments:
         city.roads.append(
             {
@@ -306,17 +337,15 @@ def _district(
                 "working_width_m": 3.0,
             }
         )
-    roads = [(p, q, main) for _, _, _, p, q, main in segments]
-    place = _Place(layout, d, district_id, division, roads)
-    if roads:
-        _covers(city, rng, place, n_covers)
-        _lamps(city, rng, place, n_lamps)
-    for k in range(spec.sweepers_per_district):
+
+
+def _district_sweepers(city: City, d: int) -> None:
+    for k in range(city.spec.sweepers_per_district):
         city.devices.append(
             {
                 "device_id": f"sw-{d}-{k}",
                 "type": "sweeper",
-                "region_id": district_id,
+                "region_id": f"d{d}",
                 "firmware": "3.2.0",
             }
         )

@@ -113,6 +113,16 @@ def simulate(city: City, scenario: Scenario, options: RunOptions) -> Run:
     return Run(out, [replace(f, end=min(f.end, end)) for f in faults])
 
 
+def _silenced(t: float, silencers: list[Fault], shown: set[Fault]) -> bool:
+    """Whether a fault in ``silencers`` swallows the message due at ``t`` (adding it to ``shown``).
+
+    An offline sensor or a GPS gap shows only as a missing message, so it counts once it hid one.
+    """
+    going_on = {f for f in silencers if f.start <= t < f.end}
+    shown |= going_on
+    return bool(going_on)
+
+
 # -- covers ---------------------------------------------------------------------------------
 
 
@@ -129,80 +139,103 @@ def _cover(
     end = o.start + o.duration_s
     battery = float(rng.uniform(60, 100))
     rssi = float(rng.uniform(-110, -70))
-    offline = [f for f in faults if f.kind == "sensor_offline"]
+    cover = _Cover(out, topic, rng, angle, battery, rssi, faults)
     shown = {f for f in faults if f.kind != "sensor_offline"}  # alarms and readings, all sent
+    shown |= cover.heartbeats(o)
+    for f in faults:
+        if f.kind in ("cover_displaced", "cover_open"):
+            cover.alarm(f, end)
+        elif f.kind == "cover_loose":
+            cover.loose_spikes(f)
+        elif f.kind in ("water_rising", "battery_drain"):
+            cover.fast_readings(f, end)
+    return shown
 
-    def state(t: float) -> dict[str, Any]:
-        tilt, opened, water, batt = angle, False, 35.0, battery
-        for f in faults:
+
+@dataclass(frozen=True, slots=True)
+class _Cover:
+    """One cover's sensor: what it reads under its faults, and the messages it sends."""
+
+    out: list[Publication]
+    topic: str
+    rng: np.random.Generator
+    angle: float
+    battery: float
+    rssi: float
+    faults: list[Fault]
+
+    def condition(self, t: float) -> tuple[float, bool, float, float]:
+        """The true tilt, open flag, water level (cm) and battery (%) at ``t``, faults applied."""
+        tilt, opened, water, batt = self.angle, False, 35.0, self.battery
+        for f in self.faults:
             if not f.start <= t < f.end:
                 continue
             progress = (t - f.start) / max(f.end - f.start, 1.0)
             if f.kind == "cover_displaced":
-                tilt = angle + 25.0
+                tilt = self.angle + 25.0
             elif f.kind == "cover_open":
                 tilt, opened = 95.0, True
             elif f.kind == "water_rising":
                 water = 35.0 + 140.0 * progress
             elif f.kind == "battery_drain":
-                batt = battery * (1 - progress) + 3.0 * progress
+                batt = self.battery * (1 - progress) + 3.0 * progress
+        return tilt, opened, water, batt
+
+    def reading(self, t: float) -> dict[str, Any]:
+        """What the sensor reports at ``t``: its condition, with noise on tilt and signal."""
+        tilt, opened, water, batt = self.condition(t)
         return {
-            "tilt_deg": round(abs(tilt + float(rng.normal(0, 0.2))), 1),  # a magnitude
+            "tilt_deg": round(abs(tilt + float(self.rng.normal(0, 0.2))), 1),  # a magnitude
             "cover_open": opened,
             "water_level_cm": round(water, 1),
             "battery_pct": round(batt, 1),
-            "rssi_dbm": round(rssi + float(rng.normal(0, 2)), 1),
+            "rssi_dbm": round(self.rssi + float(self.rng.normal(0, 2)), 1),
             "temp_c": 4.0,
         }
 
-    t = o.start + float(rng.uniform(0, o.cover_heartbeat_s))
-    while t < end:
-        silencing = {f for f in offline if f.start <= t < f.end}
-        shown |= silencing
-        if not silencing:
-            _pub(out, t, f"{topic}/telemetry", {"ts": _ms(t), **state(t)})
-        t += o.cover_heartbeat_s
-    for f in faults:
-        if f.kind in ("cover_displaced", "cover_open"):
-            alarm = "tilt_alarm" if f.kind == "cover_displaced" else "cover_open"
-            _pub(
-                out,
-                f.start,
-                f"{topic}/event",
-                {"ts": _ms(f.start), **state(f.start), "event": alarm},
+    def send(self, t: float, channel: str, body: dict[str, Any]) -> None:
+        _pub(self.out, t, f"{self.topic}/{channel}", body)
+
+    def heartbeats(self, o: RunOptions) -> set[Fault]:
+        """A reading every heartbeat from a random phase; return the offline faults that hid one."""
+        end = o.start + o.duration_s
+        offline = [f for f in self.faults if f.kind == "sensor_offline"]
+        shown: set[Fault] = set()
+        t = o.start + float(self.rng.uniform(0, o.cover_heartbeat_s))
+        while t < end:
+            if not _silenced(t, offline, shown):
+                self.send(t, "telemetry", {"ts": _ms(t), **self.reading(t)})
+            t += o.cover_heartbeat_s
+        return shown
+
+    def alarm(self, f: Fault, end: float) -> None:
+        """A displaced or open cover: the alarm at its start, the recovery if that is in the run."""
+        alarm = "tilt_alarm" if f.kind == "cover_displaced" else "cover_open"
+        self.send(f.start, "event", {"ts": _ms(f.start), **self.reading(f.start), "event": alarm})
+        if f.end < end:
+            self.send(
+                f.end, "event", {"ts": _ms(f.end), **self.reading(f.end), "event": "recovered"}
             )
-            if f.end < end:
-                _pub(
-                    out,
-                    f.end,
-                    f"{topic}/event",
-                    {"ts": _ms(f.end), **state(f.end), "event": "recovered"},
-                )
-        elif f.kind == "cover_loose":
-            spike = f.start
-            while spike < f.end:  # a passing wheel lifts the cover for about a second
-                _pub(
-                    out,
-                    spike,
-                    f"{topic}/event",
-                    {"ts": _ms(spike), "tilt_deg": angle + 14.0, "event": "tilt_alarm"},
-                )
-                _pub(
-                    out,
-                    spike + 1,
-                    f"{topic}/event",
-                    {"ts": _ms(spike + 1), "tilt_deg": angle, "event": "recovered"},
-                )
-                spike += float(rng.uniform(60, 300))
-        elif f.kind in ("water_rising", "battery_drain"):
-            step = f.start
-            while step < min(f.end, end):
-                body = {"ts": _ms(step), **state(step)}
-                if f.kind == "water_rising" and body["water_level_cm"] > 100:
-                    body["event"] = "water_high"
-                _pub(out, step, f"{topic}/telemetry", body)
-                step += 300.0
-    return shown
+
+    def loose_spikes(self, f: Fault) -> None:
+        """A loose cover: a passing wheel lifts it for about a second every one to five minutes."""
+        spike = f.start
+        while spike < f.end:
+            lifted = {"ts": _ms(spike), "tilt_deg": self.angle + 14.0, "event": "tilt_alarm"}
+            self.send(spike, "event", lifted)
+            back = {"ts": _ms(spike + 1), "tilt_deg": self.angle, "event": "recovered"}
+            self.send(spike + 1, "event", back)
+            spike += float(self.rng.uniform(60, 300))
+
+    def fast_readings(self, f: Fault, end: float) -> None:
+        """Readings every 5 min while water rises (water_high past 100 cm) or a battery drains."""
+        step = f.start
+        while step < min(f.end, end):
+            body = {"ts": _ms(step), **self.reading(step)}
+            if f.kind == "water_rising" and body["water_level_cm"] > 100:
+                body["event"] = "water_high"
+            self.send(step, "telemetry", body)
+            step += 300.0
 
 
 # -- lamps ----------------------------------------------------------------------------------
@@ -333,60 +366,38 @@ def _sweeper(
 ) -> list[Fault]:
     """Drive the route; return the sweeper's and its segments' faults with their real times."""
     rng = _device_rng(o.seed, device["device_id"])
-    topic = f"{TOPIC_ROOT}/sweeper/{device['device_id']}/telemetry"
-    end = o.start + o.duration_s
+    driver = _Driver(
+        out=out,
+        topic=f"{TOPIC_ROOT}/sweeper/{device['device_id']}/telemetry",
+        rng=rng,
+        gaps=[f for f in by_subject.get(device["device_id"], []) if f.kind == "gps_gap"],
+        cos_lat=math.cos(math.radians(city.spec.center_lat)),
+        o=o,
+        t=_shift_start(o) + float(rng.uniform(0, 120)),
+    )
+    truths = _sweep_route(driver, _route(city, device, sweepers), by_subject, o)
+    # only the gaps that hid a fix can be detected
+    return [g for g in driver.gaps if g in driver.hidden] + truths
+
+
+def _shift_start(o: RunOptions) -> float:
+    """When sweeping can begin: the run's start if in the 00:00-06:30 window, else next 00:00."""
     local_midnight = (
         math.floor((o.start / 3600 + o.utc_offset_h) / 24) * 86400 - o.utc_offset_h * 3600
     )
-    t = max(
+    return max(
         o.start, local_midnight + 86400 if o.start - local_midnight > 6.5 * 3600 else local_midnight
     )
-    t += float(rng.uniform(0, 120))
-    gaps = [f for f in by_subject.get(device["device_id"], []) if f.kind == "gps_gap"]
-    cos_lat = math.cos(math.radians(city.spec.center_lat))
-    noise_deg = o.gps_noise_m / _M_PER_DEG
-    hidden: set[Fault] = set()  # the gaps that hid a fix: only those can be detected
+
+
+def _sweep_route(
+    driver: _Driver, route: list[_Pass], by_subject: dict[str, list[Fault]], o: RunOptions
+) -> list[Fault]:
+    """Sweep the passes in turn as their segments' faults say; return those faults' real times."""
+    end = o.start + o.duration_s
     truths: list[Fault] = []
-    here: tuple[float, float] | None = None
-
-    def drive(
-        a: tuple[float, float],
-        b: tuple[float, float],
-        length_m: float,
-        speed_kmh: float,
-        brush: bool,
-    ) -> None:
-        nonlocal t
-        duration = length_m / (speed_kmh / 3.6)
-        steps = max(1, int(duration / o.gps_interval_s))
-        heading = math.degrees(math.atan2((b[0] - a[0]) * cos_lat, b[1] - a[1])) % 360
-        for s in range(steps):
-            if t >= end:
-                return
-            f = s / steps
-            hiding = {g for g in gaps if g.start <= t < g.end}
-            hidden.update(hiding)
-            if not hiding:
-                _pub(
-                    out,
-                    t,
-                    topic,
-                    {
-                        "ts": _ms(t),
-                        "lat": round(a[1] + (b[1] - a[1]) * f + float(rng.normal(0, noise_deg)), 7),
-                        "lon": round(
-                            a[0] + (b[0] - a[0]) * f + float(rng.normal(0, noise_deg / cos_lat)), 7
-                        ),
-                        "speed_kmh": round(speed_kmh + float(rng.normal(0, 0.3)), 1),
-                        "heading_deg": round(heading, 1),
-                        "brush_on": brush,
-                        "spray_on": brush,
-                    },
-                )
-            t += duration / steps
-
     done: set[Fault] = set()  # a fast or brushes-up fault spoils the segment's first pass only
-    for step in _route(city, device, sweepers):
+    for step in route:
         kinds = {f.kind: f for f in by_subject.get(step.segment_id, []) if f not in done}
         if "segment_skipped" in kinds:  # every pass of the segment is left out
             skipped = kinds["segment_skipped"]
@@ -394,21 +405,87 @@ def _sweeper(
                 truths.append(replace(skipped, start=o.start, end=end))
                 done.add(skipped)
             continue
-        if here is not None and here != step.a:
-            gap_m = math.hypot((step.a[0] - here[0]) * cos_lat, step.a[1] - here[1]) * _M_PER_DEG
-            drive(here, step.a, gap_m, 20.0, brush=False)
-        began = t
+        driver.transit_to(step.a)
+        began = driver.t
         speed = (
-            float(rng.uniform(12, 15)) if "sweeping_too_fast" in kinds else float(rng.uniform(3, 8))
+            float(driver.rng.uniform(12, 15))
+            if "sweeping_too_fast" in kinds
+            else float(driver.rng.uniform(3, 8))
         )
-        drive(step.a, step.b, step.length_m, speed, brush="brushes_up" not in kinds)
+        driver.sweep(step, speed, brush="brushes_up" not in kinds)
         for kind in ("sweeping_too_fast", "brushes_up"):
             if kind in kinds and began < end:
                 # to the millisecond, as the messages are: its first fix is at its start
-                shown = replace(kinds[kind], start=round(began, 3), end=round(min(t, end), 3))
+                shown = replace(
+                    kinds[kind], start=round(began, 3), end=round(min(driver.t, end), 3)
+                )
                 truths.append(shown)
                 done.add(kinds[kind])
-        here = step.b
-        if t >= end:
+        if driver.t >= end:
             break
-    return [g for g in gaps if g in hidden] + truths
+    return truths
+
+
+@dataclass(slots=True)
+class _Driver:
+    """A sweeper on the road: its clock and place, and the GPS fixes it publishes as it drives."""
+
+    out: list[Publication]
+    topic: str
+    rng: np.random.Generator
+    gaps: list[Fault]
+    cos_lat: float
+    o: RunOptions
+    t: float
+    here: tuple[float, float] | None = None  # where the last pass ended
+    hidden: set[Fault] = field(default_factory=set)  # the gaps that hid a fix
+
+    def transit_to(self, point: tuple[float, float]) -> None:
+        """Drive brushes up at 20 km/h from the end of the last pass to ``point``, if elsewhere."""
+        here = self.here
+        if here is not None and here != point:
+            gap_m = math.hypot((point[0] - here[0]) * self.cos_lat, point[1] - here[1]) * _M_PER_DEG
+            self.drive(here, point, gap_m, 20.0, brush=False)
+
+    def sweep(self, step: _Pass, speed_kmh: float, *, brush: bool) -> None:
+        self.drive(step.a, step.b, step.length_m, speed_kmh, brush=brush)
+        self.here = step.b
+
+    def drive(
+        self,
+        a: tuple[float, float],
+        b: tuple[float, float],
+        length_m: float,
+        speed_kmh: float,
+        *,
+        brush: bool,
+    ) -> None:
+        """Drive from ``a`` to ``b`` until the run ends, a fix every GPS interval unless hidden."""
+        end = self.o.start + self.o.duration_s
+        duration = length_m / (speed_kmh / 3.6)
+        steps = max(1, int(duration / self.o.gps_interval_s))
+        heading = math.degrees(math.atan2((b[0] - a[0]) * self.cos_lat, b[1] - a[1])) % 360
+        for s in range(steps):
+            if self.t >= end:
+                return
+            if not _silenced(self.t, self.gaps, self.hidden):
+                f = s / steps
+                lon, lat = a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f
+                fix = self.fix(lon, lat, speed_kmh, heading=heading, brush=brush)
+                _pub(self.out, self.t, self.topic, fix)
+            self.t += duration / steps
+
+    def fix(
+        self, lon: float, lat: float, speed_kmh: float, *, heading: float, brush: bool
+    ) -> dict[str, Any]:
+        """The GPS fix of a position, with noise."""
+        noise_deg = self.o.gps_noise_m / _M_PER_DEG
+        return {
+            "ts": _ms(self.t),
+            "lat": round(lat + float(self.rng.normal(0, noise_deg)), 7),
+            "lon": round(lon + float(self.rng.normal(0, noise_deg / self.cos_lat)), 7),
+            "speed_kmh": round(speed_kmh + float(self.rng.normal(0, 0.3)), 1),
+            "heading_deg": round(heading, 1),
+            "brush_on": brush,
+            "spray_on": brush,
+        }
