@@ -257,6 +257,32 @@ def register(conn: psycopg.Connection, devices: dict[str, str]) -> None:
     )
 
 
+@contextlib.contextmanager
+def refusing_inserts(conn: psycopg.Connection, tag: str) -> Iterator[Callable[[], None]]:
+    """While inside, the database refuses every manhole reading (a trigger raises): an outage.
+
+    Yields a function that ends the outage early. The database is the session's: the trigger
+    goes when the block ends, whatever happened.
+    """
+    conn.execute(
+        f"create function frozen_{tag}() returns trigger language plpgsql as "
+        "$$ begin raise exception 'maintenance'; end $$"
+    )
+    conn.execute(
+        f"create trigger frozen_{tag} before insert on manhole_readings "
+        f"for each statement execute function frozen_{tag}()"
+    )
+
+    def end() -> None:
+        conn.execute(f"drop trigger if exists frozen_{tag} on manhole_readings")
+
+    try:
+        yield end
+    finally:
+        end()
+        conn.execute(f"drop function frozen_{tag}()")
+
+
 class RunningWorker:
     """An IngestWorker on a thread, with its metrics registry."""
 

@@ -22,7 +22,7 @@ import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from cityops.services import free_port
-from tests.plugin import Publisher, forget_session, register, wait_for
+from tests.plugin import Publisher, forget_session, refusing_inserts, register, wait_for
 
 T0_MS = 1_764_000_000_000
 MAX_PAYLOAD = 64 * 1024
@@ -64,79 +64,70 @@ def test_a_flood_through_a_long_outage_stays_in_memory_bounds_and_keeps_the_conn
 ) -> None:
     device = f"{tag}-mh"
     register(conn, {device: "manhole"})
-    conn.execute(
-        f"create function frozen_{tag}() returns trigger language plpgsql as "
-        "$$ begin raise exception 'maintenance'; end $$"
-    )
-    trigger = f"create trigger frozen_{tag} before insert on manhole_readings "
-    conn.execute(trigger + f"for each statement execute function frozen_{tag}()")
-    port = free_port()
-    env = {
-        **os.environ,
-        "CITYOPS_DATABASE_URL": database_url,
-        "CITYOPS_MQTT_URL": mosquitto_url,
-        "CITYOPS_MQTT_CLIENT_ID": f"flood-{tag}",
-        "CITYOPS_MQTT_SHARED_GROUP": f"g{tag}",
-        "CITYOPS_MQTT_KEEPALIVE_S": str(KEEPALIVE_S),
-        "CITYOPS_METRICS_PORT": str(port),
-        "CITYOPS_INGEST_MAX_PAYLOAD_BYTES": str(MAX_PAYLOAD),
-        "CITYOPS_INGEST_BUFFER_MAX_BYTES": str(BUFFER_MAX_BYTES),
-        "CITYOPS_INGEST_BATCH_MAX_ROWS": "100",
-        "CITYOPS_INGEST_RETRY_MAX_S": "1",
-    }
-    window = BUFFER_MAX_BYTES // (MAX_PAYLOAD + 4096)
-    with (tmp_path / "ingest.log").open("wb") as log:
-        ingest = subprocess.Popen(
-            [sys.executable, "-m", "cityops", "ingest"],
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-    publisher = Publisher(mosquitto_url, mqtt.MQTTProtocolVersion.MQTTv5)
-    try:
-        wait_for(
-            lambda: metrics(port).get("cityops_ingest_mqtt_connected[]") == 1,
-            what="ingest connected",
-        )
-        baseline = rss_bytes(ingest.pid)
-        flood = [full_size_reading(device, i) for i in range(1_500)]  # 98 MB, 16 x the bound
-        publisher.publish_many(flood)
-        wait_for(
-            lambda: metrics(port).get("cityops_ingest_buffered_messages[]") == window,
-            what="a full receive window",
-        )
-        outage_ends = time.monotonic() + 3.5 * KEEPALIVE_S
-        peak = 0
-        while time.monotonic() < outage_ends:  # watched for 3.5 keep-alive periods
-            peak = max(peak, rss_bytes(ingest.pid))
-            now = metrics(port)
-            assert now["cityops_ingest_mqtt_connected[]"] == 1
-            assert now["cityops_ingest_buffered_messages[]"] <= window
-            time.sleep(0.2)
-        assert peak - baseline < 1.5 * BUFFER_MAX_BYTES, (peak, baseline)
-        assert metrics(port)["cityops_ingest_database_errors_total[('kind', 'refused')]"] >= 3
-        conn.execute(f"drop trigger frozen_{tag} on manhole_readings")
-        wait_for(
-            lambda: (
-                conn.execute(
-                    "select count(*) from manhole_readings where device_id = %s", (device,)
-                ).fetchone()
-                == (1_500,)
-            ),
-            timeout_s=60,
-            what="every reading of the flood",
-        )
-        final = metrics(port)
-        assert final["cityops_ingest_mqtt_connections_total[]"] == 1  # never reconnected
-        assert (
-            final.get("cityops_ingest_rows_total[('kind', 'manhole'), ('result', 'duplicate')]", 0)
-            == 0
-        )
-    finally:
-        publisher.close()
-        ingest.send_signal(signal.SIGTERM)
-        ingest.wait(timeout=30)
-        forget_session(mosquitto_url, f"flood-{tag}")
-        conn.execute(f"drop trigger if exists frozen_{tag} on manhole_readings")
-        conn.execute(f"drop function frozen_{tag}()")
+    with refusing_inserts(conn, tag) as end_outage:
+        port = free_port()
+        env = {
+            **os.environ,
+            "CITYOPS_DATABASE_URL": database_url,
+            "CITYOPS_MQTT_URL": mosquitto_url,
+            "CITYOPS_MQTT_CLIENT_ID": f"flood-{tag}",
+            "CITYOPS_MQTT_SHARED_GROUP": f"g{tag}",
+            "CITYOPS_MQTT_KEEPALIVE_S": str(KEEPALIVE_S),
+            "CITYOPS_METRICS_PORT": str(port),
+            "CITYOPS_INGEST_MAX_PAYLOAD_BYTES": str(MAX_PAYLOAD),
+            "CITYOPS_INGEST_BUFFER_MAX_BYTES": str(BUFFER_MAX_BYTES),
+            "CITYOPS_INGEST_BATCH_MAX_ROWS": "100",
+            "CITYOPS_INGEST_RETRY_MAX_S": "1",
+        }
+        window = BUFFER_MAX_BYTES // (MAX_PAYLOAD + 4096)
+        with (tmp_path / "ingest.log").open("wb") as log:
+            ingest = subprocess.Popen(
+                [sys.executable, "-m", "cityops", "ingest"],
+                env=env,
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        publisher = Publisher(mosquitto_url, mqtt.MQTTProtocolVersion.MQTTv5)
+        try:
+            wait_for(
+                lambda: metrics(port).get("cityops_ingest_mqtt_connected[]") == 1,
+                what="ingest connected",
+            )
+            baseline = rss_bytes(ingest.pid)
+            flood = [full_size_reading(device, i) for i in range(1_500)]  # 98 MB, 16 x the bound
+            publisher.publish_many(flood)
+            wait_for(
+                lambda: metrics(port).get("cityops_ingest_buffered_messages[]") == window,
+                what="a full receive window",
+            )
+            outage_ends = time.monotonic() + 3.5 * KEEPALIVE_S
+            peak = 0
+            while time.monotonic() < outage_ends:  # watched for 3.5 keep-alive periods
+                peak = max(peak, rss_bytes(ingest.pid))
+                now = metrics(port)
+                assert now["cityops_ingest_mqtt_connected[]"] == 1
+                assert now["cityops_ingest_buffered_messages[]"] <= window
+                time.sleep(0.2)
+            assert peak - baseline < 1.5 * BUFFER_MAX_BYTES, (peak, baseline)
+            assert metrics(port)["cityops_ingest_database_errors_total[('kind', 'refused')]"] >= 3
+            end_outage()
+            wait_for(
+                lambda: (
+                    conn.execute(
+                        "select count(*) from manhole_readings where device_id = %s", (device,)
+                    ).fetchone()
+                    == (1_500,)
+                ),
+                timeout_s=60,
+                what="every reading of the flood",
+            )
+            final = metrics(port)
+            assert final["cityops_ingest_mqtt_connections_total[]"] == 1  # never reconnected
+            duplicates = "cityops_ingest_rows_total[('kind', 'manhole'), ('result', 'duplicate')]"
+            assert final.get(duplicates, 0) == 0
+        finally:
+            publisher.close()
+            ingest.send_signal(signal.SIGTERM)
+            ingest.wait(timeout=30)
+            forget_session(mosquitto_url, f"flood-{tag}")

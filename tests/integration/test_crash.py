@@ -22,7 +22,7 @@ from cityops.services import free_port
 from store import db
 from store.settings import DatabaseSettings
 from tests.integration.test_ingest import T0_MS, count
-from tests.plugin import Publisher, register, wait_for
+from tests.plugin import Publisher, refusing_inserts, register, wait_for
 
 N = 20_000
 
@@ -92,6 +92,17 @@ def start_stream(
     return sender, N
 
 
+def all_stored_after_restart(conn: psycopg.Connection, device: str, before: int) -> None:
+    """All N readings land after the restart, each once, ``before`` of them before it."""
+    wait_for(
+        lambda: count(conn, "manhole_readings", device) == N,
+        timeout_s=120,
+        what=f"all {N} readings after restart",
+    )
+    assert before < N, "the kill came too late to test anything"
+    assert stored(conn, device) == expected(N)
+
+
 @pytest.fixture
 def ingest_process(
     database_url, broker_url, tag, tmp_path
@@ -123,13 +134,7 @@ def test_kill_9_mid_stream_then_restart_stores_exactly_the_published_readings(
     sender.join()
     port = free_port()
     ingest_process.append(start_ingest(database_url, broker_url, tag, log, port))
-    wait_for(
-        lambda: count(conn, "manhole_readings", device) == N,
-        timeout_s=120,
-        what=f"all {N} readings after restart",
-    )
-    assert at_kill < N, "the kill came too late to test anything"
-    assert stored(conn, device) == expected(N)
+    all_stored_after_restart(conn, device, at_kill)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         exposition = response.read().decode()
     inserted = re.search(
@@ -161,13 +166,7 @@ def test_kill_9_of_the_receiver_stops_ingest_in_one_line_and_a_restart_loses_not
     assert "Traceback" not in log.read_text()
     sender.join()
     ingest_process.append(start_ingest(database_url, mosquitto_url, tag, log))
-    wait_for(
-        lambda: count(conn, "manhole_readings", device) == N,
-        timeout_s=120,
-        what=f"all {N} readings after restart",
-    )
-    assert at_stop < N, "the kill came too late to test anything"
-    assert stored(conn, device) == expected(N)
+    all_stored_after_restart(conn, device, at_stop)
 
 
 def test_a_receiver_that_dies_during_a_database_outage_stops_ingest_at_once(
@@ -175,15 +174,7 @@ def test_a_receiver_that_dies_during_a_database_outage_stops_ingest_at_once(
 ) -> None:
     device = f"{tag}-mh"
     register(conn, {device: "manhole"})
-    conn.execute(
-        f"create function frozen_{tag}() returns trigger language plpgsql as "
-        "$$ begin raise exception 'maintenance'; end $$"
-    )
-    conn.execute(
-        f"create trigger frozen_{tag} before insert on manhole_readings "
-        f"for each statement execute function frozen_{tag}()"
-    )
-    try:  # the database is the session's: the trigger must not outlive this test
+    with refusing_inserts(conn, tag):
         log = tmp_path / "ingest.log"
         ingest_process.append(start_ingest(database_url, mosquitto_url, tag, log))
         receiver = receiver_of(ingest_process[0])
@@ -196,8 +187,6 @@ def test_a_receiver_that_dies_during_a_database_outage_stops_ingest_at_once(
         assert ingest_process[0].wait(timeout=30) == 2
         assert "error: the MQTT receiver process ended unexpectedly" in log.read_text()
         assert count(conn, "manhole_readings", device) == 0
-    finally:
-        conn.execute(f"drop trigger frozen_{tag} on manhole_readings")
 
 
 @pytest.fixture
