@@ -21,6 +21,7 @@ from cityops import demo_database, services
 from cityops.casescli import cases_app, serve, units_app
 from cityops.demo import demo_settings, run_demo
 from cityops.quarantinecli import quarantine_app
+from cityops.scenescli import scenes_app
 from cityops.settings import Settings, SettingsError, load_settings, resolve_config_path
 from cityops.simulate import broker_protocol, sim_app
 from cityops.terminal import (
@@ -75,6 +76,7 @@ app.add_typer(sim_app, name="sim")
 app.add_typer(cases_app, name="cases")
 app.add_typer(units_app, name="units")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(scenes_app, name="scenes")
 
 
 @config_app.command("check")

@@ -25,6 +25,7 @@ from pydantic_settings import (
 from cases.settings import CasesSettings
 from devices.settings import RegistrySettings
 from ingest.settings import IngestSettings
+from scenes.settings import ScenesSettings
 from sections import Section
 from store.settings import DatabaseSettings
 from wire.mqtt import MqttSettings
@@ -55,6 +56,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     registry: RegistrySettings = RegistrySettings()
     cases: CasesSettings = CasesSettings()
+    scenes: ScenesSettings = ScenesSettings()
     metrics: MetricsSettings = MetricsSettings()
 
     @classmethod

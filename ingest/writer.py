@@ -2,7 +2,9 @@
 
 Rows go through binary COPY into a per-connection staging table, then ``insert ... on conflict
 do nothing`` into the real table, so a redelivered or replayed reading never makes a second row
-(the natural key is (device_id, ts)).
+(the natural key is (device_id, ts)). With the rows of each readings table goes one row of the
+scenes' change feed (``reading_batches``: the devices touched, the event-time span), in the same
+transaction.
 
 Two kinds of database error, told apart by SQLSTATE class (``is_record_error``):
 - the database refuses a record for its data (a check constraint, a value out of a column's
@@ -231,6 +233,8 @@ class BatchWriter:
             inserted = self._copy_rows(kind, kind_rows)
             result.inserted[kind.name] += inserted
             result.duplicates[kind.name] += len(kind_rows) - inserted
+            if inserted:
+                self._record_batch(kind, kind_rows)
         if quarantine:
             target = sql.SQL("quarantine ({})").format(
                 sql.SQL(", ").join(map(sql.Identifier, _QUARANTINE))
@@ -259,6 +263,16 @@ class BatchWriter:
             )
             result.seen_written = due
         return result
+
+    def _record_batch(self, kind: ReadingKind, rows: list[tuple[Any, ...]]) -> None:
+        """Tell the scenes which devices this batch touched, and when (the change feed)."""
+        stamps = [row[1] for row in rows]
+        self._conn.execute(
+            "insert into reading_batches (readings, device_ids, min_ts, max_ts) values "
+            "(%s, %s, timestamptz 'epoch' + %s * interval '1 microsecond', "
+            "timestamptz 'epoch' + %s * interval '1 microsecond')",
+            (kind.table, sorted({row[0] for row in rows}), min(stamps), max(stamps)),
+        )
 
     def _copy_rows(self, kind: ReadingKind, rows: list[tuple[Any, ...]]) -> int:
         """COPY straight into the table; if a row is already there, go through the stage.

@@ -152,7 +152,12 @@ def test_demo_beside_a_deployment_stores_nothing_there_and_takes_none_of_its_rea
     wait_for(lambda: readings(production_url) == len(messages), what="every deployment reading")
 
     with psycopg.connect(production_url) as conn:
-        assert tables_with_rows(conn) == ["public.devices", "public.manhole_readings"]
+        # the readings, and the change feed ingest writes with them for the scenes
+        assert tables_with_rows(conn) == [
+            "public.devices",
+            "public.manhole_readings",
+            "public.reading_batches",
+        ]
         assert not is_demo_database(conn)
     handled = production.metric_total("cityops_ingest_messages_total")
     assert handled == len(messages)

@@ -1,0 +1,49 @@
+"""The ``[scenes]`` settings section: what each scene judges, and how often the engine runs."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from sections import Section
+
+
+class CoverThresholds(Section):
+    """When a manhole cover's readings become a detection (DOMAIN.md, manhole-cover sensors)."""
+
+    tilt_deg: float = Field(
+        default=10.0, gt=0, lt=90, description="Tilt beyond this is a displaced cover."
+    )
+    open_tilt_deg: float = Field(
+        default=80.0, gt=0, le=180, description="Tilt beyond this, or the open switch: open."
+    )
+    sustain_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description=(
+            "A tilt must last this long to count; shorter ones are passing wheels (about 1-2 s). "
+            "Field systems often wait 30 s; the alarm-to-case budget is 30 s in all."
+        ),
+    )
+    loose_spikes: int = Field(
+        default=3, ge=2, le=100, description="Short tilts within loose_window_s: a loose cover."
+    )
+    loose_window_s: float = Field(default=1800.0, gt=0, le=86_400)
+    water_cm: float = Field(
+        default=100.0, gt=0, description="Water above this level under a cover: water rising."
+    )
+
+
+class ScenesSettings(Section):
+    """The scene engine."""
+
+    interval_s: float = Field(
+        default=5.0, gt=0, le=3600, description="How often each partition runs without a wake-up."
+    )
+    lookback_s: float = Field(
+        default=7200.0,
+        gt=0,
+        le=7 * 86_400,
+        description="Readings before a batch's first one that a scene reads again with it.",
+    )
+    covers: CoverThresholds = CoverThresholds()
