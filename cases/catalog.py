@@ -30,7 +30,10 @@ class Category(BaseModel):
     name: str = Field(min_length=1)
     name_zh: str | None = None
     responsible: str = Field(
-        description='"owner" (the component\'s owner), "coordinating", or a district unit kind.'
+        description=(
+            '"owner" (the component\'s owner), "maintainer" (the component\'s maintainer: a '
+            'device\'s own faults), "coordinating", or a district unit kind.'
+        )
     )
     deadline_h: float = Field(gt=0, le=24 * 90)
     severity: Severity
@@ -39,8 +42,8 @@ class Category(BaseModel):
 
     @model_validator(mode="after")
     def _known_responsible(self) -> Category:
-        if self.responsible not in ("owner", "coordinating", *UNIT_KINDS):
-            allowed = ", ".join(("owner", "coordinating", *UNIT_KINDS))
+        if self.responsible not in ("owner", "maintainer", "coordinating", *UNIT_KINDS):
+            allowed = ", ".join(("owner", "maintainer", "coordinating", *UNIT_KINDS))
             msg = f"responsible {self.responsible!r} is not one of {allowed}"
             raise ValueError(msg)
         return self

@@ -125,6 +125,18 @@ class _Details:
 
 
 @dataclass(frozen=True, slots=True)
+class _Place:
+    """Where a report's subject is, and who answers for it."""
+
+    subject: str
+    district: str | None
+    owner: str | None
+    maintainer: str | None
+    lat: Any
+    lon: Any
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     """What a sensor scene, an inspector or a citizen reports."""
 
@@ -202,12 +214,19 @@ class CaseService:
 
         Returns the case row, whether it is new, and the id of the report's event.
         """
-        subject, district, owner, lat, lon = self._locate(report)
+        place = self._locate(report)
+        subject, district, lat, lon = place.subject, place.district, place.lat, place.lon
         units = self._units_of(district)
         office = units.get("coordinating")
-        # territory first, responsibility follows authority: the component's owner, or the
-        # district's unit of the category's kind; no owner: the coordinating office
-        responsible = owner if category.responsible == "owner" else units.get(category.responsible)
+        # territory first, responsibility follows authority: the component's owner (or, for a
+        # device's own faults, its maintainer), or the district's unit of the category's kind;
+        # none: the coordinating office
+        if category.responsible == "owner":
+            responsible = place.owner
+        elif category.responsible == "maintainer":
+            responsible = place.maintainer
+        else:
+            responsible = units.get(category.responsible)
         routed = responsible or office
         if office is None or routed is None:
             msg = f"no coordinating office for district {district!r}; import the city's units"
@@ -258,35 +277,31 @@ class CaseService:
         msg = f"could not open a case on {subject}; try again"
         raise CaseError(msg)
 
-    def _locate(self, report: Report) -> tuple[str, str | None, str | None, Any, Any]:
-        """Subject, district, owner unit and position of what a report is about."""
+    def _locate(self, report: Report) -> _Place:
+        """Subject, district, owner and maintainer units, and position of a report's subject."""
         if report.asset_code:
             row = self._conn.execute(
-                "select region_id, owner_unit_id, lat, lon from assets where code = %s",
+                "select region_id, owner_unit_id, maintainer_unit_id, lat, lon from assets "
+                "where code = %s",
                 (report.asset_code,),
             ).fetchone()
             if row is None:
                 msg = f"no component with code {report.asset_code}"
                 raise BadReportError(msg)
-            return (
-                report.asset_code,
-                district_of_region(self._conn, row[0]),
-                row[1],
-                row[2],
-                row[3],
-            )
+            district = district_of_region(self._conn, row[0])
+            return _Place(report.asset_code, district, row[1], row[2], row[3], row[4])
         if report.device_id:
             row = self._conn.execute(
                 "select d.asset_code, coalesce(a.region_id, d.region_id), a.owner_unit_id, "
-                "a.lat, a.lon from devices d left join assets a on a.code = d.asset_code "
-                "where d.device_id = %s",
+                "a.maintainer_unit_id, a.lat, a.lon from devices d "
+                "left join assets a on a.code = d.asset_code where d.device_id = %s",
                 (report.device_id,),
             ).fetchone()
             if row is None:
                 msg = f"no device {report.device_id}"
                 raise BadReportError(msg)
-            subject = row[0] or report.device_id
-            return subject, district_of_region(self._conn, row[1]), row[2], row[3], row[4]
+            district = district_of_region(self._conn, row[1])
+            return _Place(row[0] or report.device_id, district, row[2], row[3], row[4], row[5])
         if report.segment_id:
             row = self._conn.execute(
                 "select region_id from road_segments where segment_id = %s", (report.segment_id,)
@@ -294,14 +309,15 @@ class CaseService:
             if row is None:
                 msg = f"no road segment {report.segment_id}"
                 raise BadReportError(msg)
-            return report.segment_id, district_of_region(self._conn, row[0]), None, None, None
+            district = district_of_region(self._conn, row[0])
+            return _Place(report.segment_id, district, None, None, None, None)
         if report.lat is not None and report.lon is not None:
             district = district_at(self._conn, report.lat, report.lon)
             if district is None:
                 msg = f"({report.lat}, {report.lon}) lies in no district of the city"
                 raise BadReportError(msg)
             subject = f"{report.lat:.5f},{report.lon:.5f}"
-            return subject, district, None, report.lat, report.lon
+            return _Place(subject, district, None, None, report.lat, report.lon)
         msg = "a report needs an asset code, a device, a road segment or a position"
         raise BadReportError(msg)
 

@@ -16,13 +16,12 @@ An episode ends at the first reading that is normal again (``cleared_at``); one 
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-import numpy.typing as npt
 
+from scenes.episodes import Episode, Floats, Judgement, runs, spans
 from scenes.settings import CoverThresholds
 
 DISPLACED: Final = "cover_displaced"
@@ -32,28 +31,6 @@ WATER: Final = "water_rising"
 KINDS: Final = (DISPLACED, OPEN, LOOSE, WATER)
 
 _NORMAL, _TILTED, _OPENED = 0, 1, 2
-
-Floats = npt.NDArray[np.float64]
-
-
-@dataclass(frozen=True, slots=True)
-class Episode:
-    """One spell of a condition, in epoch seconds (event time)."""
-
-    kind: str
-    first_seen: float
-    last_seen: float
-    cleared_at: float | None
-    count: int  # readings in the spell (spikes, for a loose cover)
-    peak: float  # the largest tilt or water level seen
-
-
-@dataclass(slots=True)
-class Judgement:
-    """What one cover's readings show."""
-
-    episodes: list[Episode] = field(default_factory=list)
-    due_at: float | None = None  # when a tilt still too young to count should be judged again
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +48,7 @@ def judge(readings: CoverReadings, limits: CoverThresholds, now: float) -> Judge
     judgement = Judgement()
     _tilt_episodes(readings, limits, now, judgement)
     judgement.episodes.extend(
-        _runs(readings.ts, readings.water_cm, readings.water_cm > limits.water_cm, WATER)
+        runs(readings.ts, readings.water_cm, readings.water_cm > limits.water_cm, WATER)
     )
     judgement.episodes.sort(key=lambda e: (e.first_seen, e.kind))
     return judgement
@@ -86,7 +63,7 @@ def _tilt_episodes(r: CoverReadings, limits: CoverThresholds, now: float, out: J
         np.where(tilt > limits.tilt_deg, _TILTED, _NORMAL),
     )
     spikes: list[float] = []
-    for start, stop in _spans(state):
+    for start, stop in spans(state):
         if state[start] == _NORMAL:
             continue
         cleared = float(ts[stop]) if stop < len(ts) else None
@@ -131,32 +108,3 @@ def _loose(spikes: list[float], limits: CoverThresholds, now: float) -> list[Epi
                 )
             )
     return episodes
-
-
-def _runs(ts: Floats, values: Floats, over: npt.NDArray[np.bool_], kind: str) -> list[Episode]:
-    """Spells where ``over`` holds, among readings that carry ``values``."""
-    known = ~np.isnan(values)
-    ts, values, over = ts[known], values[known], over[known]
-    episodes = []
-    for start, stop in _spans(over.astype(np.int8)):
-        if over[start]:
-            episodes.append(
-                Episode(
-                    kind,
-                    float(ts[start]),
-                    float(ts[stop - 1]),
-                    float(ts[stop]) if stop < len(ts) else None,
-                    stop - start,
-                    float(values[start:stop].max()),
-                )
-            )
-    return episodes
-
-
-def _spans(state: npt.NDArray[np.integer]) -> list[tuple[int, int]]:
-    """[start, stop) index spans of equal consecutive values."""
-    if len(state) == 0:
-        return []
-    edges = np.flatnonzero(np.diff(state)) + 1
-    bounds = [0, *edges.tolist(), len(state)]
-    return list(itertools.pairwise(bounds))

@@ -15,7 +15,7 @@ import itertools
 import logging
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,17 +27,12 @@ from psycopg.types.json import Jsonb
 
 from cases.catalog import Catalog
 from cases.service import BadReportError, CaseService, Report
-from scenes.covers import DISPLACED, LOOSE, OPEN, WATER, CoverReadings, Episode, judge
-from scenes.settings import CoverThresholds, ScenesSettings
+from scenes import covers, health
+from scenes.episodes import Episode, Judgement
+from scenes.settings import ScenesSettings
+from sections import Section
 
-COVERS: Final = "covers"
-#: The problem category a cover detection opens a case in (config/categories.toml).
-CATEGORY_OF: Final = {
-    DISPLACED: "cover_displaced",
-    OPEN: "cover_missing",
-    LOOSE: "cover_damaged",
-    WATER: "water_high",
-}
+_READINGS: Final = ("manhole_readings", "light_readings", "sweeper_readings", "device_status")
 #: Advisory lock keys of partitions: this in the high 32 bits, the partition's crc32 below.
 _LOCK_SPACE: Final = 0x5CE4E
 
@@ -55,10 +50,11 @@ class PartitionResult:
     cases_opened: int
 
 
-def partitions(conn: psycopg.Connection) -> list[tuple[str, str]]:
+def partitions(conn: psycopg.Connection) -> list[tuple[Scene, str]]:
     """Every (scene, district) partition: the districts, and '' for devices outside any."""
     rows = conn.execute("select region_id from regions where level = 'district'").fetchall()
-    return [(COVERS, district) for district in ["", *sorted(r[0] for r in rows)]]
+    districts = ["", *sorted(r[0] for r in rows)]
+    return [(scene, district) for scene in SCENES for district in districts]
 
 
 def run_once(
@@ -71,13 +67,10 @@ def run_once(
     """Run every partition this process can claim, once; skip those another process holds."""
     results = []
     for scene, district in partitions(conn):
-        with _claimed(conn, scene, district) as claimed:
+        with _claimed(conn, scene.name, district) as claimed:
             if claimed:
-                results.append(
-                    _run_covers(
-                        conn, settings, catalog, district, time.time() if now is None else now
-                    )
-                )
+                at = time.time() if now is None else now
+                results.append(_run(conn, scene, settings, catalog, district=district, now=at))
     return results
 
 
@@ -95,53 +88,63 @@ def _claimed(conn: psycopg.Connection, scene: str, district: str) -> Iterator[bo
             conn.commit()
 
 
-def _run_covers(
+def _run(
     conn: psycopg.Connection,
+    scene: Scene,
     settings: ScenesSettings,
     catalog: Catalog,
+    *,
     district: str,
     now: float,
 ) -> PartitionResult:
-    limits = settings.covers
     with conn.transaction():
-        horizon, watermark = _feed_window(conn, COVERS, district)
+        horizon, watermark = _feed_window(conn, scene.name, district)
         touched = conn.execute(
             "select dd.device_id, min(b.min_ts) from reading_batches b "
             "cross join unnest(b.device_ids) as t(device_id) "
             "join device_districts dd on dd.device_id = t.device_id "
-            "where b.readings = 'manhole_readings' and b.xact >= %s and b.xact < %s "
-            "and dd.district = %s group by dd.device_id "
+            "where b.readings = any(%s) and b.xact >= %s and b.xact < %s "
+            "and dd.district = %s and dd.type = any(%s) group by dd.device_id "
             "union all "
             "select s.device_id, s.due_at from scene_deadlines s "
             "join device_districts dd on dd.device_id = s.device_id "
             "where s.scene = %s and s.due_at <= %s and dd.district = %s",
-            (watermark, horizon, district, COVERS, _at(now), district),
+            (
+                list(scene.readings),
+                watermark,
+                horizon,
+                district,
+                list(scene.device_types),
+                scene.name,
+                _at(now),
+                district,
+            ),
         ).fetchall()
         since: dict[str, datetime] = {}
         for device_id, first_ts in touched:
             since[device_id] = min(first_ts, since.get(device_id, first_ts))
         detections = cases_opened = 0
-        for device_id, readings in _cover_readings(conn, since, settings.lookback_s, limits):
-            judgement = judge(readings, limits, now)
+        for device_id, judgement in scene.judge_all(conn, since, settings, now):
             for episode in judgement.episodes:
                 opened = _record(
                     conn,
                     catalog,
+                    scene=scene,
                     district=district,
                     device_id=device_id,
                     episode=episode,
-                    limits=limits,
+                    thresholds=scene.thresholds(settings),
                 )
                 detections += 1
                 cases_opened += opened
-            _keep_deadline(conn, COVERS, device_id, judgement.due_at)
+            _keep_deadline(conn, scene.name, device_id, judgement.due_at)
         conn.execute(
             "insert into scene_watermarks (scene, district, xact_horizon) values (%s, %s, %s) "
             "on conflict (scene, district) do update set xact_horizon = excluded.xact_horizon, "
             "updated_at = now()",
-            (COVERS, district, horizon),
+            (scene.name, district, horizon),
         )
-    return PartitionResult(COVERS, district, len(since), detections, cases_opened)
+    return PartitionResult(scene.name, district, len(since), detections, cases_opened)
 
 
 def _feed_window(conn: psycopg.Connection, scene: str, district: str) -> tuple[Any, Any]:
@@ -155,17 +158,13 @@ def _feed_window(conn: psycopg.Connection, scene: str, district: str) -> tuple[A
     return row[0], row[1]
 
 
-def _cover_readings(
-    conn: psycopg.Connection,
-    since: dict[str, datetime],
-    lookback_s: float,
-    limits: CoverThresholds,
-) -> Iterator[tuple[str, CoverReadings]]:
-    """Each device's readings from its last entirely normal one at or before its window."""
-    if not since:
-        return
+def _judge_covers(
+    conn: psycopg.Connection, since: dict[str, datetime], settings: ScenesSettings, now: float
+) -> Iterator[tuple[str, Judgement]]:
+    """Each cover's readings from its last entirely normal one at or before its window."""
+    limits = settings.covers
     devices = sorted(since)
-    starts = [since[d].timestamp() - lookback_s for d in devices]
+    starts = [since[d].timestamp() - settings.lookback_s for d in devices]
     rows = conn.execute(
         "with w as (select * from unnest(%s::text[], %s::float8[]) as w(device_id, start_s)), "
         "f as (select w.device_id, coalesce((select max(r.ts) from manhole_readings r "
@@ -178,38 +177,110 @@ def _cover_readings(
         "order by r.device_id, r.ts",
         (devices, starts, limits.tilt_deg, limits.water_cm),
     ).fetchall()
+    for device_id, block in _blocks(rows):
+        readings = covers.CoverReadings(block[:, 0], block[:, 1], block[:, 2], block[:, 3])
+        yield device_id, covers.judge(readings, limits, now)
+
+
+def _judge_health(
+    conn: psycopg.Connection, since: dict[str, datetime], settings: ScenesSettings, now: float
+) -> Iterator[tuple[str, Judgement]]:
+    """Each device's messages, of every kind, from its last one at or before its window."""
+    devices = sorted(since)
+    starts = [since[d].timestamp() - settings.lookback_s for d in devices]
+    last_before = ", ".join(
+        f"(select max(r.ts) from {table} r where r.device_id = w.device_id "
+        "and r.ts <= to_timestamp(w.start_s))"
+        for table in _READINGS
+    )
+    messages = " union all ".join(
+        f"select device_id, ts, {'battery_pct' if table == 'manhole_readings' else 'null'} "
+        f"as battery_pct from {table} where device_id = any(%(devices)s)"
+        for table in _READINGS
+    )
+    rows = conn.execute(
+        "with w as (select * from unnest(%(devices)s::text[], %(starts)s::float8[]) "
+        "as w(device_id, start_s)), "
+        f"f as (select w.device_id, coalesce(greatest({last_before}), '-infinity') as start_ts "
+        f"from w), m as ({messages}) "
+        "select m.device_id, extract(epoch from m.ts)::float8, m.battery_pct::float8, d.type "
+        "from f join m on m.device_id = f.device_id and m.ts >= f.start_ts "
+        "join devices d on d.device_id = m.device_id "
+        "order by m.device_id, m.ts",
+        {"devices": devices, "starts": starts},
+    ).fetchall()
+    types = {r[0]: r[3] for r in rows}
+    for device_id, block in _blocks([r[:3] for r in rows]):
+        messages_of = health.DeviceMessages(types[device_id], block[:, 0], block[:, 1])
+        yield device_id, health.judge(messages_of, settings.health, now)
+    for device_id in sorted(set(devices) - set(types)):  # its messages are past retention
+        yield device_id, Judgement()
+
+
+def _blocks(rows: list[Any]) -> Iterator[tuple[str, Any]]:
+    """Rows ordered by device id (first column) as (device id, float array of the others)."""
     if not rows:
         return
     table = np.array(
-        [
-            (
-                r[1],
-                np.nan if r[2] is None else r[2],
-                np.nan if r[3] is None else r[3],
-                np.nan if r[4] is None else r[4],
-            )
-            for r in rows
-        ],
-        dtype=np.float64,
-    ).reshape(len(rows), 4)
+        [[np.nan if v is None else v for v in row[1:]] for row in rows], dtype=np.float64
+    ).reshape(len(rows), len(rows[0]) - 1)
     ids = [r[0] for r in rows]
     bounds = [0, *(i for i in range(1, len(ids)) if ids[i] != ids[i - 1]), len(ids)]
     for start, stop in itertools.pairwise(bounds):
-        block = table[start:stop]
-        yield ids[start], CoverReadings(block[:, 0], block[:, 1], block[:, 2], block[:, 3])
+        yield ids[start], table[start:stop]
+
+
+@dataclass(frozen=True, slots=True)
+class Scene:
+    """A scene: what wakes it, how it judges a device, and the case category of each kind."""
+
+    name: str
+    device_types: tuple[str, ...]
+    readings: tuple[str, ...]  # the readings tables whose batches it reads
+    category_of: dict[str, str]  # detection kind: problem category (config/categories.toml)
+    judge_all: Callable[
+        [psycopg.Connection, dict[str, datetime], ScenesSettings, float],
+        Iterator[tuple[str, Judgement]],
+    ]
+    thresholds: Callable[[ScenesSettings], Section]
+
+
+COVERS: Final = Scene(
+    "covers",
+    ("manhole",),
+    ("manhole_readings",),
+    {
+        covers.DISPLACED: "cover_displaced",
+        covers.OPEN: "cover_missing",
+        covers.LOOSE: "cover_damaged",
+        covers.WATER: "water_high",
+    },
+    _judge_covers,
+    lambda s: s.covers,
+)
+HEALTH: Final = Scene(
+    "health",
+    ("manhole", "light", "sweeper", "gateway"),
+    _READINGS,
+    {health.OFFLINE: "device_offline", health.BATTERY: "device_battery_low"},
+    _judge_health,
+    lambda s: s.health,
+)
+SCENES: Final = (COVERS, HEALTH)
 
 
 def _record(
     conn: psycopg.Connection,
     catalog: Catalog,
     *,
+    scene: Scene,
     district: str,
     device_id: str,
     episode: Episode,
-    limits: CoverThresholds,
+    thresholds: Section,
 ) -> int:
-    """Upsert the episode's detection; open its case when it is new. Return cases opened."""
-    category = catalog.get(CATEGORY_OF[episode.kind])
+    """Upsert the episode's detection; open its case when it has none. Return cases opened."""
+    category = catalog.get(scene.category_of[episode.kind])
     asset = conn.execute(
         "select asset_code from devices where device_id = %s", (device_id,)
     ).fetchone()
@@ -217,7 +288,7 @@ def _record(
     evidence = {
         "peak": episode.peak,
         "readings": episode.count,
-        "thresholds": limits.model_dump(),
+        "thresholds": thresholds.model_dump(),
     }
     row = conn.execute(
         "insert into detections (scene, kind, subject, device_id, district, severity, "
@@ -228,7 +299,7 @@ def _record(
         "updated_at = now() "
         "returning detection_id, case_id, xmax = 0",
         (
-            COVERS,
+            scene.name,
             episode.kind,
             asset_code or device_id,
             device_id,
@@ -252,7 +323,9 @@ def _record(
                 source="sensor",
                 asset_code=asset_code,
                 device_id=None if asset_code else device_id,
-                description=f"{episode.kind} detected by scene {COVERS} (detection {detection_id})",
+                description=(
+                    f"{episode.kind} detected by scene {scene.name} (detection {detection_id})"
+                ),
             )
         )
     except BadReportError as exc:  # no unit answers for it: the detection stays, without a case

@@ -34,6 +34,29 @@ class CoverThresholds(Section):
     )
 
 
+class HealthThresholds(Section):
+    """When a device's own state becomes a detection, for every device type."""
+
+    interval_s: dict[str, float] = Field(
+        default={"manhole": 3600.0, "light": 300.0, "sweeper": 86_400.0, "gateway": 300.0},
+        description=(
+            "How often each device type is expected to send something (seconds): heartbeats, "
+            "readings or status. Sweepers send only while they work (a night shift), so a day."
+        ),
+    )
+    offline_factor: float = Field(
+        default=1.5,
+        gt=1,
+        le=100,
+        description="Offline once nothing came for this many expected intervals.",
+    )
+    battery_pct: float = Field(default=15.0, gt=0, lt=100, description="Battery below: low.")
+
+    def interval_s_of(self, device_type: str) -> float:
+        """The expected interval of ``device_type`` (an hour for a type not listed)."""
+        return self.interval_s.get(device_type, 3600.0)
+
+
 class ScenesSettings(Section):
     """The scene engine."""
 
@@ -47,3 +70,4 @@ class ScenesSettings(Section):
         description="Readings before a batch's first one that a scene reads again with it.",
     )
     covers: CoverThresholds = CoverThresholds()
+    health: HealthThresholds = HealthThresholds()

@@ -59,14 +59,14 @@ create unique index detections_episode on detections (subject, kind, first_seen)
 create unique index detections_active on detections (subject, kind) where cleared_at is null;
 create index detections_device on detections (device_id) where cleared_at is null;
 
--- The district each device's asset lies in ('' for a device without an asset or region): the
--- scenes partition their work by it.
+-- The district each device lies in, by its component's region or else its own ('' for neither):
+-- the scenes partition their work by it.
 create view device_districts as
 with recursive up as (
     select d.device_id, r.region_id, r.parent_id, r.level
     from devices d
-    join assets a on a.code = d.asset_code
-    join regions r on r.region_id = a.region_id
+    left join assets a on a.code = d.asset_code
+    join regions r on r.region_id = coalesce(a.region_id, d.region_id)
     union all
     select up.device_id, r.region_id, r.parent_id, r.level
     from up join regions r on r.region_id = up.parent_id

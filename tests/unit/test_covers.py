@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from scenes.covers import CoverReadings, Episode, judge
+from scenes.covers import CoverReadings, judge
+from scenes.episodes import Episode
 from scenes.settings import CoverThresholds
 
 NAN = float("nan")
