@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Literal
 
 import typer
 
 from cityops.casescli import catalog_of
-from cityops.terminal import ConfigOption, out, settings_from, stop_on_signals
+from cityops.terminal import ConfigOption, fail, out, settings_from, stop_on_signals
 from scenes.engine import PartitionResult, run_once
+from scenes.score import TruthError, read_truth, score, stored_detections
 from store import db
 
 scenes_app = typer.Typer(
@@ -46,3 +51,62 @@ def _report(results: list[PartitionResult]) -> None:
             f"{r.detections} detections written, {r.cases_opened} cases opened",
             highlight=False,
         )
+
+
+@scenes_app.command("score")
+def score_command(
+    *,
+    truth: Annotated[
+        Path, typer.Option(help="Ground truth (JSON Lines) that `cityops sim run` wrote.")
+    ],
+    since: Annotated[
+        datetime | None, typer.Option(help="Only faults and detections from this time on.")
+    ] = None,
+    until: Annotated[datetime | None, typer.Option(help="... and before this time.")] = None,
+    allowed_delay_s: Annotated[
+        float,
+        typer.Option(
+            help="A detection may begin this long after its fault ended (offline is judged "
+            "after 1.5 heartbeats)."
+        ),
+    ] = 7200.0,
+    output: Annotated[
+        Literal["table", "json"], typer.Option("--format", help="table or json")
+    ] = "table",
+    config: ConfigOption = None,
+) -> None:
+    """Precision, recall and delay per kind: detections against a simulated run's faults."""
+    settings = settings_from(config)
+    try:
+        faults = read_truth(truth)
+    except (OSError, TruthError) as exc:
+        fail(f"cannot read the ground truth: {exc}")
+    lo = since.timestamp() if since else float("-inf")
+    hi = until.timestamp() if until else float("inf")
+    faults = [f for f in faults if lo <= f.start < hi]
+    with db.connect(settings.database) as conn:
+        detections = stored_detections(conn, since, until)
+    scores = score(faults, detections, allowed_delay_s=allowed_delay_s)
+    if output == "json":
+        out.print_json(json.dumps([asdict(s) for s in scores]))
+        return
+    out.print(
+        f"{'kind':18} {'faults':>6} {'found':>6} {'precision':>9} {'recall':>7} "
+        f"{'delay p50':>9} {'p99':>8}",
+        highlight=False,
+    )
+    for s in scores:
+        out.print(
+            f"{s.kind:18} {s.faults:>6} {s.undetectable:>12} {s.detections:>6} "
+            f"{_ratio(s.precision):>9} "
+            f"{_ratio(s.recall):>7} {_seconds(s.delay_p50_s):>9} {_seconds(s.delay_p99_s):>8}",
+            highlight=False,
+        )
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} s"

@@ -42,6 +42,9 @@ class RunOptions:
     duration_s: float
     seed: int = 1
     cover_heartbeat_s: float = 3600.0
+    #: A cover's silence shorter than this is marked undetectable in the ground truth (the scenes'
+    #: default offline limit: 1.5 heartbeats).
+    offline_limit_s: float = 5400.0
     lamp_report_s: float = 300.0
     gps_interval_s: float = 1.0
     gps_noise_m: float = 5.0
@@ -99,13 +102,19 @@ def simulate(city: City, scenario: Scenario, options: RunOptions) -> Run:
     out: list[Publication] = []
     angles = {a["code"]: a["properties"].get("installed_angle_deg", 0.0) for a in city.assets}
     shown: set[Fault] = set()
+    undetectable: set[Fault] = set()
     for device in covers:
         faults_of = by_subject.get(device["device_id"], [])
-        shown |= _cover(out, device, angles.get(device["asset_code"], 0.0), faults_of, options)
+        angle = angles.get(device["asset_code"], 0.0)
+        cover_shown, cover_undetectable = _cover(out, device, angle, faults_of, options)
+        shown |= cover_shown
+        undetectable |= cover_undetectable
     shown |= _cabinets(out, city, lamps, by_subject, options)
     # segment and sweeper faults are timed by the routes; cover and lamp faults count once they
     # showed in some message
-    faults = [f for f in planned if f in shown]
+    faults = [
+        replace(f, detectable=False) if f in undetectable else f for f in planned if f in shown
+    ]
     for device in sweepers:
         faults += _sweeper(out, city, device, sweepers=sweepers, by_subject=by_subject, o=options)
     out.sort()
@@ -132,16 +141,20 @@ def _cover(
     angle: float,
     faults: list[Fault],
     o: RunOptions,
-) -> set[Fault]:
-    """Publish one cover's messages; return its faults that showed (offline: a missed heartbeat)."""
+) -> tuple[set[Fault], set[Fault]]:
+    """Publish one cover's messages; return the faults that showed, and the undetectable ones.
+
+    An offline fault shows once it hid a message; it is undetectable when the silence it made is
+    no longer than ``o.offline_limit_s`` (see ``_Cover.silence_outlasts``).
+    """
     rng = _device_rng(o.seed, device["device_id"])
     topic = f"{TOPIC_ROOT}/manhole/{device['device_id']}"
     end = o.start + o.duration_s
     battery = float(rng.uniform(60, 100))
     rssi = float(rng.uniform(-110, -70))
-    cover = _Cover(out, topic, rng, angle, battery, rssi, faults)
-    shown = {f for f in faults if f.kind != "sensor_offline"}  # alarms and readings, all sent
-    shown |= cover.heartbeats(o)
+    offline = [f for f in faults if f.kind == "sensor_offline"]
+    cover = _Cover(out, topic, rng, angle, battery, rssi, faults, offline, set(), [])
+    cover.heartbeats(o)
     for f in faults:
         if f.kind in ("cover_displaced", "cover_open"):
             cover.alarm(f, end)
@@ -149,7 +162,8 @@ def _cover(
             cover.loose_spikes(f)
         elif f.kind in ("water_rising", "battery_drain"):
             cover.fast_readings(f, end)
-    return shown
+    shown = {f for f in faults if f.kind != "sensor_offline"} | cover.hidden
+    return shown, {f for f in cover.hidden if not cover.silence_outlasts(f, o)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +177,9 @@ class _Cover:
     battery: float
     rssi: float
     faults: list[Fault]
+    offline: list[Fault]  # while one goes on, the sensor sends nothing at all
+    hidden: set[Fault]  # the offline faults that hid a message
+    sent: list[float]  # when it sent each message
 
     def condition(self, t: float) -> tuple[float, bool, float, float]:
         """The true tilt, open flag, water level (cm) and battery (%) at ``t``, faults applied."""
@@ -194,19 +211,31 @@ class _Cover:
         }
 
     def send(self, t: float, channel: str, body: dict[str, Any]) -> None:
-        _pub(self.out, t, f"{self.topic}/{channel}", body)
+        """Publish, unless the sensor is offline at ``t``."""
+        if not _silenced(t, self.offline, self.hidden):
+            self.sent.append(t)
+            _pub(self.out, t, f"{self.topic}/{channel}", body)
 
-    def heartbeats(self, o: RunOptions) -> set[Fault]:
-        """A reading every heartbeat from a random phase; return the offline faults that hid one."""
+    def heartbeats(self, o: RunOptions) -> None:
+        """A reading every heartbeat from a random phase (none read while offline)."""
         end = o.start + o.duration_s
-        offline = [f for f in self.faults if f.kind == "sensor_offline"]
-        shown: set[Fault] = set()
         t = o.start + float(self.rng.uniform(0, o.cover_heartbeat_s))
         while t < end:
-            if not _silenced(t, offline, shown):
+            if not _silenced(t, self.offline, self.hidden):
                 self.send(t, "telemetry", {"ts": _ms(t), **self.reading(t)})
             t += o.cover_heartbeat_s
-        return shown
+
+    def silence_outlasts(self, f: Fault, o: RunOptions) -> bool:
+        """Whether the silence around offline fault ``f`` outlasts the offline limit in the run.
+
+        The silence runs from the message before it to the message after it (or the run's end).
+        """
+        before = [t for t in self.sent if t < f.start]
+        after = [t for t in self.sent if t >= f.end]
+        if not before:
+            return False  # nothing to be silent after: no scene knows what to expect
+        ends = min(after) if after else o.start + o.duration_s
+        return max(before) + o.offline_limit_s < ends
 
     def alarm(self, f: Fault, end: float) -> None:
         """A displaced or open cover: the alarm at its start, the recovery if that is in the run."""

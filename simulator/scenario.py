@@ -113,6 +113,7 @@ class Fault:
     subject: str
     start: float
     end: float
+    detectable: bool = True  # False: it hid too little for a scene to tell (a short silence)
 
     @property
     def subject_type(self) -> SubjectType:
@@ -128,6 +129,7 @@ class Fault:
                 "subject_type": self.subject_type,
                 "start": _iso(self.start),
                 "end": _iso(self.end),
+                "detectable": self.detectable,
             }
         )
 

@@ -4,11 +4,19 @@ the cases they open, against real PostgreSQL and MQTT."""
 from __future__ import annotations
 
 import json
+import threading
+from datetime import datetime
 
 import psycopg
+from typer.testing import CliRunner
 
+from cityops.cli import app
 from scenes.engine import run_once
+from scenes.score import Interval, score, stored_detections
 from scenes.settings import ScenesSettings
+from simulator.fleet import RunOptions, simulate
+from simulator.publish import PublishOptions, publish
+from simulator.scenario import Scenario
 from tests.plugin import CATALOG, Publisher, wait_for
 
 T0_S = 1_764_000_000  # 2025-11-24T16:00:00Z
@@ -28,7 +36,7 @@ def covers_of(conn: psycopg.Connection, city, n: int) -> list[dict]:
     return [{**d, "owner": owners[d["asset_code"]]} for d in devices]
 
 
-def publish(publisher: Publisher, device_id: str, rows: list[tuple[float, float]]) -> None:
+def send_tilts(publisher: Publisher, device_id: str, rows: list[tuple[float, float]]) -> None:
     """(seconds after T0, tilt) readings of one cover."""
     publisher.publish_many(
         [
@@ -56,13 +64,13 @@ def test_covers_and_silences_become_detections_and_cases_on_the_right_desks_once
     displaced, loose, wheel = covers_of(conn, city, 3)
     assert MAINTAINER not in {displaced["owner"], loose["owner"]}
     start_worker(make_settings())
-    publish(publisher, displaced["device_id"], [(0, 2), (600, 27), (1800, 26), (3000, 2)])
-    publish(
+    send_tilts(publisher, displaced["device_id"], [(0, 2), (600, 27), (1800, 26), (3000, 2)])
+    send_tilts(
         publisher,
         loose["device_id"],
         [(0, 2), (100, 16), (101, 2), (300, 16), (301, 2), (700, 16), (701, 2)],
     )
-    publish(publisher, wheel["device_id"], [(0, 2), (100, 16), (101, 2)])
+    send_tilts(publisher, wheel["device_id"], [(0, 2), (100, 16), (101, 2)])
     ids = [displaced["device_id"], loose["device_id"], wheel["device_id"]]
     wait_for(
         lambda: (
@@ -117,3 +125,94 @@ def test_covers_and_silences_become_detections_and_cases_on_the_right_desks_once
             ([displaced["asset_code"], loose["asset_code"], wheel["asset_code"]],),
         ).fetchone()
         assert again == (5,)
+
+
+# Midnight in the city (UTC+8), the sweepers' shift; a night no other test publishes in, as the
+# score command reads every detection of the window from the session's database.
+SIM_START = "2025-10-06T16:00:00+00:00"
+SIM_END = "2025-10-06T20:00:00+00:00"
+COVER_FAULTS = {
+    "cover_displaced": 0.08,
+    "cover_open": 0.08,
+    "cover_loose": 0.08,
+    "water_rising": 0.08,
+    "sensor_offline": 0.15,
+    "battery_drain": 0.08,
+}
+
+
+def test_a_simulated_night_scores_against_its_ground_truth_with_one_case_per_detection(
+    conn, database_url, broker_url, city, make_settings, start_worker, tmp_path
+) -> None:
+    start = datetime.fromisoformat(SIM_START).timestamp()
+    run = simulate(
+        city,
+        Scenario(rates=COVER_FAULTS),
+        RunOptions(start=start, duration_s=4 * 3600, seed=7),
+    )
+    cover_ids = [d["device_id"] for d in city.devices if d["type"] == "manhole"]
+    kinds = {f.kind for f in run.faults}
+    assert set(COVER_FAULTS) <= kinds, kinds  # every kind is in the run to be scored
+    covers_published = sum(p.topic.split("/")[2] == "manhole" for p in run.publications)
+    start_worker(make_settings())
+    publish(run.publications, PublishOptions(url=broker_url, speed=0), threading.Event())
+    wait_for(
+        lambda: (
+            conn.execute(
+                "select count(*) from manhole_readings where device_id = any(%s)", (cover_ids,)
+            ).fetchone()
+            == (covers_published,)
+        ),
+        timeout_s=60,
+        what="every cover message stored",
+    )
+    with psycopg.connect(database_url) as scenes_conn:
+        # judged as the run ends: the simulated devices all fall silent after it
+        run_once(scenes_conn, ScenesSettings(), CATALOG, now=start + 4 * 3600)
+    faults = [
+        Interval(f.kind, f.subject, f.start, f.end, f.detectable)
+        for f in run.faults
+        if f.subject in cover_ids
+    ]
+    found = [d for d in stored_detections(conn, None, None) if d.device_id in cover_ids]
+    scores = {s.kind: s for s in score(faults, found, allowed_delay_s=7200)}
+    # every detection matches a fault (no case where the ground truth has none), and every
+    # fault is found
+    assert {k: (s.precision, s.recall) for k, s in scores.items()} == dict.fromkeys(
+        COVER_FAULTS, (1.0, 1.0)
+    )
+    unrouted = conn.execute(
+        "select count(*) from detections where device_id = any(%s) and case_id is null",
+        (cover_ids,),
+    ).fetchone()
+    assert unrouted == (0,)
+    per_case = conn.execute(
+        "select count(distinct case_id), count(*) from detections where device_id = any(%s)",
+        (cover_ids,),
+    ).fetchone()
+    assert per_case == (len(found), len(found))  # one case each: no two episodes share one
+
+    # the same through the command, from the ground truth as `cityops sim run` writes it
+    truth = tmp_path / "truth.jsonl"
+    truth.write_text("".join(f.truth_line() + "\n" for f in run.faults if f.subject in cover_ids))
+    result = CliRunner().invoke(
+        app,
+        [
+            "scenes",
+            "score",
+            "--truth",
+            str(truth),
+            "--since",
+            SIM_START,
+            "--until",
+            SIM_END,
+            "--format",
+            "json",
+        ],
+        env={"CITYOPS_DATABASE_URL": database_url},
+    )
+    assert result.exit_code == 0, result.output
+    by_kind = {row["kind"]: row for row in json.loads(result.output)}
+    assert {
+        k: (r["precision"], r["recall"]) for k, r in by_kind.items() if k in COVER_FAULTS
+    } == dict.fromkeys(COVER_FAULTS, (1.0, 1.0))
