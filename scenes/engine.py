@@ -74,9 +74,14 @@ def run_once(
     return results
 
 
+def lock_key(scene: str, district: str) -> int:
+    """The advisory lock key of a partition."""
+    return _LOCK_SPACE << 32 | zlib.crc32(f"{scene}/{district}".encode())
+
+
 @contextmanager
 def _claimed(conn: psycopg.Connection, scene: str, district: str) -> Iterator[bool]:
-    key = _LOCK_SPACE << 32 | zlib.crc32(f"{scene}/{district}".encode())
+    key = lock_key(scene, district)
     row = conn.execute("select pg_try_advisory_lock(%s::bigint)", (key,)).fetchone()
     conn.commit()
     claimed = bool(row and row[0])

@@ -4,6 +4,8 @@ the cases they open, against real PostgreSQL and MQTT."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from datetime import datetime
 
@@ -11,7 +13,7 @@ import psycopg
 from typer.testing import CliRunner
 
 from cityops.cli import app
-from scenes.engine import run_once
+from scenes.engine import lock_key, run_once
 from scenes.score import Interval, score, stored_detections
 from scenes.settings import ScenesSettings
 from simulator.fleet import RunOptions, simulate
@@ -216,3 +218,69 @@ def test_a_simulated_night_scores_against_its_ground_truth_with_one_case_per_det
     assert {
         k: (r["precision"], r["recall"]) for k, r in by_kind.items() if k in COVER_FAULTS
     } == dict.fromkeys(COVER_FAULTS, (1.0, 1.0))
+
+
+def test_a_partition_held_elsewhere_is_skipped_and_taken_once_its_holder_dies(
+    conn, database_url, city, make_settings, start_worker, publisher: Publisher
+) -> None:
+    (cover,) = covers_of(conn, city, 1)
+    start_worker(make_settings())
+    send_tilts(publisher, cover["device_id"], [(0, 2), (600, 27), (1200, 2)])
+    wait_for(
+        lambda: (
+            conn.execute(
+                "select count(*) from manhole_readings where device_id = %s", (cover["device_id"],)
+            ).fetchone()
+            == (3,)
+        ),
+        what="the readings stored",
+    )
+    district = conn.execute(
+        "select district from device_districts where device_id = %s", (cover["device_id"],)
+    ).fetchone()[0]
+    # another scenes process, in a process of its own, holds the covers partition of the district
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, psycopg\n"
+            "from scenes.engine import lock_key\n"
+            "conn = psycopg.connect(sys.argv[1], autocommit=True)\n"
+            "conn.execute('select pg_advisory_lock(%s)', (lock_key('covers', sys.argv[2]),))\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.read()\n",
+            database_url,
+            district,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline() == "held\n"
+            with psycopg.connect(database_url) as scenes_conn:
+                ran = run_once(scenes_conn, ScenesSettings(), CATALOG, now=T0_S + 1800)
+                assert ("covers", district) not in {(r.scene, r.district) for r in ran}
+                assert detections(conn, [cover["device_id"]]) == []
+                holder.kill()  # kill -9: its session ends, and its locks with it
+                holder.wait()
+                wait_for(lambda: lock_free(conn, district), what="the dead holder's lock released")
+                ran = run_once(scenes_conn, ScenesSettings(), CATALOG, now=T0_S + 1800)
+            assert ("covers", district) in {(r.scene, r.district) for r in ran}
+            assert detections(conn, [cover["device_id"]]) == [
+                (cover["device_id"], "cover_displaced", 600, 1200, 1, True)
+            ]
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+                holder.wait()
+
+
+def lock_free(conn: psycopg.Connection, district: str) -> bool:
+    row = conn.execute(
+        "select count(*) from pg_locks where locktype = 'advisory' and granted "
+        "and ((classid::bigint << 32) | objid::bigint) = %s",
+        (lock_key("covers", district),),
+    ).fetchone()
+    return row == (0,)
