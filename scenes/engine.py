@@ -15,7 +15,7 @@ import itertools
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,11 +50,13 @@ class PartitionResult:
     cases_opened: int
 
 
-def partitions(conn: psycopg.Connection) -> list[tuple[Scene, str]]:
+def partitions(
+    conn: psycopg.Connection, scenes: Sequence[Scene] | None = None
+) -> list[tuple[Scene, str]]:
     """Every (scene, district) partition: the districts, and '' for devices outside any."""
     rows = conn.execute("select region_id from regions where level = 'district'").fetchall()
     districts = ["", *sorted(r[0] for r in rows)]
-    return [(scene, district) for scene in SCENES for district in districts]
+    return [(scene, district) for scene in scenes or SCENES for district in districts]
 
 
 def run_once(
@@ -63,10 +65,14 @@ def run_once(
     catalog: Catalog,
     *,
     now: float | None = None,
+    scenes: Sequence[Scene] | None = None,
 ) -> list[PartitionResult]:
-    """Run every partition this process can claim, once; skip those another process holds."""
+    """Run every partition (of ``scenes``, default all) this process can claim, once.
+
+    Partitions another process holds are skipped.
+    """
     results = []
-    for scene, district in partitions(conn):
+    for scene, district in partitions(conn, scenes):
         with _claimed(conn, scene.name, district) as claimed:
             if claimed:
                 at = time.time() if now is None else now
