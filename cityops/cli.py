@@ -21,7 +21,7 @@ from cityops import demo_database, services
 from cityops.casescli import cases_app, serve, units_app
 from cityops.demo import demo_settings, run_demo
 from cityops.quarantinecli import quarantine_app
-from cityops.scenescli import scenes_app
+from cityops.scenescli import covers_app, scenes_app
 from cityops.settings import Settings, SettingsError, load_settings, resolve_config_path
 from cityops.simulate import broker_protocol, sim_app
 from cityops.terminal import (
@@ -38,6 +38,7 @@ from devices import registry
 from ingest.metrics import IngestMetrics
 from ingest.worker import IngestWorker, ReceiverFailedError
 from redaction import redact
+from scenes.dictionary import cover_state
 from simulator.publish import PublishError
 from store import db
 from store.settings import DatabaseSettings
@@ -77,6 +78,7 @@ app.add_typer(cases_app, name="cases")
 app.add_typer(units_app, name="units")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(scenes_app, name="scenes")
+app.add_typer(covers_app, name="covers")
 
 
 @config_app.command("check")
@@ -261,19 +263,27 @@ def assets_import(
 
 @assets_app.command("show")
 def assets_show(code: str, config: ConfigOption = None) -> None:
-    """Show one component with its units and bound devices."""
+    """Show one component with its units, bound devices, state and case history."""
     settings = settings_from(config)
     try:
         with db.connect(settings.database) as conn:
             asset = registry.show_asset(conn, code)
+            state, cases = cover_state(conn, code)
     except psycopg.OperationalError as exc:
         fail(str(exc))
     if asset is None:
         fail(f"no component with code {code}")
     table = Table(show_header=False, box=None)
-    for key, value in asset.items():
+    for key, value in {**asset, "state": state}.items():
         table.add_row(key, _text(value))
     out.print(table)
+    for case in cases:
+        closed = f", closed {case.closed_at:%Y-%m-%d %H:%M}" if case.closed_at else ""
+        out.print(
+            f"case {case.case_id}: {case.category}, {case.state}, reported "
+            f"{case.reported_at:%Y-%m-%d %H:%M}{closed}",
+            highlight=False,
+        )
 
 
 def _text(value: Any) -> str:

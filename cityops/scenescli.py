@@ -12,10 +12,15 @@ import typer
 
 from cityops.casescli import catalog_of
 from cityops.terminal import ConfigOption, fail, out, settings_from, stop_on_signals
+from scenes.dictionary import covers_summary
 from scenes.engine import PartitionResult, run_once
 from scenes.score import TruthError, read_truth, score, stored_detections
 from store import db
 
+covers_app = typer.Typer(
+    help="The manhole-cover dictionary: covers by district, owner and state.",
+    no_args_is_help=True,
+)
 scenes_app = typer.Typer(
     help="Scenes: telemetry into detections and cases (the manhole-cover scene so far).",
     no_args_is_help=True,
@@ -110,3 +115,27 @@ def _ratio(value: float | None) -> str:
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} s"
+
+
+@covers_app.command("summary")
+def covers_summary_command(
+    district: Annotated[str | None, typer.Option(help="Only this district.")] = None,
+    output: Annotated[
+        Literal["table", "json"], typer.Option("--format", help="table or json")
+    ] = "table",
+    config: ConfigOption = None,
+) -> None:
+    """Monitored covers per district and owner unit, counted by state (normal, displaced, ...)."""
+    settings = settings_from(config)
+    with db.connect(settings.database) as conn:
+        rows = covers_summary(conn, district)
+    if output == "json":
+        out.print_json(json.dumps(rows))
+        return
+    out.print(f"{'district':10} {'owner unit':24} {'state':32} {'covers':>7}", highlight=False)
+    for row in rows:
+        out.print(
+            f"{row['district'] or '-':10} {row['owner_unit_id'] or '-':24} {row['state']:32} "
+            f"{row['covers']:>7}",
+            highlight=False,
+        )

@@ -13,6 +13,7 @@ import psycopg
 from typer.testing import CliRunner
 
 from cityops.cli import app
+from scenes.dictionary import cover_state, covers_summary
 from scenes.engine import lock_key, run_once
 from scenes.score import Interval, score, stored_detections
 from scenes.settings import ScenesSettings
@@ -127,6 +128,15 @@ def test_covers_and_silences_become_detections_and_cases_on_the_right_desks_once
             ([displaced["asset_code"], loose["asset_code"], wheel["asset_code"]],),
         ).fetchone()
         assert again == (5,)
+    # the dictionary: the displaced cover is upright again but its sensor is silent
+    state, history = cover_state(conn, displaced["asset_code"])
+    assert state == "sensor_offline"
+    assert sorted(c.category for c in history) == ["cover_displaced", "device_offline"]
+    assert all(c.state == "dispatched" for c in history)
+    summary = covers_summary(conn, "d0")
+    mine = {(r["owner_unit_id"], r["state"]) for r in summary}
+    assert (displaced["owner"], "sensor_offline") in mine
+    assert {r["district"] for r in summary} == {"d0"}
 
 
 # Midnight in the city (UTC+8), the sweepers' shift; a night no other test publishes in, as the
