@@ -137,6 +137,7 @@ def main() -> None:
                     "devices": sum(r.devices for r in results),
                     "detections": sum(r.detections for r in results),
                     "cases_opened": sum(r.cases_opened for r in results),
+                    "cases_verified": sum(r.cases_verified for r in results),
                     "seconds": round(seconds, 2),
                     "readings_per_s": round(rate),
                     "x_city_150k": round(rate / produced_per_s, 1),

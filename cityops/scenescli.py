@@ -53,7 +53,8 @@ def _report(results: list[PartitionResult]) -> None:
     for r in results:
         out.print(
             f"{r.scene} {r.district or '(no district)'}: {r.devices} devices judged, "
-            f"{r.detections} detections written, {r.cases_opened} cases opened",
+            f"{r.detections} detections written, {r.cases_opened} cases opened, "
+            f"{r.cases_verified} verified by sensor",
             highlight=False,
         )
 

@@ -25,7 +25,9 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
+from cases.access import Caller
 from cases.catalog import Catalog
+from cases.lifecycle import Action
 from cases.service import BadReportError, CaseService, Report
 from scenes import covers, health
 from scenes.episodes import Episode, Judgement
@@ -48,6 +50,7 @@ class PartitionResult:
     devices: int
     detections: int
     cases_opened: int
+    cases_verified: int
 
 
 def partitions(
@@ -149,13 +152,61 @@ def _run(
                 detections += 1
                 cases_opened += opened
             _keep_deadline(conn, scene.name, device_id, judgement.due_at)
+        verified = _verify_disposed(conn, scene, catalog, settings, district)
         conn.execute(
             "insert into scene_watermarks (scene, district, xact_horizon) values (%s, %s, %s) "
             "on conflict (scene, district) do update set xact_horizon = excluded.xact_horizon, "
             "updated_at = now()",
             (scene.name, district, horizon),
         )
-    return PartitionResult(scene.name, district, len(since), detections, cases_opened)
+    return PartitionResult(scene.name, district, len(since), detections, cases_opened, verified)
+
+
+def _verify_disposed(
+    conn: psycopg.Connection,
+    scene: Scene,
+    catalog: Catalog,
+    settings: ScenesSettings,
+    district: str,
+) -> int:
+    """Close the disposed cases of the partition whose sensor reads normal again.
+
+    A case verifies itself when its category asks for sensor verification, every detection on
+    it has cleared, and the device sent a message at least ``verify_s`` after the later of the
+    disposal and the clearing (a message of that age without a new detection: normal for that
+    long). Otherwise it waits for an inspector. Returns the cases verified.
+    """
+    rows = conn.execute(
+        "select c.case_id, c.category, min(d.device_id), "
+        "greatest(c.disposed_at, max(d.cleared_at)) as normal_since "
+        "from cases c join detections d on d.case_id = c.case_id "
+        "where c.state = 'disposed' and d.scene = %s and coalesce(d.district, '') = %s "
+        "group by c.case_id having bool_and(d.cleared_at is not null)",
+        (scene.name, district),
+    ).fetchall()
+    verified = 0
+    for case_id, category, device_id, normal_since in rows:
+        if not catalog.get(category).sensor_verification:
+            continue
+        newest = " union all ".join(
+            f"(select max(ts) from {table} where device_id = %(device)s)"
+            for table in scene.readings
+        )
+        latest = conn.execute(
+            f"select max(ts) from ({newest}) m(ts)", {"device": device_id}
+        ).fetchone()
+        if latest is None or latest[0] is None:
+            continue
+        if (latest[0] - normal_since).total_seconds() < settings.verify_s:
+            continue
+        CaseService(conn, catalog).act(
+            case_id,
+            Action.VERIFY,
+            Caller(f"scene:{scene.name}", "operator"),
+            note=f"verified by sensor: {device_id} normal since {normal_since:%Y-%m-%d %H:%M}",
+        )
+        verified += 1
+    return verified
 
 
 def _feed_window(conn: psycopg.Connection, scene: str, district: str) -> tuple[Any, Any]:

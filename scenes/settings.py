@@ -69,5 +69,14 @@ class ScenesSettings(Section):
         le=7 * 86_400,
         description="Readings before a batch's first one that a scene reads again with it.",
     )
+    verify_s: float = Field(
+        default=600.0,
+        ge=0,
+        le=7 * 86_400,
+        description=(
+            "A disposed case of a category with sensor verification closes itself once its "
+            "sensor has read normal this long after the disposal."
+        ),
+    )
     covers: CoverThresholds = CoverThresholds()
     health: HealthThresholds = HealthThresholds()

@@ -7,11 +7,15 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from datetime import datetime
 
 import psycopg
 from typer.testing import CliRunner
 
+from cases.access import Caller
+from cases.lifecycle import Action, State
+from cases.service import CaseService
 from cityops.cli import app
 from scenes.dictionary import cover_state, covers_summary
 from scenes.engine import lock_key, run_once
@@ -294,3 +298,44 @@ def lock_free(conn: psycopg.Connection, district: str) -> bool:
         (lock_key("covers", district),),
     ).fetchone()
     return row == (0,)
+
+
+def test_a_disposed_cover_case_closes_itself_once_the_sensor_reads_normal_long_enough(
+    conn, database_url, city, make_settings, start_worker, publisher: Publisher
+) -> None:
+    (cover,) = covers_of(conn, city, 1)
+    start_worker(make_settings())
+    send_tilts(publisher, cover["device_id"], [(0, 2), (600, 27), (1200, 2)])
+    device = cover["device_id"]
+    wait_for(lambda: stored_count(conn, device) == 3, what="the readings stored")
+    settings = ScenesSettings(verify_s=1)
+    with psycopg.connect(database_url) as scenes_conn:
+        run_once(scenes_conn, settings, CATALOG, now=T0_S + 1800)
+        (case_id,) = conn.execute(
+            "select case_id from detections where device_id = %s and kind = 'cover_displaced'",
+            (device,),
+        ).fetchone()
+        service = CaseService(conn, CATALOG)
+        owner = Caller(cover["owner"], "unit")
+        service.act(case_id, Action.ACCEPT, owner)
+        service.act(case_id, Action.DISPOSE, owner, note="cover reseated")
+        # disposed now; the sensor's newest reading is from before: it has not read normal since
+        run_once(scenes_conn, settings, CATALOG, now=time.time())
+        assert service.state_of(case_id).state == State.DISPOSED
+        now_ms = int(time.time() * 1000) + 2000  # a reading a little after the disposal
+        publisher.publish(
+            f"cityops/v1/manhole/{device}/telemetry",
+            json.dumps({"ts": now_ms, "tilt_deg": 2.0, "cover_open": False}),
+        )
+        wait_for(lambda: stored_count(conn, device) == 4, what="the reading after the disposal")
+        run_once(scenes_conn, settings, CATALOG, now=time.time() + 5)
+    assert service.state_of(case_id).state == State.CLOSED
+    last = service.history(case_id)[-1]
+    assert (last.action, last.actor) == ("verify", "scene:covers")
+
+
+def stored_count(conn: psycopg.Connection, device_id: str) -> int:
+    row = conn.execute(
+        "select count(*) from manhole_readings where device_id = %s", (device_id,)
+    ).fetchone()
+    return int(row[0])
