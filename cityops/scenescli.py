@@ -13,7 +13,7 @@ import typer
 from cityops.casescli import catalog_of
 from cityops.terminal import ConfigOption, fail, out, settings_from, stop_on_signals
 from scenes.dictionary import covers_summary
-from scenes.engine import PartitionResult, run_once
+from scenes.engine import PartitionResult, run_once, serve
 from scenes.score import TruthError, read_truth, score, stored_detections
 from store import db
 
@@ -35,18 +35,19 @@ def run_command(
     ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Run every scene partition this process can claim, every scenes.interval_s until stopped."""
+    """Run the scene partitions this process can claim until stopped (or once, with --once).
+
+    A run starts at once when ingest commits an alarm, when a deadline comes, and every
+    scenes.interval_s.
+    """
     settings = settings_from(config)
     catalog = catalog_of(settings)
-    stop = stop_on_signals()
     with db.connect(settings.database) as conn:
-        while True:
-            results = run_once(conn, settings.scenes, catalog)
-            if once:
-                _report(results)
-                return
-            if stop.wait(settings.scenes.interval_s):
-                return
+        if once:
+            _report(run_once(conn, settings.scenes, catalog))
+            return
+        with db.connect(settings.database, autocommit=True) as listen:
+            serve(conn, listen, settings.scenes, catalog, stop_on_signals())
 
 
 def _report(results: list[PartitionResult]) -> None:

@@ -30,6 +30,7 @@ from psycopg.pq import Format
 
 from ingest.decode import Decoded, Payload, Reason, Rejection
 from redaction import error_line
+from store.db import SCENES_CHANNEL
 from wire.contract import READING_KINDS, ReadingKind
 
 logger = logging.getLogger(__name__)
@@ -265,7 +266,11 @@ class BatchWriter:
         return result
 
     def _record_batch(self, kind: ReadingKind, rows: list[tuple[Any, ...]]) -> None:
-        """Tell the scenes which devices this batch touched, and when (the change feed)."""
+        """Tell the scenes which devices this batch touched, and when (the change feed).
+
+        A batch that holds an alarm (a reading with an ``event``) also wakes them: a NOTIFY on
+        ``SCENES_CHANNEL``, which PostgreSQL delivers when the batch commits.
+        """
         stamps = [row[1] for row in rows]
         self._conn.execute(
             "insert into reading_batches (readings, device_ids, min_ts, max_ts) values "
@@ -273,6 +278,10 @@ class BatchWriter:
             "timestamptz 'epoch' + %s * interval '1 microsecond')",
             (kind.table, sorted({row[0] for row in rows}), min(stamps), max(stamps)),
         )
+        if "event" in kind.columns:
+            event = kind.columns.index("event")
+            if any(row[event] is not None for row in rows):
+                self._conn.execute("select pg_notify(%s, %s)", (SCENES_CHANNEL, kind.table))
 
     def _copy_rows(self, kind: ReadingKind, rows: list[tuple[Any, ...]]) -> int:
         """COPY straight into the table; if a row is already there, go through the stage.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +24,7 @@ from typing import Any, Final
 
 import numpy as np
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from cases.access import Caller
@@ -33,6 +35,7 @@ from scenes import covers, health
 from scenes.episodes import Episode, Judgement
 from scenes.settings import ScenesSettings
 from sections import Section
+from store.db import SCENES_CHANNEL
 
 _READINGS: Final = ("manhole_readings", "light_readings", "sweeper_readings", "device_status")
 #: Advisory lock keys of partitions: this in the high 32 bits, the partition's crc32 below.
@@ -86,6 +89,44 @@ def run_once(
 def lock_key(scene: str, district: str) -> int:
     """The advisory lock key of a partition."""
     return _LOCK_SPACE << 32 | zlib.crc32(f"{scene}/{district}".encode())
+
+
+def serve(
+    conn: psycopg.Connection,
+    listen: psycopg.Connection,
+    settings: ScenesSettings,
+    catalog: Catalog,
+    stop: threading.Event,
+) -> None:
+    """Run the partitions until ``stop``: on an alarm, at deadlines, every ``interval_s``.
+
+    Runs at once when ingest commits an alarm, at the earliest deadline, and every
+    ``interval_s`` in any case.
+
+    ``listen`` is a connection of its own in autocommit mode: it listens on ``SCENES_CHANNEL``.
+    """
+    listen.execute(sql.SQL("listen {}").format(sql.Identifier(SCENES_CHANNEL)))
+    while not stop.is_set():
+        run_once(conn, settings, catalog)
+        _wait(conn, listen, settings.interval_s, stop)
+
+
+def _wait(
+    conn: psycopg.Connection, listen: psycopg.Connection, interval_s: float, stop: threading.Event
+) -> None:
+    """Until a notification, the earliest deadline, ``interval_s`` or ``stop`` (in 1 s steps)."""
+    row = conn.execute(
+        "select extract(epoch from min(due_at) - now())::float8 from scene_deadlines"
+    ).fetchone()
+    conn.commit()
+    due_s = row[0] if row and row[0] is not None else interval_s
+    deadline = time.monotonic() + max(0.0, min(interval_s, due_s))
+    while not stop.is_set():
+        left_s = deadline - time.monotonic()
+        if left_s <= 0:
+            return
+        for _ in listen.notifies(timeout=min(left_s, 1.0), stop_after=1):
+            return
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
+from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -31,6 +32,10 @@ logger = logging.getLogger(__name__)
 # Any constant works; it only has to be the same for every process running migrations.
 _MIGRATION_LOCK_KEY = 0x0C17_0975
 
+
+#: The notification channel on which ingest wakes the scenes when it commits an alarm (the
+#: payload: the readings table).
+SCENES_CHANNEL: Final = "cityops_scenes"
 
 class StoragePath(StrEnum):
     """Which storage the schema was built on."""

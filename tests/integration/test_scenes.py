@@ -4,6 +4,8 @@ the cases they open, against real PostgreSQL and MQTT."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -339,3 +341,58 @@ def stored_count(conn: psycopg.Connection, device_id: str) -> int:
         "select count(*) from manhole_readings where device_id = %s", (device_id,)
     ).fetchone()
     return int(row[0])
+
+
+def test_an_alarm_wakes_the_running_scenes_and_its_case_opens_in_seconds(
+    conn, database_url, city, make_settings, start_worker, publisher: Publisher, tmp_path
+) -> None:
+    (cover,) = covers_of(conn, city, 1)
+    device = cover["device_id"]
+    start_worker(make_settings())
+    env = {
+        **os.environ,
+        "CITYOPS_DATABASE_URL": database_url,
+        # without the wake-ups the case would wait for the next hourly run
+        "CITYOPS_SCENES_INTERVAL_S": "3600",
+    }
+    log = tmp_path / "scenes.log"
+    with (
+        log.open("wb") as out,
+        subprocess.Popen(
+            [sys.executable, "-m", "cityops", "scenes", "run"], env=env, stdout=out, stderr=out
+        ) as scenes,
+    ):
+        try:
+            # its first round, over everything pending, is over when it waits for work
+            wait_for(
+                lambda: (
+                    conn.execute(
+                        "select count(*) from pg_stat_activity where datname = current_database() "
+                        "and query ilike 'listen %%' and state = 'idle'"
+                    ).fetchone()[0]
+                    >= 1
+                ),
+                what="the scenes listening",
+            )
+            published = time.time()
+            publisher.publish(
+                f"cityops/v1/manhole/{device}/event",
+                json.dumps({"ts": int(published * 1000), "tilt_deg": 27.0, "event": "tilt_alarm"}),
+            )
+            wait_for(
+                lambda: (
+                    conn.execute(
+                        "select count(*) from detections where device_id = %s "
+                        "and kind = 'cover_displaced' and case_id is not null",
+                        (device,),
+                    ).fetchone()
+                    == (1,)
+                ),
+                timeout_s=30,
+                what="the alarm's case",
+            )
+            # sustained for sustain_s (5 s) before it counts: the deadline, not the interval
+            assert time.time() - published < 20
+        finally:
+            scenes.send_signal(signal.SIGTERM)
+            assert scenes.wait(timeout=30) == 0, log.read_text()
