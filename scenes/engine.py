@@ -31,6 +31,7 @@ from cases.access import Caller
 from cases.catalog import Catalog
 from cases.lifecycle import Action
 from cases.service import BadReportError, CaseService, Report
+from redaction import error_line
 from scenes import covers, health
 from scenes.episodes import Episode, Judgement
 from scenes.settings import ScenesSettings
@@ -75,14 +76,26 @@ def run_once(
 ) -> list[PartitionResult]:
     """Run every partition (of ``scenes``, default all) this process can claim, once.
 
-    Partitions another process holds are skipped.
+    Partitions another process holds are skipped. A partition that fails (a category missing
+    from the catalog, say) is logged and rolled back, watermark included, and the others run.
     """
     results = []
     for scene, district in partitions(conn, scenes):
         with _claimed(conn, scene.name, district) as claimed:
-            if claimed:
-                at = time.time() if now is None else now
+            if not claimed:
+                continue
+            at = time.time() if now is None else now
+            try:
                 results.append(_run(conn, scene, settings, catalog, district=district, now=at))
+            except psycopg.OperationalError:
+                raise  # the database is gone: every partition would fail; the caller decides
+            except Exception as exc:  # one failing scene or partition must not stop the others
+                logger.warning(
+                    "scene %s, district %s failed, retried at its next run: %s",
+                    scene.name,
+                    district or "(none)",
+                    error_line(exc),
+                )
     return results
 
 

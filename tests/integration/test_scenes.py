@@ -16,6 +16,7 @@ import psycopg
 from typer.testing import CliRunner
 
 from cases.access import Caller
+from cases.catalog import Catalog
 from cases.lifecycle import Action, State
 from cases.service import CaseService
 from cityops.cli import app
@@ -396,3 +397,29 @@ def test_an_alarm_wakes_the_running_scenes_and_its_case_opens_in_seconds(
         finally:
             scenes.send_signal(signal.SIGTERM)
             assert scenes.wait(timeout=30) == 0, log.read_text()
+
+
+def test_a_failing_scene_is_logged_and_rolled_back_and_the_others_run(
+    conn, database_url, city, make_settings, start_worker, publisher: Publisher, caplog
+) -> None:
+    (cover,) = covers_of(conn, city, 1)
+    device = cover["device_id"]
+    start_worker(make_settings())
+    send_tilts(publisher, device, [(0, 2), (600, 27), (1200, 2)])
+    wait_for(lambda: stored_count(conn, device) == 3, what="the readings stored")
+    # a catalog edited without the device-health categories: the health scene cannot open cases
+    partial = Catalog(
+        category=tuple(c for c in CATALOG.category if not c.code.startswith("device"))
+    )
+    with psycopg.connect(database_url) as scenes_conn:
+        ran = run_once(scenes_conn, ScenesSettings(), partial, now=T0_S + 9000)
+        assert ("covers", "d0") in {(r.scene, r.district) for r in ran}
+        assert ("health", "d0") not in {(r.scene, r.district) for r in ran}
+        assert "scene health, district d0 failed" in caplog.text
+        assert detections(conn, [device]) == [(device, "cover_displaced", 600, 1200, 1, True)]
+        # fixed: the health partition's watermark did not move, so its readings are judged now
+        run_once(scenes_conn, ScenesSettings(), CATALOG, now=T0_S + 9000)
+    assert detections(conn, [device]) == [
+        (device, "cover_displaced", 600, 1200, 1, True),
+        (device, "sensor_offline", 1200 + 5400, None, 1, True),
+    ]
