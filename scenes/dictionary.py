@@ -1,7 +1,7 @@
 """The manhole-cover dictionary: every monitored cover's state, and counts by owner and district.
 
-A cover here is a component with a manhole sensor bound to it. Its state is what its active
-detections say (``cover_displaced``, ``sensor_offline``, ..., joined with ``+`` when several hold),
+A cover here is a component with a manhole sensor bound to it. Its state is what the active
+detections on it and on its sensors say (``cover_displaced``, ``sensor_offline``, ..., joined with ``+`` when several hold),
 or ``normal``.
 """
 
@@ -13,9 +13,11 @@ from typing import Any
 
 import psycopg
 
+#: A cover's state: the kinds of the active detections on it or on its sensors.
 _STATE = (
     "coalesce((select string_agg(distinct x.kind, '+' order by x.kind) from detections x "
-    "where x.subject = a.code and x.cleared_at is null), 'normal')"
+    "where x.cleared_at is null and (x.subject = a.code or x.device_id in "
+    "(select dv.device_id from devices dv where dv.asset_code = a.code))), 'normal')"
 )
 
 

@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import numpy as np
@@ -30,7 +30,7 @@ from psycopg.types.json import Jsonb
 from cases.access import Caller
 from cases.catalog import Catalog
 from cases.lifecycle import Action
-from cases.service import BadReportError, CaseService, Report
+from cases.service import CaseError, CaseService, Report
 from redaction import error_line
 from scenes import covers, health
 from scenes.episodes import Episode, Judgement
@@ -41,6 +41,9 @@ from store.db import SCENES_CHANNEL
 _READINGS: Final = ("manhole_readings", "light_readings", "sweeper_readings", "device_status")
 #: Advisory lock keys of partitions: this in the high 32 bits, the partition's crc32 below.
 _LOCK_SPACE: Final = 0x5CE4E
+
+#: The shortest wait between runs (seconds).
+_SOON_S: Final = 0.5
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +90,9 @@ def run_once(
             at = time.time() if now is None else now
             try:
                 results.append(_run(conn, scene, settings, catalog, district=district, now=at))
-            except psycopg.OperationalError:
-                raise  # the database is gone: every partition would fail; the caller decides
             except Exception as exc:  # one failing scene or partition must not stop the others
+                if conn.broken:
+                    raise  # the database is gone: every partition would fail; the caller decides
                 logger.warning(
                     "scene %s, district %s failed, retried at its next run: %s",
                     scene.name,
@@ -129,11 +132,18 @@ def _wait(
 ) -> None:
     """Until a notification, the earliest deadline, ``interval_s`` or ``stop`` (in 1 s steps)."""
     row = conn.execute(
-        "select extract(epoch from min(due_at) - now())::float8 from scene_deadlines"
+        "select (select extract(epoch from min(s.due_at) - now())::float8 from scene_deadlines s "
+        "join devices d on d.device_id = s.device_id), "
+        "exists (select from reading_batches where xact >= pg_snapshot_xmin(pg_current_snapshot()))"
     ).fetchone()
     conn.commit()
     due_s = row[0] if row and row[0] is not None else interval_s
-    deadline = time.monotonic() + max(0.0, min(interval_s, due_s))
+    if row and row[1]:
+        # batches of transactions still running when the run read the feed (an alarm's, say):
+        # look again soon rather than at the next interval
+        due_s = min(due_s, _SOON_S)
+    # never spin: a due deadline of a partition another process holds stays due
+    deadline = time.monotonic() + max(_SOON_S, min(interval_s, due_s))
     while not stop.is_set():
         left_s = deadline - time.monotonic()
         if left_s <= 0:
@@ -191,10 +201,12 @@ def _run(
         since: dict[str, datetime] = {}
         for device_id, first_ts in touched:
             since[device_id] = min(first_ts, since.get(device_id, first_ts))
+        _reach_back(conn, scene, since, settings.lookback_s)
         detections = cases_opened = 0
         for device_id, judgement in scene.judge_all(conn, since, settings, now):
+            kept = []
             for episode in judgement.episodes:
-                opened = _record(
+                detection_id, opened = _record(
                     conn,
                     catalog,
                     scene=scene,
@@ -203,8 +215,10 @@ def _run(
                     episode=episode,
                     thresholds=scene.thresholds(settings),
                 )
+                kept.append(detection_id)
                 detections += 1
                 cases_opened += opened
+            _clear_superseded(conn, scene, device_id, kept)
             _keep_deadline(conn, scene.name, device_id, judgement.due_at)
         verified = _verify_disposed(conn, scene, catalog, settings, district)
         conn.execute(
@@ -214,6 +228,45 @@ def _run(
             (scene.name, district, horizon),
         )
     return PartitionResult(scene.name, district, len(since), detections, cases_opened, verified)
+
+
+def _reach_back(
+    conn: psycopg.Connection, scene: Scene, since: dict[str, datetime], lookback_s: float
+) -> None:
+    """Move each device's window back to the start of any detection it may continue or end.
+
+    Judged from a later start, an episode would get another first seen: a second detection of
+    the same spell.
+    """
+    if not since:
+        return
+    devices = sorted(since)
+    rows = conn.execute(
+        "select x.device_id, min(x.first_seen) from detections x "
+        "join unnest(%s::text[], %s::timestamptz[]) as w(device_id, start_ts) "
+        "on w.device_id = x.device_id "
+        "where x.scene = %s and coalesce(x.cleared_at, 'infinity') >= w.start_ts "
+        "group by x.device_id",
+        (devices, [since[d] - timedelta(seconds=lookback_s) for d in devices], scene.name),
+    ).fetchall()
+    for device_id, first_seen in rows:
+        since[device_id] = min(since[device_id], first_seen + timedelta(seconds=lookback_s))
+
+
+def _clear_superseded(
+    conn: psycopg.Connection, scene: Scene, device_id: str, kept: list[int]
+) -> None:
+    """End the device's active detections its readings no longer show, as superseded.
+
+    Late readings can rewrite a device's history: each such detection ends at its last seen.
+    """
+    conn.execute(
+        "update detections set cleared_at = last_seen, updated_at = now(), "
+        "evidence = evidence || '{\"superseded\": true}' "
+        "where scene = %s and device_id = %s and cleared_at is null "
+        "and detection_id <> all(%s)",
+        (scene.name, device_id, kept),
+    )
 
 
 def _verify_disposed(
@@ -293,9 +346,13 @@ def _judge_covers(
         "order by r.device_id, r.ts",
         (devices, starts, limits.tilt_deg, limits.water_cm),
     ).fetchall()
+    judged = set()
     for device_id, block in _blocks(rows):
         readings = covers.CoverReadings(block[:, 0], block[:, 1], block[:, 2], block[:, 3])
+        judged.add(device_id)
         yield device_id, covers.judge(readings, limits, now)
+    for device_id in sorted(set(devices) - judged):  # its readings are past retention
+        yield device_id, Judgement()
 
 
 def _judge_health(
@@ -359,6 +416,7 @@ class Scene:
         Iterator[tuple[str, Judgement]],
     ]
     thresholds: Callable[[ScenesSettings], Section]
+    subject_is_device: bool  # detections are the device's (else its component's)
 
 
 COVERS: Final = Scene(
@@ -373,6 +431,7 @@ COVERS: Final = Scene(
     },
     _judge_covers,
     lambda s: s.covers,
+    subject_is_device=False,
 )
 HEALTH: Final = Scene(
     "health",
@@ -381,6 +440,7 @@ HEALTH: Final = Scene(
     {health.OFFLINE: "device_offline", health.BATTERY: "device_battery_low"},
     _judge_health,
     lambda s: s.health,
+    subject_is_device=True,
 )
 SCENES: Final = (COVERS, HEALTH)
 
@@ -394,44 +454,61 @@ def _record(
     device_id: str,
     episode: Episode,
     thresholds: Section,
-) -> int:
-    """Upsert the episode's detection; open its case when it has none. Return cases opened."""
+) -> tuple[int, int]:
+    """Upsert the episode's detection; open its case when it has none.
+
+    An episode that overlaps the subject's active detection of its kind continues or ends it
+    (the window reaches back over it, so its first seen is the spell's own: late readings may
+    move it); any other is keyed by its first seen. Returns the
+    detection's id and the cases opened (0 or 1).
+    """
     category = catalog.get(scene.category_of[episode.kind])
     asset = conn.execute(
         "select asset_code from devices where device_id = %s", (device_id,)
     ).fetchone()
     asset_code = asset[0] if asset else None
-    evidence = {
-        "peak": episode.peak,
-        "readings": episode.count,
-        "thresholds": thresholds.model_dump(),
+    values = {
+        "scene": scene.name,
+        "kind": episode.kind,
+        # a device's own faults are the device's; a cover's are the cover's, whichever sensor
+        "subject": device_id if scene.subject_is_device else asset_code or device_id,
+        "device": device_id,
+        "district": district or None,
+        "severity": category.severity,
+        "first": _at(episode.first_seen),
+        "last": _at(episode.last_seen),
+        "cleared": None if episode.cleared_at is None else _at(episode.cleared_at),
+        "count": episode.count,
+        "evidence": Jsonb(
+            {"peak": episode.peak, "readings": episode.count, "thresholds": thresholds.model_dump()}
+        ),
     }
     row = conn.execute(
-        "insert into detections (scene, kind, subject, device_id, district, severity, "
-        "first_seen, last_seen, cleared_at, count, evidence) values "
-        "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-        "on conflict (subject, kind, first_seen) do update set last_seen = excluded.last_seen, "
-        "cleared_at = excluded.cleared_at, count = excluded.count, evidence = excluded.evidence, "
+        "update detections set first_seen = %(first)s, "
+        "last_seen = greatest(last_seen, %(last)s), cleared_at = %(cleared)s, "
+        "count = greatest(count, %(count)s), evidence = %(evidence)s, device_id = %(device)s, "
         "updated_at = now() "
-        "returning detection_id, case_id, xmax = 0",
-        (
-            scene.name,
-            episode.kind,
-            asset_code or device_id,
-            device_id,
-            district or None,
-            category.severity,
-            _at(episode.first_seen),
-            _at(episode.last_seen),
-            None if episode.cleared_at is None else _at(episode.cleared_at),
-            episode.count,
-            Jsonb(evidence),
-        ),
+        "where subject = %(subject)s and kind = %(kind)s and cleared_at is null "
+        "and first_seen <= coalesce(%(cleared)s::timestamptz, 'infinity') "
+        "returning detection_id, case_id",
+        values,
     ).fetchone()
+    if row is None:
+        row = conn.execute(
+            "insert into detections (scene, kind, subject, device_id, district, severity, "
+            "first_seen, last_seen, cleared_at, count, evidence) values (%(scene)s, %(kind)s, "
+            "%(subject)s, %(device)s, %(district)s, %(severity)s, %(first)s, %(last)s, "
+            "%(cleared)s, %(count)s, %(evidence)s) "
+            "on conflict (subject, kind, first_seen) do update set last_seen = excluded.last_seen, "
+            "cleared_at = excluded.cleared_at, count = excluded.count, "
+            "evidence = excluded.evidence, updated_at = now() "
+            "returning detection_id, case_id",
+            values,
+        ).fetchone()
     assert row is not None
-    detection_id, case_id, inserted = row
+    detection_id, case_id = row
     if case_id is not None:
-        return 0
+        return detection_id, 0
     try:
         receipt = CaseService(conn, catalog).report(
             Report(
@@ -444,21 +521,20 @@ def _record(
                 ),
             )
         )
-    except BadReportError as exc:  # no unit answers for it: the detection stays, without a case
-        if inserted:
-            logger.warning(
-                "detection %d (%s on %s) opens no case: %s",
-                detection_id,
-                episode.kind,
-                device_id,
-                exc,
-            )
-        return 0
+    except CaseError as exc:  # unroutable, or contended: the detection stays, without a case
+        logger.warning(
+            "detection %d (%s on %s) has no case yet: %s",
+            detection_id,
+            episode.kind,
+            device_id,
+            exc,
+        )
+        return detection_id, 0
     conn.execute(
         "update detections set case_id = %s where detection_id = %s",
         (receipt.case_id, detection_id),
     )
-    return 1 if receipt.created else 0
+    return detection_id, 1 if receipt.created else 0
 
 
 def _keep_deadline(

@@ -423,3 +423,31 @@ def test_a_failing_scene_is_logged_and_rolled_back_and_the_others_run(
         (device, "cover_displaced", 600, 1200, 1, True),
         (device, "sensor_offline", 1200 + 5400, None, 1, True),
     ]
+
+
+def test_late_readings_rewrite_an_offline_spell_without_a_second_active_detection(
+    conn, database_url, city, make_settings, start_worker, publisher: Publisher
+) -> None:
+    (cover,) = covers_of(conn, city, 1)
+    device = cover["device_id"]
+    start_worker(make_settings())
+    send_tilts(publisher, device, [(0, 2)])
+    wait_for(lambda: stored_count(conn, device) == 1, what="the first reading")
+    offline = (
+        "select extract(epoch from first_seen)::bigint - %s, "
+        "extract(epoch from cleared_at)::bigint - %s from detections "
+        "where device_id = %s and kind = 'sensor_offline' order by first_seen"
+    )
+    with psycopg.connect(database_url) as scenes_conn:
+        run_once(scenes_conn, ScenesSettings(), CATALOG, now=T0_S + 9000)
+        assert conn.execute(offline, (T0_S, T0_S, device)).fetchall() == [(5400, None)]
+        # a gateway delivers what the sensor said at 600-1800 s late, then it speaks again
+        send_tilts(publisher, device, [(600, 2), (1200, 2), (1800, 2)])
+        wait_for(lambda: stored_count(conn, device) == 4, what="the late readings")
+        run_once(scenes_conn, ScenesSettings(), CATALOG, now=T0_S + 9000)
+        # silent since 1,800 s: offline from 7,200 s, the same detection, still the one active
+        assert conn.execute(offline, (T0_S, T0_S, device)).fetchall() == [(7200, None)]
+        send_tilts(publisher, device, [(19000, 2)])
+        wait_for(lambda: stored_count(conn, device) == 5, what="the device back")
+        run_once(scenes_conn, ScenesSettings(), CATALOG, now=T0_S + 20000)
+        assert conn.execute(offline, (T0_S, T0_S, device)).fetchall() == [(7200, 19000)]
