@@ -28,7 +28,6 @@ DISPLACED: Final = "cover_displaced"
 OPEN: Final = "cover_open"
 LOOSE: Final = "cover_loose"
 WATER: Final = "water_rising"
-KINDS: Final = (DISPLACED, OPEN, LOOSE, WATER)
 
 _NORMAL, _TILTED, _OPENED = 0, 1, 2
 

@@ -1,8 +1,8 @@
 """The manhole-cover dictionary: every monitored cover's state, and counts by owner and district.
 
 A cover here is a component with a manhole sensor bound to it. Its state is what the active
-detections on it and on its sensors say (``cover_displaced``, ``sensor_offline``, ..., joined with ``+`` when several hold),
-or ``normal``.
+detections on it and on its sensors say (``cover_displaced``, ``sensor_offline``, ..., joined
+with ``+`` when several hold), or ``normal``.
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ from scenes.settings import HealthThresholds
 
 OFFLINE: Final = "sensor_offline"
 BATTERY: Final = "battery_drain"
-KINDS: Final = (OFFLINE, BATTERY)
 
 
 @dataclass(frozen=True, slots=True)
