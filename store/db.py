@@ -37,6 +37,7 @@ _MIGRATION_LOCK_KEY = 0x0C17_0975
 #: payload: the readings table).
 SCENES_CHANNEL: Final = "cityops_scenes"
 
+
 class StoragePath(StrEnum):
     """Which storage the schema was built on."""
 
