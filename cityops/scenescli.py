@@ -22,7 +22,7 @@ covers_app = typer.Typer(
     no_args_is_help=True,
 )
 scenes_app = typer.Typer(
-    help="Scenes: telemetry into detections and cases (the manhole-cover scene so far).",
+    help="Scenes: telemetry into detections and cases (manhole covers and device health so far).",
     no_args_is_help=True,
 )
 

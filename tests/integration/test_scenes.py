@@ -232,6 +232,11 @@ def test_a_simulated_night_scores_against_its_ground_truth_with_one_case_per_det
     )
     assert result.exit_code == 0, result.output
     by_kind = {row["kind"]: row for row in json.loads(result.output)}
+    again = CliRunner().invoke(
+        app, ["scenes", "run", "--once"], env={"CITYOPS_DATABASE_URL": database_url}
+    )
+    assert again.exit_code == 0, again.output
+    assert "covers d0: " in again.output  # one line per partition it ran
     assert {
         k: (r["precision"], r["recall"]) for k, r in by_kind.items() if k in COVER_FAULTS
     } == dict.fromkeys(COVER_FAULTS, (1.0, 1.0))
