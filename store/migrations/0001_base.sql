@@ -1,6 +1,6 @@
 -- cityops base schema: registry (units, regions, assets, devices), readings per device type,
 -- quarantine. Shared by the TimescaleDB and the plain PostgreSQL path; the TimescaleDB path then
--- turns the *_readings tables and device_status into hypertables (cityops/db.py).
+-- turns the *_readings tables and device_status into hypertables (store/db.py).
 
 create table units (
     unit_id    text primary key,

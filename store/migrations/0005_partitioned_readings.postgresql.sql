@@ -6,7 +6,7 @@
 -- partition that takes any reading no weekly partition covers (a backfill from before the first
 -- one, or beyond those created ahead): no reading is refused. Existing rows move into weekly
 -- partitions. The ingest service creates partitions ahead and drops expired ones
--- (cityops/partitions.py); cityops_create_partition is the one definition of a partition's
+-- (store/partitions.py); cityops_create_partition is the one definition of a partition's
 -- bounds and name for both.
 
 -- The week a reading belongs to: 2000-01-03 was a Monday.
