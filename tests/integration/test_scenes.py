@@ -456,3 +456,23 @@ def test_late_readings_rewrite_an_offline_spell_without_a_second_active_detectio
         wait_for(lambda: stored_count(conn, device) == 5, what="the device back")
         run_once(scenes_conn, ScenesSettings(), CATALOG, now=T0_S + 20000)
         assert conn.execute(offline, (T0_S, T0_S, device)).fetchall() == [(7200, 19000)]
+
+
+def test_alarms_milliseconds_apart_and_redelivered_make_one_detection_and_one_case(
+    conn, database_url, city, make_settings, start_worker, publisher: Publisher
+) -> None:
+    (cover,) = covers_of(conn, city, 1)
+    device = cover["device_id"]
+    start_worker(make_settings())
+    tilted = [(0, 2), (600, 27), (600.005, 27.5), (600.010, 27.2), (1500, 2)]
+    send_tilts(publisher, device, tilted)
+    send_tilts(publisher, device, tilted[1:3])  # a gateway sends two of them again
+    wait_for(lambda: stored_count(conn, device) == 5, what="five distinct readings stored")
+    with psycopg.connect(database_url) as scenes_conn:
+        run_once(scenes_conn, ScenesSettings(), CATALOG, now=T0_S + 1800)
+        run_once(scenes_conn, ScenesSettings(), CATALOG, now=T0_S + 1800)
+    assert detections(conn, [device]) == [(device, "cover_displaced", 600, 1500, 3, True)]
+    cases = conn.execute(
+        "select count(*) from cases where subject = %s", (cover["asset_code"],)
+    ).fetchone()
+    assert cases == (1,)
