@@ -17,6 +17,8 @@ from scenes.engine import PartitionResult, run_once, serve
 from scenes.score import TruthError, read_truth, score, stored_detections
 from store import db
 
+FormatOption = Annotated[Literal["table", "json"], typer.Option("--format", help="table or json")]
+
 covers_app = typer.Typer(
     help="The manhole-cover dictionary: covers by district, owner and state.",
     no_args_is_help=True,
@@ -77,9 +79,7 @@ def score_command(
             "after 1.5 heartbeats)."
         ),
     ] = 7200.0,
-    output: Annotated[
-        Literal["table", "json"], typer.Option("--format", help="table or json")
-    ] = "table",
+    output: FormatOption = "table",
     config: ConfigOption = None,
 ) -> None:
     """Precision, recall and delay per kind: detections against a simulated run's faults."""
@@ -98,8 +98,8 @@ def score_command(
         out.print_json(json.dumps([asdict(s) for s in scores]))
         return
     out.print(
-        f"{'kind':18} {'faults':>6} {'found':>6} {'precision':>9} {'recall':>7} "
-        f"{'delay p50':>9} {'p99':>8}",
+        f"{'kind':18} {'faults':>6} {'undetectable':>12} {'found':>6} {'precision':>9} "
+        f"{'recall':>7} {'delay p50':>9} {'p99':>8}",
         highlight=False,
     )
     for s in scores:
@@ -122,9 +122,7 @@ def _seconds(value: float | None) -> str:
 @covers_app.command("summary")
 def covers_summary_command(
     district: Annotated[str | None, typer.Option(help="Only this district.")] = None,
-    output: Annotated[
-        Literal["table", "json"], typer.Option("--format", help="table or json")
-    ] = "table",
+    output: FormatOption = "table",
     config: ConfigOption = None,
 ) -> None:
     """Monitored covers per district and owner unit, counted by state (normal, displaced, ...)."""

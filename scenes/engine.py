@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import psycopg
@@ -46,6 +46,13 @@ _LOCK_SPACE: Final = 0x5CE4E
 _SOON_S: Final = 0.5
 
 logger = logging.getLogger(__name__)
+
+
+class Device(NamedTuple):
+    """What a run knows of a device it judges."""
+
+    type: str
+    asset_code: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,13 +185,13 @@ def _run(
     with conn.transaction():
         horizon, watermark = _feed_window(conn, scene.name, district)
         touched = conn.execute(
-            "select dd.device_id, min(b.min_ts) from reading_batches b "
+            "select dd.device_id, dd.type, dd.asset_code, min(b.min_ts) from reading_batches b "
             "cross join unnest(b.device_ids) as t(device_id) "
             "join device_districts dd on dd.device_id = t.device_id "
             "where b.readings = any(%s) and b.xact >= %s and b.xact < %s "
-            "and dd.district = %s and dd.type = any(%s) group by dd.device_id "
+            "and dd.district = %s and dd.type = any(%s) group by 1, 2, 3 "
             "union all "
-            "select s.device_id, s.due_at from scene_deadlines s "
+            "select s.device_id, dd.type, dd.asset_code, s.due_at from scene_deadlines s "
             "join device_districts dd on dd.device_id = s.device_id "
             "where s.scene = %s and s.due_at <= %s and dd.district = %s",
             (
@@ -199,11 +206,13 @@ def _run(
             ),
         ).fetchall()
         since: dict[str, datetime] = {}
-        for device_id, first_ts in touched:
+        known: dict[str, Device] = {}
+        for device_id, device_type, asset_code, first_ts in touched:
             since[device_id] = min(first_ts, since.get(device_id, first_ts))
+            known[device_id] = Device(device_type, asset_code)
         _reach_back(conn, scene, since, settings.lookback_s)
         detections = cases_opened = 0
-        for device_id, judgement in scene.judge_all(conn, since, settings, now):
+        for device_id, judgement in scene.judge_all(conn, since, known, settings, now):
             kept = []
             for episode in judgement.episodes:
                 detection_id, opened = _record(
@@ -212,6 +221,7 @@ def _run(
                     scene=scene,
                     district=district,
                     device_id=device_id,
+                    asset_code=known[device_id].asset_code,
                     episode=episode,
                     thresholds=scene.thresholds(settings),
                 )
@@ -328,7 +338,11 @@ def _feed_window(conn: psycopg.Connection, scene: str, district: str) -> tuple[A
 
 
 def _judge_covers(
-    conn: psycopg.Connection, since: dict[str, datetime], settings: ScenesSettings, now: float
+    conn: psycopg.Connection,
+    since: dict[str, datetime],
+    _known: dict[str, Device],
+    settings: ScenesSettings,
+    now: float,
 ) -> Iterator[tuple[str, Judgement]]:
     """Each cover's readings from its last entirely normal one at or before its window."""
     limits = settings.covers
@@ -356,7 +370,11 @@ def _judge_covers(
 
 
 def _judge_health(
-    conn: psycopg.Connection, since: dict[str, datetime], settings: ScenesSettings, now: float
+    conn: psycopg.Connection,
+    since: dict[str, datetime],
+    known: dict[str, Device],
+    settings: ScenesSettings,
+    now: float,
 ) -> Iterator[tuple[str, Judgement]]:
     """Each device's messages, of every kind, from its last one at or before its window."""
     devices = sorted(since)
@@ -376,17 +394,17 @@ def _judge_health(
         "as w(device_id, start_s)), "
         f"f as (select w.device_id, coalesce(greatest({last_before}), '-infinity') as start_ts "
         f"from w), m as ({messages}) "
-        "select m.device_id, extract(epoch from m.ts)::float8, m.battery_pct::float8, d.type "
+        "select m.device_id, extract(epoch from m.ts)::float8, m.battery_pct::float8 "
         "from f join m on m.device_id = f.device_id and m.ts >= f.start_ts "
-        "join devices d on d.device_id = m.device_id "
         "order by m.device_id, m.ts",
         {"devices": devices, "starts": starts},
     ).fetchall()
-    types = {r[0]: r[3] for r in rows}
-    for device_id, block in _blocks([r[:3] for r in rows]):
-        messages_of = health.DeviceMessages(types[device_id], block[:, 0], block[:, 1])
+    judged = set()
+    for device_id, block in _blocks(rows):
+        messages_of = health.DeviceMessages(known[device_id].type, block[:, 0], block[:, 1])
+        judged.add(device_id)
         yield device_id, health.judge(messages_of, settings.health, now)
-    for device_id in sorted(set(devices) - set(types)):  # its messages are past retention
+    for device_id in sorted(set(devices) - judged):  # its messages are past retention
         yield device_id, Judgement()
 
 
@@ -412,7 +430,7 @@ class Scene:
     readings: tuple[str, ...]  # the readings tables whose batches it reads
     category_of: dict[str, str]  # detection kind: problem category (config/categories.toml)
     judge_all: Callable[
-        [psycopg.Connection, dict[str, datetime], ScenesSettings, float],
+        [psycopg.Connection, dict[str, datetime], dict[str, Device], ScenesSettings, float],
         Iterator[tuple[str, Judgement]],
     ]
     thresholds: Callable[[ScenesSettings], Section]
@@ -452,6 +470,7 @@ def _record(
     scene: Scene,
     district: str,
     device_id: str,
+    asset_code: str | None,
     episode: Episode,
     thresholds: Section,
 ) -> tuple[int, int]:
@@ -463,10 +482,6 @@ def _record(
     detection's id and the cases opened (0 or 1).
     """
     category = catalog.get(scene.category_of[episode.kind])
-    asset = conn.execute(
-        "select asset_code from devices where device_id = %s", (device_id,)
-    ).fetchone()
-    asset_code = asset[0] if asset else None
     values = {
         "scene": scene.name,
         "kind": episode.kind,
