@@ -7,8 +7,9 @@ that drives paho through its external-loop API (``socket``, ``loop_read``, ``loo
 ``loop_misc``, ``reconnect``) and waits on the broker's socket and the writer's pipe at once:
 
 - each message is shipped to the writer as ``(mid, generation, topic, payload, received_us)``, in
-  lists of up to ``_CHUNK`` messages or ``_SHIP_AFTER_US`` old, over its end of a duplex pipe (a
-  socket pair: room for several lists, where an OS pipe holds 64 KiB);
+  lists of up to ``_CHUNK`` messages, ``_CHUNK_BYTES`` of payload or ``_SHIP_AFTER_US`` old,
+  over its end of a duplex pipe (a socket pair: room for several lists, where an OS pipe holds
+  64 KiB);
 - connection events are shipped as ``Connected``, ``Disconnected``, ``Refused`` and
   ``Unreachable`` (once, when connecting starts failing);
 - from the same pipe it takes lists of committed ``(generation, mid)`` pairs and acknowledges
@@ -58,6 +59,8 @@ Received = tuple[int, int, str, Payload, int]
 #: Messages shipped in one list at most, and how old the oldest may grow before a partial list
 #: is shipped (microseconds).
 _CHUNK: Final = 256
+#: ... and of payload bytes: large payloads must not make a list (and its pickle) large.
+_CHUNK_BYTES: Final = 1 << 20
 _SHIP_AFTER_US: Final = 5_000
 #: How long the loop waits at most with nothing to do: paho's keep-alive is checked this often.
 _IDLE_S: Final = 1.0
@@ -157,6 +160,7 @@ class _Receiver:
         self._pipe = pipe
         self._is_v5 = config.protocol == MQTTProtocolVersion.MQTTv5
         self._chunk: list[Received] = []
+        self._chunk_bytes = 0
         self._generation = 0
         self._accepting = True
         # Reconnecting backs off from 1 s to retry_max_s + 1, doubling; 0 once connected.
@@ -280,7 +284,7 @@ class _Receiver:
 
     def _ship(self) -> None:
         if self._chunk:
-            chunk, self._chunk = self._chunk, []
+            chunk, self._chunk, self._chunk_bytes = self._chunk, [], 0
             self._pipe.send(chunk)
 
     # -- paho callbacks, on the same thread -------------------------------------------------
@@ -317,6 +321,8 @@ class _Receiver:
         except UnicodeDecodeError:  # a broker that does not validate topics; bad_topic later
             # paho keeps the topic bytes in _topic and offers no public accessor for them.
             topic = msg._topic.decode("utf-8", "backslashreplace")
-        self._chunk.append((msg.mid, self._generation, topic, msg.payload, now_us()))
-        if len(self._chunk) >= _CHUNK:
+        payload = msg.payload
+        self._chunk.append((msg.mid, self._generation, topic, payload, now_us()))
+        self._chunk_bytes += len(payload)
+        if len(self._chunk) >= _CHUNK or self._chunk_bytes >= _CHUNK_BYTES:
             self._ship()
