@@ -67,6 +67,8 @@ RATES = {
     "water_rising": 0.004,
     "sensor_offline": 0.01,
     "battery_drain": 0.004,
+    "clock_skew": 0.002,
+    "flooding": 0.002,
 }
 CITY_DEVICES = 150_000
 BATCH = 5000

@@ -17,12 +17,14 @@ Two kinds of database error, told apart by SQLSTATE class (``is_record_error``):
 
 from __future__ import annotations
 
+import itertools
 import logging
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import psycopg
 from psycopg import postgres, sql
 from psycopg.adapt import Dumper
@@ -120,11 +122,64 @@ def is_record_error(exc: Exception) -> bool:
     return isinstance(exc, _ENCODING_ERRORS)
 
 
+@dataclass(slots=True)
+class ClockSample:
+    """A flush's readings in arrival order, for each device's clock skew.
+
+    A device's clock is judged against the readings that arrived around its newest one: its
+    offset (reading time - receive time) minus the median offset of its block of ``BLOCK_ROWS``
+    readings in arrival order. A replayed or backfilled stream, or a gateway's backlog, moves its
+    neighbours with it; a device whose clock is off stands out. A block of one device's readings
+    only is no reference: its device gets no skew. Blocks are short, so that even a stream
+    replayed flat out (an hour of readings in a flush) spans seconds in each.
+    """
+
+    ids: list[str] = field(default_factory=list)
+    offsets_us: list[int] = field(default_factory=list)
+    newest: dict[str, tuple[int, int]] = field(default_factory=dict)  # device: (index, time)
+
+    BLOCK_ROWS: ClassVar[int] = 64
+
+    def add(self, device_id: str, ts_us: int, received_us: int) -> None:
+        """Note a reading, the next to arrive."""
+        seen = self.newest.get(device_id)
+        if seen is None or ts_us > seen[1]:
+            self.newest[device_id] = (len(self.ids), ts_us)
+        self.ids.append(device_id)
+        self.offsets_us.append(ts_us - received_us)
+
+    def newest_us(self) -> dict[str, int]:
+        """Each device's newest reading time."""
+        return {device_id: ts_us for device_id, (_, ts_us) in self.newest.items()}
+
+    def skews_s(self) -> dict[str, float]:
+        """Each device's newest reading's offset from its block's median (seconds), if any."""
+        if len(self.newest) < 2:
+            return {}
+        offsets = np.asarray(self.offsets_us, dtype=np.float64)
+        blocks = -(-len(offsets) // self.BLOCK_ROWS)
+        bounds = [len(offsets) * i // blocks for i in range(blocks + 1)]
+        reference = np.full(len(offsets), np.nan)
+        for start, stop in itertools.pairwise(bounds):
+            if len(set(self.ids[start:stop])) > 1:
+                reference[start:stop] = np.median(offsets[start:stop])
+        skews = offsets - reference
+        return {
+            device_id: float(skews[i]) / 1e6
+            for device_id, (i, _) in self.newest.items()
+            if not np.isnan(skews[i])
+        }
+
+
 class BatchWriter:
     """Writes batches over one connection it owns; the caller handles reconnects."""
 
     def __init__(
-        self, conn: psycopg.Connection, *, raw_max_bytes: int, last_seen_resolution_s: float
+        self,
+        conn: psycopg.Connection,
+        *,
+        raw_max_bytes: int,
+        last_seen_resolution_s: float,
     ) -> None:
         self._conn = conn
         self._raw_max_bytes = raw_max_bytes
@@ -206,7 +261,7 @@ class BatchWriter:
         rows: dict[ReadingKind, list[tuple[Any, ...]]] = {}
         quarantine: list[tuple[Any, ...]] = []
         new_devices: dict[str, str] = {}
-        last_seen: dict[str, int] = {}
+        clock = ClockSample()
         outcomes = result.messages
         for message in messages:
             decoded = message.decoded
@@ -214,9 +269,7 @@ class BatchWriter:
                 new_devices.update(decoded.new_devices)
             for kind, row in decoded.rows:
                 rows.setdefault(kind, []).append(row)
-                device_id, ts_us = row[0], row[1]
-                if ts_us > last_seen.get(device_id, 0):
-                    last_seen[device_id] = ts_us
+                clock.add(row[0], row[1], message.received_us)
             if not decoded.rejections:
                 outcomes[decoded.device_type, "stored"] += 1
                 continue
@@ -230,17 +283,18 @@ class BatchWriter:
                 "on conflict (device_id) do nothing",
                 list(new_devices.items()),
             )
+        skews = clock.skews_s()
         for kind, kind_rows in rows.items():
             inserted = self._copy_rows(kind, kind_rows)
             result.inserted[kind.name] += inserted
             result.duplicates[kind.name] += len(kind_rows) - inserted
-            if inserted:
-                self._record_batch(kind, kind_rows)
+            self._record_batch(kind, kind_rows, skews, alarm=inserted > 0)
         if quarantine:
             target = sql.SQL("quarantine ({})").format(
                 sql.SQL(", ").join(map(sql.Identifier, _QUARANTINE))
             )
             self._copy(target, self._quarantine_types, quarantine)
+        last_seen = clock.newest_us()
         if last_seen:
             result.newest_us = max(last_seen.values())
         # last_seen moves in steps of the resolution: one UPDATE per device and batch would
@@ -265,20 +319,39 @@ class BatchWriter:
             result.seen_written = due
         return result
 
-    def _record_batch(self, kind: ReadingKind, rows: list[tuple[Any, ...]]) -> None:
-        """Tell the scenes which devices this batch touched, and when (the change feed).
+    def _record_batch(
+        self,
+        kind: ReadingKind,
+        rows: list[tuple[Any, ...]],
+        skews: dict[str, float],
+        *,
+        alarm: bool,
+    ) -> None:
+        """Tell the scenes which devices this batch touched, when, and how (the change feed).
 
-        A batch that holds an alarm (a reading with an ``event``) also wakes them: a NOTIFY on
-        ``SCENES_CHANNEL``, which PostgreSQL delivers when the batch commits.
+        Per device: its clock skew (``ClockSample``) and the readings it sent, duplicates
+        included (device health judges clock skew and flooding from them, so a batch of
+        duplicates only is recorded too). When ``alarm`` and the batch stored a reading with an
+        ``event``, it also wakes them: a NOTIFY on ``SCENES_CHANNEL``, which PostgreSQL delivers
+        at the commit.
         """
         stamps = [row[1] for row in rows]
+        sent = Counter(row[0] for row in rows)
+        devices = sorted(sent)
         self._conn.execute(
-            "insert into reading_batches (readings, device_ids, min_ts, max_ts) values "
-            "(%s, %s, timestamptz 'epoch' + %s * interval '1 microsecond', "
-            "timestamptz 'epoch' + %s * interval '1 microsecond')",
-            (kind.table, sorted({row[0] for row in rows}), min(stamps), max(stamps)),
+            "insert into reading_batches (readings, device_ids, min_ts, max_ts, skews_s, counts) "
+            "values (%s, %s, timestamptz 'epoch' + %s * interval '1 microsecond', "
+            "timestamptz 'epoch' + %s * interval '1 microsecond', %s, %s)",
+            (
+                kind.table,
+                devices,
+                min(stamps),
+                max(stamps),
+                [skews.get(d) for d in devices],
+                [sent[d] for d in devices],
+            ),
         )
-        if "event" in kind.columns:
+        if alarm and "event" in kind.columns:
             event = kind.columns.index("event")
             if any(row[event] is not None for row in rows):
                 self._conn.execute("select pg_notify(%s, %s)", (SCENES_CHANNEL, kind.table))

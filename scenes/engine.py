@@ -399,12 +399,43 @@ def _judge_health(
         "order by m.device_id, m.ts",
         {"devices": devices, "starts": starts},
     ).fetchall()
-    judged = set()
+    devices_left = set(devices)
+    # the batches from a flooding window before each start: a window's count is whole from it
+    batch_starts = [start - settings.health.flood_window_s for start in starts]
+    feed = dict(
+        _blocks(
+            conn.execute(
+                "with w as (select * from unnest(%(devices)s::text[], %(starts)s::float8[]) "
+                "as w(device_id, start_s)) "
+                "select t.device_id, extract(epoch from b.max_ts)::float8, t.skew_s::float8, "
+                "t.sent::float8 from reading_batches b "
+                "cross join unnest(b.device_ids, b.skews_s, b.counts) t(device_id, skew_s, sent) "
+                "join w on w.device_id = t.device_id and b.max_ts >= to_timestamp(w.start_s) "
+                "where b.device_ids && %(devices)s and b.counts is not null "
+                "and b.max_ts >= to_timestamp(%(earliest)s) "
+                "order by t.device_id, b.max_ts, b.batch_id",
+                {
+                    "devices": devices,
+                    "starts": batch_starts,
+                    "earliest": min(batch_starts, default=0.0),
+                },
+            ).fetchall()
+        )
+    )
+    none = np.empty((0, 3))
     for device_id, block in _blocks(rows):
-        messages_of = health.DeviceMessages(known[device_id].type, block[:, 0], block[:, 1])
-        judged.add(device_id)
-        yield device_id, health.judge(messages_of, settings.health, now)
-    for device_id in sorted(set(devices) - judged):  # its messages are past retention
+        batches = feed.pop(device_id, none)
+        yield (
+            device_id,
+            health.judge(
+                health.DeviceMessages(known[device_id].type, block[:, 0], block[:, 1]),
+                health.DeviceBatches(batches[:, 0], batches[:, 1], batches[:, 2]),
+                settings.health,
+                now,
+            ),
+        )
+        devices_left.discard(device_id)
+    for device_id in sorted(devices_left):  # its messages are past retention
         yield device_id, Judgement()
 
 
@@ -455,7 +486,12 @@ HEALTH: Final = Scene(
     "health",
     ("manhole", "light", "sweeper", "gateway"),
     _READINGS,
-    {health.OFFLINE: "device_offline", health.BATTERY: "device_battery_low"},
+    {
+        health.OFFLINE: "device_offline",
+        health.BATTERY: "device_battery_low",
+        health.CLOCK: "device_clock_skew",
+        health.FLOODING: "device_flooding",
+    },
     _judge_health,
     lambda s: s.health,
     subject_is_device=True,

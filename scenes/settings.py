@@ -51,6 +51,40 @@ class HealthThresholds(Section):
         description="Offline once nothing came for this many expected intervals.",
     )
     battery_pct: float = Field(default=15.0, gt=0, lt=100, description="Battery below: low.")
+    clock_skew_s: float = Field(
+        default=120.0,
+        gt=0,
+        description=(
+            "A device clock further than this from the readings that arrived around its own is "
+            "skewed (ahead beyond ingest.max_future_s is quarantined before it)."
+        ),
+    )
+    clock_skew_batches: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="Consecutive batches showing the skew before it counts (a backlog's one).",
+    )
+    flood_window_s: float = Field(
+        default=600.0, gt=0, le=86_400, description="The window flooding is counted in."
+    )
+    flood_interval_s: dict[str, float] = Field(
+        default={"manhole": 300.0, "light": 60.0, "sweeper": 1.0, "gateway": 60.0},
+        description=(
+            "The shortest interval each device type sends at in normal work (seconds): a "
+            "cover's fast readings while water rises, a sweeper's GPS fix."
+        ),
+    )
+    flood_factor: float = Field(
+        default=10.0,
+        gt=1,
+        description="Flooding: more readings in the window than this many times that rate.",
+    )
+    flood_min_readings: int = Field(
+        default=60,
+        ge=1,
+        description="and at least this many (an alarm and its repeats are no flood).",
+    )
 
     def interval_s_of(self, device_type: str) -> float:
         """The expected interval of ``device_type`` (an hour for a type not listed)."""

@@ -6,7 +6,9 @@ hid no message, such as a window between two hourly heartbeats, cannot be detect
 out). Each device draws from its own random stream, so the same city, scenario, seed and times
 give the same messages.
 
-- Covers send a heartbeat every ``cover_heartbeat_s`` and report alarms and recoveries at once.
+- Covers send a heartbeat every ``cover_heartbeat_s`` and report alarms and recoveries at once;
+  under ``clock_skew`` they date their messages ``CLOCK_SKEW_S`` behind, under ``flooding``
+  they send a reading every 5 s.
 - Lamps follow the astronomical clock (on from sunset to sunrise, dimmed after midnight); each
   control cabinet publishes its lamps' readings as one gateway batch every ``lamp_report_s``.
 - Sweepers work their district's segments in the plan's window (from 00:00 local): brushes down
@@ -32,6 +34,8 @@ from wire.topics import TOPIC_ROOT
 
 _M_PER_DEG = 111_320.0
 _TILT_ALARM_DEG = 10.0
+#: How far behind a sensor's clock runs under a clock_skew fault.
+CLOCK_SKEW_S = 1200.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +166,8 @@ def _cover(
             cover.loose_spikes(f)
         elif f.kind in ("water_rising", "battery_drain"):
             cover.fast_readings(f, end)
+        elif f.kind == "flooding":
+            cover.flood(f, end)
     shown = {f for f in faults if f.kind != "sensor_offline"} | cover.hidden
     return shown, {f for f in cover.hidden if not cover.silence_outlasts(f, o)}
 
@@ -211,9 +217,11 @@ class _Cover:
         }
 
     def send(self, t: float, channel: str, body: dict[str, Any]) -> None:
-        """Publish, unless the sensor is offline at ``t``."""
+        """Publish, unless the sensor is offline at ``t``; a skewed clock dates it wrongly."""
         if not _silenced(t, self.offline, self.hidden):
             self.sent.append(t)
+            if any(f.kind == "clock_skew" and f.start <= t < f.end for f in self.faults):
+                body = {**body, "ts": _ms(t - CLOCK_SKEW_S)}
             _pub(self.out, t, f"{self.topic}/{channel}", body)
 
     def heartbeats(self, o: RunOptions) -> None:
@@ -265,6 +273,13 @@ class _Cover:
                 body["event"] = "water_high"
             self.send(step, "telemetry", body)
             step += 300.0
+
+    def flood(self, f: Fault, end: float) -> None:
+        """A sensor stuck in a loop: a reading every 5 s for the whole fault."""
+        step = f.start
+        while step < min(f.end, end):
+            self.send(step, "telemetry", {"ts": _ms(step), **self.reading(step)})
+            step += 5.0
 
 
 # -- lamps ----------------------------------------------------------------------------------

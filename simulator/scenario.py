@@ -48,6 +48,8 @@ FAULT_KINDS: dict[str, FaultKind] = {
     "water_rising": FaultKind("manhole", 900, 2700),
     "sensor_offline": FaultKind("manhole", 1800, 7200),
     "battery_drain": FaultKind("manhole", 1800, 7200),
+    "clock_skew": FaultKind("manhole", 10800, 21600),  # three heartbeats or more
+    "flooding": FaultKind("manhole", 1800, 3600),
     "lamp_out": FaultKind("light", 1800, 7200),
     "day_burner": FaultKind("light", 1800, 7200),
     "lamp_degraded": FaultKind("light", 1800, 7200),

@@ -36,6 +36,8 @@ _MIGRATION_LOCK_KEY = 0x0C17_0975
 #: The notification channel on which ingest wakes the scenes when it commits an alarm (the
 #: payload: the readings table).
 SCENES_CHANNEL: Final = "cityops_scenes"
+#: The channel on which the outbound triggers (migration 0008) announce changes to publish.
+OUTBOUND_CHANNEL: Final = "cityops_outbound"
 
 
 class StoragePath(StrEnum):

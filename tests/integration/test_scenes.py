@@ -157,6 +157,8 @@ COVER_FAULTS = {
     "water_rising": 0.08,
     "sensor_offline": 0.15,
     "battery_drain": 0.08,
+    "clock_skew": 0.04,
+    "flooding": 0.04,
 }
 
 
