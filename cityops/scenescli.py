@@ -13,8 +13,9 @@ import typer
 from cityops.casescli import catalog_of
 from cityops.terminal import ConfigOption, fail, out, settings_from, stop_on_signals
 from scenes.dictionary import covers_summary
-from scenes.engine import PartitionResult, run_once, serve
+from scenes.engine import PartitionResult, run_once
 from scenes.score import TruthError, read_truth, score, stored_detections
+from scenes.service import serve
 from store import db
 
 FormatOption = Annotated[Literal["table", "json"], typer.Option("--format", help="table or json")]
@@ -40,16 +41,16 @@ def run_command(
     """Run the scene partitions this process can claim until stopped (or once, with --once).
 
     A run starts at once when ingest commits an alarm, when a deadline comes, and every
-    scenes.interval_s.
+    scenes.interval_s. The service also publishes every detection change and case transition
+    on cityops/v1/out/... (retained current state; docs/scenes.md); --once does not publish.
     """
     settings = settings_from(config)
     catalog = catalog_of(settings)
+    if not once:
+        serve(settings.database, settings.mqtt, settings.scenes, catalog, stop_on_signals())
+        return
     with db.connect(settings.database) as conn:
-        if once:
-            _report(run_once(conn, settings.scenes, catalog))
-            return
-        with db.connect(settings.database, autocommit=True) as listen:
-            serve(conn, listen, settings.scenes, catalog, stop_on_signals())
+        _report(run_once(conn, settings.scenes, catalog))
 
 
 def _report(results: list[PartitionResult]) -> None:

@@ -26,7 +26,7 @@ from wire.contract import (
     GatewayEntry,
     ReadingKind,
 )
-from wire.topics import topic_root
+from wire.topics import OUT_TREE, topic_root
 
 if TYPE_CHECKING:
     from ingest.settings import IngestSettings
@@ -77,6 +77,7 @@ class Decoded:
     rejections: list[Rejection] = field(default_factory=list)
     new_devices: dict[str, str] = field(default_factory=dict)
     device_type: str = "unknown"
+    own: bool = False  # published by cityops itself (cityops/v1/out/...): neither data nor bad
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +195,7 @@ class Decoder:
     ) -> None:
         self._limits = limits
         self._root = f"{topic_root(topic_prefix)}/"
+        self._own_root = f"{self._root}{OUT_TREE}/"
         self._device_type_of = device_type_of
         self._json = msgspec.json.Decoder()
         self._typed = {kind: msgspec.json.Decoder(kind.struct) for kind in READING_KINDS}
@@ -201,6 +203,8 @@ class Decoder:
 
     def decode_message(self, topic: str, payload: Payload, received_us: int) -> Decoded:
         """Decode one message; a whole-message fault yields a single rejection."""
+        if topic.startswith(self._own_root):
+            return Decoded(device_type=OUT_TREE, own=True)
         out = Decoded()
         try:
             if len(payload) > self._limits.max_payload_bytes:

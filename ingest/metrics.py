@@ -17,7 +17,8 @@ class IngestMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.messages = Counter(
             "cityops_ingest_messages",
-            "Messages committed, by device type and result (stored, partial, quarantined).",
+            "Messages committed, by device type and result (stored, partial, quarantined; "
+            "ignored: what cityops publishes itself on cityops/v1/out/..., device type out).",
             ["device_type", "result"],
             registry=registry,
         )

@@ -302,7 +302,10 @@ class _Receiver:
         shareable = self._is_v5 or self._config.mqtt.protocol == "3.1.1"
         topics = subscriptions(self._config.mqtt, is_shareable=shareable)
         if self._is_v5:
-            client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in topics])
+            # no retained messages at subscribe: its session had each one live already, and the
+            # retained states cityops publishes itself (cityops/v1/out/...) are not data
+            options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+            client.subscribe([(topic, options) for topic in topics])
         else:
             client.subscribe([(topic, 1) for topic in topics])
         self._pipe.send(Connected(bool(flags.session_present), tuple(topics)))

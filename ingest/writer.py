@@ -270,6 +270,9 @@ class BatchWriter:
             for kind, row in decoded.rows:
                 rows.setdefault(kind, []).append(row)
                 clock.add(row[0], row[1], message.received_us)
+            if decoded.own:  # what cityops publishes itself: acknowledged, counted, not stored
+                outcomes[decoded.device_type, "ignored"] += 1
+                continue
             if not decoded.rejections:
                 outcomes[decoded.device_type, "stored"] += 1
                 continue

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -24,7 +23,6 @@ from typing import Any, Final, NamedTuple
 
 import numpy as np
 import psycopg
-from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from cases.access import Caller
@@ -36,7 +34,6 @@ from scenes import covers, health
 from scenes.episodes import Episode, Judgement
 from scenes.settings import ScenesSettings
 from sections import Section
-from store.db import SCENES_CHANNEL
 
 _READINGS: Final = ("manhole_readings", "light_readings", "sweeper_readings", "device_status")
 #: Advisory lock keys of partitions: this in the high 32 bits, the partition's crc32 below.
@@ -114,30 +111,14 @@ def lock_key(scene: str, district: str) -> int:
     return _LOCK_SPACE << 32 | zlib.crc32(f"{scene}/{district}".encode())
 
 
-def serve(
-    conn: psycopg.Connection,
-    listen: psycopg.Connection,
-    settings: ScenesSettings,
-    catalog: Catalog,
-    stop: threading.Event,
-) -> None:
-    """Run the partitions until ``stop``: on an alarm, at deadlines, every ``interval_s``.
+def next_run_in(conn: psycopg.Connection, interval_s: float) -> float:
+    """Seconds until the partitions should run again, without a wake-up.
 
-    Runs at once when ingest commits an alarm, at the earliest deadline, and every
-    ``interval_s`` in any case.
-
-    ``listen`` is a connection of its own in autocommit mode: it listens on ``SCENES_CHANNEL``.
+    At the earliest deadline, within ``interval_s`` in any case, and soon (``_SOON_S``) when
+    batches of transactions still running when the last run read the feed (an alarm's, say)
+    are waiting; never sooner than ``_SOON_S``: a due deadline of a partition another process
+    holds stays due.
     """
-    listen.execute(sql.SQL("listen {}").format(sql.Identifier(SCENES_CHANNEL)))
-    while not stop.is_set():
-        run_once(conn, settings, catalog)
-        _wait(conn, listen, settings.interval_s, stop)
-
-
-def _wait(
-    conn: psycopg.Connection, listen: psycopg.Connection, interval_s: float, stop: threading.Event
-) -> None:
-    """Until a notification, the earliest deadline, ``interval_s`` or ``stop`` (in 1 s steps)."""
     row = conn.execute(
         "select (select extract(epoch from min(s.due_at) - now())::float8 from scene_deadlines s "
         "join devices d on d.device_id = s.device_id), "
@@ -146,17 +127,8 @@ def _wait(
     conn.commit()
     due_s = row[0] if row and row[0] is not None else interval_s
     if row and row[1]:
-        # batches of transactions still running when the run read the feed (an alarm's, say):
-        # look again soon rather than at the next interval
         due_s = min(due_s, _SOON_S)
-    # never spin: a due deadline of a partition another process holds stays due
-    deadline = time.monotonic() + max(_SOON_S, min(interval_s, due_s))
-    while not stop.is_set():
-        left_s = deadline - time.monotonic()
-        if left_s <= 0:
-            return
-        for _ in listen.notifies(timeout=min(left_s, 1.0), stop_after=1):
-            return
+    return max(_SOON_S, min(interval_s, due_s))
 
 
 @contextmanager

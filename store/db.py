@@ -68,6 +68,18 @@ def connect(settings: DatabaseSettings, *, autocommit: bool = False) -> psycopg.
         raise psycopg.OperationalError(_cannot_connect("the database", settings.url, exc)) from exc
 
 
+async def connect_async(
+    settings: DatabaseSettings, *, autocommit: bool = False
+) -> psycopg.AsyncConnection:
+    """``connect``, for asyncio."""
+    try:
+        return await psycopg.AsyncConnection.connect(
+            settings.url, autocommit=autocommit, connect_timeout=10
+        )
+    except psycopg.OperationalError as exc:
+        raise psycopg.OperationalError(_cannot_connect("the database", settings.url, exc)) from exc
+
+
 def _cannot_connect(what: str, url: str, exc: psycopg.Error) -> str:
     """One line: which server, why (libpq's first line), and where to fix it."""
     why = error_line(exc)

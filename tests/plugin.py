@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import random
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -399,8 +402,13 @@ class Publisher:
     def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
         self.publish_many([(topic, payload)], qos)
 
-    def publish_many(self, messages: list[tuple[str, bytes | str]], qos: int = 1) -> None:
-        infos = [self.client.publish(topic, payload, qos=qos) for topic, payload in messages]
+    def publish_many(
+        self, messages: list[tuple[str, bytes | str]], qos: int = 1, *, retain: bool = False
+    ) -> None:
+        infos = [
+            self.client.publish(topic, payload, qos=qos, retain=retain)
+            for topic, payload in messages
+        ]
         for info in infos:
             info.wait_for_publish(timeout=60)
             assert info.is_published()
@@ -415,3 +423,83 @@ def publisher(broker_url: str) -> Iterator[Publisher]:
     pub = Publisher(broker_url, mqtt.MQTTProtocolVersion.MQTTv311)
     yield pub
     pub.close()
+
+
+class Subscriber:
+    """Keeps, in order of arrival, what arrives on its topic filters (QoS 1, retained too)."""
+
+    def __init__(self, broker: str) -> None:
+        settings = MqttSettings(url=broker)
+        self.received: list[mqtt.MQTTMessage] = []
+        self._arrived = threading.Condition()
+        self._acked: queue.Queue[int] = queue.Queue()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda _c, _u, mid, _rc, _p: self._acked.put(mid)
+        self.client.connect(settings.host, settings.port)
+        self.client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        with self._arrived:
+            self.received.append(message)
+            self._arrived.notify_all()
+
+    def subscribe(self, topic_filter: str) -> None:
+        """Subscribe and wait for the broker's SUBACK (retained messages follow it)."""
+        _, mid = self.client.subscribe(topic_filter, qos=1)
+        assert self._acked.get(timeout=30) == mid
+
+    def first(self, predicate: Callable[[mqtt.MQTTMessage], bool], what: str) -> mqtt.MQTTMessage:
+        """The first message received that ``predicate`` accepts, waiting up to 30 s for it."""
+        with self._arrived:
+            found = self._arrived.wait_for(
+                lambda: next((m for m in self.received if predicate(m)), None), timeout=30
+            )
+        if found is None:
+            pytest.fail(f"timed out after 30 s waiting for {what}")
+        return found
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def scenes_listening(conn: psycopg.Connection) -> int:
+    """How many scenes services wait for work (their LISTEN connection idle)."""
+    row = conn.execute(
+        "select count(*) from pg_stat_activity where datname = current_database() "
+        "and query ilike 'listen %%' and state = 'idle'"
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+@contextlib.contextmanager
+def running_scenes(
+    database_url: str, broker_url: str, log: Path, **env: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``cityops scenes run`` as a process; SIGTERM at the end must stop it cleanly (exit 0).
+
+    The schedule is an hour: whatever happens sooner was woken up, not polled.
+    """
+    environment = {
+        **os.environ,
+        "CITYOPS_DATABASE_URL": database_url,
+        "CITYOPS_MQTT_URL": broker_url,
+        "CITYOPS_SCENES_INTERVAL_S": "3600",
+        **env,
+    }
+    with (
+        log.open("wb") as out,
+        subprocess.Popen(
+            [sys.executable, "-m", "cityops", "scenes", "run"],
+            env=environment,
+            stdout=out,
+            stderr=out,
+        ) as process,
+    ):
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                assert process.wait(timeout=30) == 0, log.read_text()

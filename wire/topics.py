@@ -12,6 +12,9 @@ from __future__ import annotations
 from typing import Final
 
 TOPIC_ROOT: Final = "cityops/v1"
+#: The subtree of what cityops publishes itself (``scenes/outbound.py``); ingest, subscribed to
+#: the whole tree, passes over it.
+OUT_TREE: Final = "out"
 PREFIX_MAX_CHARS: Final = 128
 
 

@@ -16,25 +16,36 @@ alter table detections
 -- What changed and is not yet published: the subject's latest detection of a kind
 -- (ref 'kind/subject'), a case's current state (ref case_id), a case transition (ref event_id).
 -- Written by triggers, so every writer (scenes, the case API, the CLI, SQL by hand) is covered;
--- one row per ref however often it changes before the publisher reads it.
+-- one row per ref however often it changes before the publisher reads it. Each change takes a
+-- new seq: the publisher deletes a row only if its seq is still the one it published, so a
+-- change made while it published is published again.
+create sequence outbound_seq;
 create table outbound (
     what      text not null check (what in ('detection', 'case', 'case_event')),
     ref       text not null,
+    seq       bigint not null default nextval('outbound_seq'),
     queued_at timestamptz not null default now(),
     primary key (what, ref)
 );
+create index outbound_order on outbound (seq);
 
 create function outbound_queue() returns trigger language plpgsql as $$
+declare
+    queued_what text;
+    queued_ref text;
 begin
     if tg_table_name = 'detections' then
-        insert into outbound (what, ref) values ('detection', new.kind || '/' || new.subject)
-            on conflict do nothing;
+        queued_what := 'detection';
+        queued_ref := new.kind || '/' || new.subject;
     elsif tg_table_name = 'cases' then
-        insert into outbound (what, ref) values ('case', new.case_id::text) on conflict do nothing;
+        queued_what := 'case';
+        queued_ref := new.case_id::text;
     else
-        insert into outbound (what, ref) values ('case_event', new.event_id::text)
-            on conflict do nothing;
+        queued_what := 'case_event';
+        queued_ref := new.event_id::text;
     end if;
+    insert into outbound (what, ref) values (queued_what, queued_ref)
+        on conflict (what, ref) do update set seq = excluded.seq, queued_at = excluded.queued_at;
     perform pg_notify('cityops_outbound', '');
     return null;
 end $$;

@@ -4,8 +4,6 @@ the cases they open, against real PostgreSQL and MQTT."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -27,7 +25,7 @@ from scenes.settings import ScenesSettings
 from simulator.fleet import RunOptions, simulate
 from simulator.publish import PublishOptions, publish
 from simulator.scenario import Scenario
-from tests.plugin import CATALOG, Publisher, wait_for
+from tests.plugin import CATALOG, Publisher, running_scenes, scenes_listening, wait_for
 
 T0_S = 1_764_000_000  # 2025-11-24T16:00:00Z
 
@@ -352,58 +350,40 @@ def stored_count(conn: psycopg.Connection, device_id: str) -> int:
 
 
 def test_an_alarm_wakes_the_running_scenes_and_its_case_opens_in_seconds(
-    conn, database_url, city, make_settings, start_worker, publisher: Publisher, tmp_path
+    conn,
+    database_url,
+    broker_url,
+    city,
+    make_settings,
+    start_worker,
+    publisher: Publisher,
+    tmp_path,
 ) -> None:
     (cover,) = covers_of(conn, city, 1)
     device = cover["device_id"]
     start_worker(make_settings())
-    env = {
-        **os.environ,
-        "CITYOPS_DATABASE_URL": database_url,
-        # without the wake-ups the case would wait for the next hourly run
-        "CITYOPS_SCENES_INTERVAL_S": "3600",
-    }
-    log = tmp_path / "scenes.log"
-    with (
-        log.open("wb") as out,
-        subprocess.Popen(
-            [sys.executable, "-m", "cityops", "scenes", "run"], env=env, stdout=out, stderr=out
-        ) as scenes,
-    ):
-        try:
-            # its first round, over everything pending, is over when it waits for work
-            wait_for(
-                lambda: (
-                    conn.execute(
-                        "select count(*) from pg_stat_activity where datname = current_database() "
-                        "and query ilike 'listen %%' and state = 'idle'"
-                    ).fetchone()[0]
-                    >= 1
-                ),
-                what="the scenes listening",
-            )
-            published = time.time()
-            publisher.publish(
-                f"cityops/v1/manhole/{device}/event",
-                json.dumps({"ts": int(published * 1000), "tilt_deg": 27.0, "event": "tilt_alarm"}),
-            )
-            wait_for(
-                lambda: (
-                    conn.execute(
-                        "select count(*) from detections where device_id = %s "
-                        "and kind = 'cover_displaced' and case_id is not null",
-                        (device,),
-                    ).fetchone()
-                    == (1,)
-                ),
-                timeout_s=30,
-                what="the alarm's case",
-            )
-            # sustained for sustain_s (5 s) before it counts: the deadline, not the interval
-            assert time.time() - published < 20
-        finally:
-            scenes.send_signal(signal.SIGTERM)
-            assert scenes.wait(timeout=30) == 0, log.read_text()
+    with running_scenes(database_url, broker_url, tmp_path / "scenes.log"):
+        # its first round, over everything pending, is over when it waits for work
+        wait_for(lambda: scenes_listening(conn) >= 1, what="the scenes listening")
+        published = time.time()
+        publisher.publish(
+            f"cityops/v1/manhole/{device}/event",
+            json.dumps({"ts": int(published * 1000), "tilt_deg": 27.0, "event": "tilt_alarm"}),
+        )
+        wait_for(
+            lambda: (
+                conn.execute(
+                    "select count(*) from detections where device_id = %s "
+                    "and kind = 'cover_displaced' and case_id is not null",
+                    (device,),
+                ).fetchone()
+                == (1,)
+            ),
+            timeout_s=30,
+            what="the alarm's case",
+        )
+        # sustained for sustain_s (5 s) before it counts: the deadline, not the interval
+        assert time.time() - published < 20
 
 
 def test_a_failing_scene_is_logged_and_rolled_back_and_the_others_run(

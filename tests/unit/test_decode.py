@@ -94,6 +94,18 @@ def test_each_bad_input_gets_its_reason(topic: str, payload: object, reason: Rea
     assert [r.reason for r in decoded.rejections] == [reason]
 
 
+@pytest.mark.parametrize(
+    "topic",
+    ["cityops/v1/out/detections/cover_open/2101", "cityops/v1/out/cases/7", "cityops/v1/out/x"],
+)
+def test_what_cityops_publishes_itself_is_neither_data_nor_bad_input(topic: str) -> None:
+    decoded = decode(topic, b"")  # an empty payload clears a retained case
+    assert (decoded.own, decoded.rows, decoded.rejections) == (True, [], [])
+    # only under its own root: a device type named out elsewhere is a bad topic
+    foreign = decode("cityops/v1/outx/mh-1/telemetry", {"tilt_deg": 1})
+    assert (foreign.own, [r.reason for r in foreign.rejections]) == (False, [Reason.BAD_TOPIC])
+
+
 def test_one_bad_reading_in_an_array_does_not_reject_the_others() -> None:
     decoded = decode(
         "cityops/v1/manhole/mh-1/telemetry",
