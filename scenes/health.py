@@ -10,8 +10,9 @@
   arrived around its own (ingest's ``ClockSample``) in ``clock_skew_batches`` consecutive
   batches or more; it clears at the first batch within the limit.
 - flooding: more readings within ``flood_window_s`` than ``flood_factor`` times the type's
-  fastest normal rate (``flood_interval_s``) allows (and at least ``flood_min_readings``), duplicates included; it clears at
-  the first batch under the limit, or ``flood_window_s`` after the last batch over it.
+  fastest normal rate (``flood_interval_s``) allows (and at least ``flood_min_readings``),
+  duplicates included; it clears at the first batch under the limit, or ``flood_window_s`` after
+  the last batch over it.
 
 Batches are placed at their newest reading's time; offline and battery use each message's own.
 
