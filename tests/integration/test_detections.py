@@ -1,5 +1,5 @@
-"""Detections acknowledged and listed, against a real database: detections made by the scene
-engine from stored readings."""
+"""Detections acknowledged and listed, in Python and from the CLI, against a real database:
+detections made by the scene engine from stored readings."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
+from typer.testing import CliRunner
 
 from cases.service import CaseService
+from cityops.cli import app as cli_app
 from scenes.detections import (
     AlreadyAcknowledgedError,
     DetectionNotFoundError,
@@ -217,3 +219,79 @@ def test_detections_are_listed_active_or_all_by_district_and_kind(conn, scene: S
         at(T0_S + 1200),
         CATALOG.get("cover_displaced").severity,
     )
+
+
+# -- the CLI -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(database_url: str):
+    runner = CliRunner()
+    env = {"CITYOPS_DATABASE_URL": database_url, "COLUMNS": "200"}
+
+    def run(*args: str):
+        return runner.invoke(cli_app, list(args), env=env)
+
+    return run
+
+
+def test_cli_lists_and_acknowledges_detections(cli, scene: Scene) -> None:
+    import json
+
+    listed = cli("scenes", "detections", "--district", "d0", "--format", "json")
+    assert listed.exit_code == 0, listed.output
+    ids = {d["detection_id"] for d in json.loads(listed.stdout)}
+    assert {scene.drainage.detection_id, scene.water.detection_id} <= ids
+    assert scene.cleared.detection_id not in ids
+    everything = cli(
+        "scenes", "detections", "--all", "--kind", "cover_displaced", "--format", "json"
+    )
+    shown = {d["detection_id"]: d for d in json.loads(everything.stdout)}
+    assert shown[scene.cleared.detection_id]["cleared_at"] == at(T0_S + 1200).isoformat()
+    assert shown[scene.drainage.detection_id]["subject"] == scene.drainage.code
+
+    detection = str(scene.drainage.detection_id)
+    done = cli("scenes", "ack", detection, "--by", "alice", "--note", "crew on the way")
+    assert done.exit_code == 0, done.output
+    assert done.stdout.startswith(
+        f"detection {detection} (cover_displaced on {scene.drainage.code}): acknowledged by alice"
+    )
+    assert cli("scenes", "ack", detection, "--by", "alice").exit_code == 0  # the same again
+    table = cli("scenes", "detections", "--kind", "cover_displaced")
+    (row,) = [line for line in table.stdout.splitlines() if line.split()[0] == detection]
+    assert scene.drainage.code in row
+    assert "active" in row
+    assert "alice" in row
+    assert "crew on the way" in row
+
+
+def test_cli_failures_are_one_line_with_the_cause_and_the_fix_and_exit_2(
+    cli, conn, scene: Scene
+) -> None:
+    detection = str(scene.water.detection_id)
+    assert cli("scenes", "ack", detection, "--by", "alice").exit_code == 0
+    missing = missing_detection(conn)
+    failures = {
+        ("scenes", "ack", detection, "--by", "bob"): (
+            f"error: detection {detection} is already acknowledged by alice at ",
+            f"comment on its case: `cityops cases comment {scene.water.case_id} --note TEXT`",
+        ),
+        ("scenes", "ack", str(missing), "--by", "bob"): (
+            f"error: no detection {missing}: ",
+            "`cityops scenes detections --all` lists the detections and their ids",
+        ),
+        ("scenes", "ack", detection, "--by", " "): ("error: --by is empty", "name who"),
+        ("scenes", "detections", "--kind", "tilt"): (
+            "error: no detection kind 'tilt': use one of cover_displaced, ",
+            "flooding",
+        ),
+    }
+    for args, (cause, fix) in failures.items():
+        result = cli(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.exception is None or isinstance(result.exception, SystemExit), args
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(cause), (args, line)
+        assert fix in line, (args, line)
+    # bob's attempt changed nothing
+    assert get_detection(conn, scene.water.detection_id).acknowledged_by == "alice"
