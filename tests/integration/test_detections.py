@@ -1,5 +1,5 @@
-"""Detections acknowledged and listed, in Python and from the CLI, against a real database:
-detections made by the scene engine from stored readings."""
+"""Detections acknowledged and listed, the cover dictionary and the detections over the API and
+the CLI, against a real database: detections made by the scene engine from stored readings."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from cases.access import create_token
 from cases.service import CaseService
+from cityops.api import build_app
 from cityops.cli import app as cli_app
 from scenes.detections import (
     AlreadyAcknowledgedError,
@@ -295,3 +298,225 @@ def test_cli_failures_are_one_line_with_the_cause_and_the_fix_and_exit_2(
         assert fix in line, (args, line)
     # bob's attempt changed nothing
     assert get_detection(conn, scene.water.detection_id).acknowledged_by == "alice"
+
+
+# -- the API -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def api(database_url: str, conn: psycopg.Connection, scene: Scene, tag: str):
+    """Call the API as a unit (by name) or as an operator ("operator"); a second district's
+    office is "elsewhere" (a district of this test alone)."""
+    district = f"x{tag}"
+    conn.execute(
+        "insert into regions (region_id, name, level) values (%s, 'another district', 'district')",
+        (district,),
+    )
+    conn.execute(
+        "insert into units (unit_id, name, level, kind, region_id) "
+        "values (%s, 'its office', 'district', 'coordinating', %s)",
+        (f"{district}-coordinating", district),
+    )
+    callers = {
+        "operator": ("city-office", "operator"),
+        "city-office": ("city-office", "coordinator"),
+        "d0-coordinating": ("d0-coordinating", "coordinator"),
+        "elsewhere": (f"{district}-coordinating", "coordinator"),
+        "d0-drainage": ("d0-drainage", "unit"),
+        "d0-water": ("d0-water", "unit"),
+        "d0-telecom": ("d0-telecom", "unit"),
+    }
+    tokens = {name: create_token(conn, unit, role) for name, (unit, role) in callers.items()}
+    with TestClient(build_app(database_url, CATALOG)) as client:
+
+        def call(method: str, path: str, caller: str | None, headers=None, **kwargs):
+            if caller is not None:
+                headers = {"Authorization": f"Bearer {tokens[caller]}"}
+            return client.request(method, path, headers=headers, **kwargs)
+
+        yield call
+
+
+def ack_path(detection_id: int) -> str:
+    return f"/detections/{detection_id}/acknowledge"
+
+
+def test_every_new_endpoint_wants_a_valid_token(api, scene: Scene) -> None:
+    requests = [
+        ("GET", f"/assets/{scene.drainage.code}"),
+        ("GET", "/covers/summary"),
+        ("GET", "/detections"),
+        ("POST", ack_path(scene.drainage.detection_id)),
+    ]
+    for method, path in requests:
+        for headers in ({}, {"Authorization": "Bearer not-a-token"}):
+            response = api(method, path, None, headers=headers)
+            assert response.status_code == 401, (path, response.text)
+            assert response.json() == {
+                "error": "a valid bearer token is required (cityops units token UNIT)"
+            }
+
+
+def test_a_cover_shows_its_units_sensor_state_and_the_cases_the_caller_may_see(
+    api, scene: Scene
+) -> None:
+    cover = scene.drainage
+    path = f"/assets/{cover.code}"
+    expected = {
+        "code": cover.code,
+        "category": "sewage",
+        "district": "d0",
+        "competent_unit_id": "d0-coordinating",
+        "owner_unit_id": "d0-drainage",
+        "maintainer_unit_id": scene.maintainer,
+        "devices": [cover.device_id],
+        "state": "cover_displaced",
+    }
+    its_case = {
+        "case_id": cover.case_id,
+        "category": "cover_displaced",
+        "state": "dispatched",
+        "unit_id": "d0-drainage",
+        "closed_at": None,
+    }
+    for caller in ("operator", "city-office", "d0-coordinating", "d0-drainage"):
+        shown = api("GET", path, caller)
+        assert shown.status_code == 200, (caller, shown.text)
+        body = shown.json()
+        assert {k: body[k] for k in expected} == expected, caller
+        assert [{k: c[k] for k in its_case} for c in body["cases"]] == [its_case], caller
+    # the sensor's maintainer sees the cover, but not the owner's case
+    maintained = api("GET", path, scene.maintainer)
+    assert maintained.status_code == 200, maintained.text
+    assert (maintained.json()["state"], maintained.json()["cases"]) == ("cover_displaced", [])
+    # another unit, and another district's office: as if there were no such cover
+    unknown = "9999999999999999"
+    nothing = api("GET", f"/assets/{unknown}", "operator")
+    assert (nothing.status_code, nothing.json()) == (404, {"error": f"no component {unknown}"})
+    for caller in ("d0-water", "elsewhere"):
+        hidden = api("GET", path, caller)
+        assert hidden.status_code == 404, caller
+        assert hidden.json() == {"error": f"no component {cover.code}"}
+    malformed = api("GET", "/assets/12345", "operator")
+    assert malformed.status_code == 422
+    assert [p["field"] for p in malformed.json()["problems"]] == ["path.code"]
+
+
+def test_the_covers_summary_counts_what_the_caller_sees(api, scene: Scene) -> None:
+    def rows(caller: str, query: str = "") -> list[dict]:
+        response = api("GET", f"/covers/summary{query}", caller)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    everything = rows("operator", "?district=d0")
+    assert {r["district"] for r in everything} == {"d0"}
+    displaced_by_owner = {r["owner_unit_id"] for r in everything if r["state"] == "cover_displaced"}
+    assert {"d0-drainage", "d0-water"} <= displaced_by_owner
+    water = rows("d0-water")
+    assert {r["owner_unit_id"] for r in water} == {"d0-water"}  # its own covers only
+    assert ("d0", "d0-water", "cover_displaced") in {
+        (r["district"], r["owner_unit_id"], r["state"]) for r in water
+    }
+    assert {r["district"] for r in rows("d0-coordinating")} == {"d0"}
+    assert rows("d0-coordinating", "?district=d0") == rows("d0-coordinating")
+    assert rows("elsewhere") == []
+    assert rows("elsewhere", "?district=d0") == []  # another district's: none of its business
+    assert rows("d0-coordinating", "?district=elsewhere") == []
+
+
+def test_detections_are_listed_to_whoever_may_see_them(api, scene: Scene) -> None:
+    mine = {
+        scene.drainage.detection_id: "drainage",
+        scene.water.detection_id: "water",
+        scene.cleared.detection_id: "cleared",
+    }
+
+    def seen(caller: str, query: str = "") -> set[str]:
+        response = api("GET", f"/detections?limit=500{query}", caller)
+        assert response.status_code == 200, response.text
+        return {mine[d["detection_id"]] for d in response.json() if d["detection_id"] in mine}
+
+    assert seen("operator") == {"drainage", "water"}
+    assert seen("operator", "&active=false") == {"drainage", "water", "cleared"}
+    assert seen("operator", "&kind=cover_displaced&district=d0") == {"drainage", "water"}
+    assert seen("operator", "&kind=sensor_offline") == set()
+    assert seen("city-office") == {"drainage", "water"}
+    assert seen("d0-coordinating", "&active=false") == {"drainage", "water", "cleared"}
+    assert seen("elsewhere", "&active=false") == set()
+    assert seen("d0-drainage") == {"drainage"}  # the case on its desk
+    assert seen("d0-water") == {"water"}
+    assert seen("d0-telecom") == set()  # it maintains the drainage cover's sensor, not the case
+    (drainage,) = [
+        d
+        for d in api("GET", "/detections?limit=500", "d0-drainage").json()
+        if d["detection_id"] == scene.drainage.detection_id
+    ]
+    assert drainage == {
+        "detection_id": scene.drainage.detection_id,
+        "scene": "covers",
+        "kind": "cover_displaced",
+        "subject": scene.drainage.code,
+        "device_id": scene.drainage.device_id,
+        "district": "d0",
+        "severity": CATALOG.get("cover_displaced").severity,
+        "first_seen": drainage["first_seen"],
+        "last_seen": drainage["last_seen"],
+        "cleared_at": None,
+        "count": 1,
+        "case_id": scene.drainage.case_id,
+        "acknowledged_at": None,
+        "acknowledged_by": None,
+        "acknowledged_note": None,
+    }
+    assert datetime.fromisoformat(drainage["first_seen"]) == at(T0_S + 600)
+    bad = api("GET", "/detections?kind=tilt&limt=5", "operator")
+    assert bad.status_code == 422
+    assert sorted(p["field"] for p in bad.json()["problems"]) == ["query.kind", "query.limt"]
+
+
+def test_offices_and_operators_acknowledge_once_and_units_may_not(api, conn, scene: Scene) -> None:
+    cover = scene.drainage
+    path = ack_path(cover.detection_id)
+    missing = missing_detection(conn)
+    # who may not see it gets what an unknown detection gets
+    unknown = api("POST", ack_path(missing), "operator", json={})
+    assert (unknown.status_code, unknown.json()) == (404, {"error": f"no detection {missing}"})
+    for caller in ("d0-water", "elsewhere"):
+        hidden = api("POST", path, caller, json={})
+        assert hidden.status_code == 404, caller
+        assert hidden.json() == {"error": f"no detection {cover.detection_id}"}
+    owner = api("POST", path, "d0-drainage", json={"note": "ours"})
+    assert owner.status_code == 403
+    assert owner.json() == {
+        "error": "d0-drainage may not acknowledge detections (operators and offices may)"
+    }
+    case = api("GET", f"/cases/{cover.case_id}", "operator").json()
+
+    done = api("POST", path, "d0-coordinating", json={"note": "crew on the way"})
+    assert done.status_code == 200, done.text
+    acknowledged = done.json()
+    assert (
+        acknowledged["detection_id"],
+        acknowledged["acknowledged_by"],
+        acknowledged["acknowledged_note"],
+        acknowledged["cleared_at"],
+    ) == (cover.detection_id, "d0-coordinating", "crew on the way", None)
+    again = api("POST", path, "d0-coordinating")  # no body: the same again, unchanged
+    assert (again.status_code, again.json()) == (200, acknowledged)
+    first_at = datetime.fromisoformat(acknowledged["acknowledged_at"])
+    late = api("POST", path, "operator", json={"note": "me too"})
+    assert late.status_code == 409
+    assert late.json() == {
+        "error": f"detection {cover.detection_id} is already acknowledged by d0-coordinating "
+        f"at {first_at.isoformat(timespec='seconds')}",
+        "acknowledged_by": "d0-coordinating",
+        "acknowledged_at": late.json()["acknowledged_at"],
+    }
+    assert datetime.fromisoformat(late.json()["acknowledged_at"]) == first_at
+    assert api("GET", f"/cases/{cover.case_id}", "operator").json() == case  # case untouched
+    # the other active one, acknowledged by an operator (the token's unit)
+    water = api("POST", ack_path(scene.water.detection_id), "operator")
+    assert water.json()["acknowledged_by"] == "city-office"
+    invalid = api("POST", path, "d0-coordinating", json={"note": "a\x00", "by": "someone"})
+    assert invalid.status_code == 422
+    assert sorted(p["field"] for p in invalid.json()["problems"]) == ["body.by", "body.note"]
