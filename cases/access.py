@@ -97,16 +97,17 @@ def may(caller: Caller, action: Action, case: dict[str, Any]) -> bool:
 
 def dispatch_district(caller: Caller) -> str | None:
     """The district to whose units ``caller`` may dispatch besides the routed one; None: any."""
-    return None if _is_city_wide(caller) else caller.district_id
+    return None if is_city_wide(caller) else caller.district_id
 
 
-def _is_city_wide(caller: Caller) -> bool:
+def is_city_wide(caller: Caller) -> bool:
+    """Whether ``caller`` sees the whole city: an operator, or the city's coordinating office."""
     return caller.role == "operator" or (caller.role == "coordinator" and caller.is_city_level)
 
 
 def _scope(caller: Caller) -> tuple[str, Any] | None:
     """The column of ``cases`` and the value it must have for ``caller`` to see a case."""
-    if _is_city_wide(caller):
+    if is_city_wide(caller):
         return None
     if caller.role == "coordinator":
         return "district_id", caller.district_id

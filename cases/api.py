@@ -7,6 +7,10 @@ Errors are JSON: {"error": reason, ...}. The OpenAPI document (its models:
 ``cases.api_document``) is served at /openapi.json, its pages at /docs; it declares every
 answer an endpoint can give.
 
+Other packages add their endpoints to the same app (the shell wires them: ``cityops.api``): each
+is a ``RouteInstaller``, given the app and a ``RouteContext`` (a pooled connection per request,
+and the caller dependency); their errors are ``ApiError``, answered in the same JSON.
+
 Annotations here are evaluated at definition (no ``from __future__ import annotations``):
 FastAPI reads the dependencies of the endpoints, which are closures, from them.
 """
@@ -14,8 +18,9 @@ FastAPI reads the dependencies of the endpoints, which are closures, from them.
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import psycopg
@@ -61,6 +66,33 @@ def _error(status: int, reason: str, **extra: Any) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": reason, **extra})
 
 
+class ApiError(Exception):
+    """An answer that is not a success, from an installed route: {"error": reason, **extra}.
+
+    ``extra`` must be JSON as it stands (a time as ISO 8601 text).
+    """
+
+    def __init__(self, status: int, reason: str, **extra: Any) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.extra = extra
+
+
+@dataclass(frozen=True, slots=True)
+class RouteContext:
+    """What a ``RouteInstaller`` gets besides the app."""
+
+    #: A pooled connection (autocommit) for one request: ``with connection() as conn: ...``.
+    connection: Callable[[], AbstractContextManager[psycopg.Connection]]
+    #: The dependency that authenticates the bearer token (401 without a valid one).
+    caller: Callable[..., Awaitable[Caller]]
+
+
+#: Adds endpoints to the app; their errors are ``ApiError``.
+RouteInstaller = Callable[[FastAPI, RouteContext], None]
+
+
 def create_app(
     database_url: str,
     catalog: Catalog,
@@ -68,8 +100,9 @@ def create_app(
     pool_size: int = 8,
     escalate_every_s: float = 60.0,
     registry: CollectorRegistry | None = None,
+    routes: Sequence[RouteInstaller] = (),
 ) -> FastAPI:
-    """The API over a connection pool to ``database_url``.
+    """The API over a connection pool to ``database_url``, with the endpoints of ``routes``.
 
     While it runs it also escalates overdue cases every ``escalate_every_s`` and serves
     Prometheus metrics at /metrics.
@@ -133,6 +166,8 @@ def create_app(
     _install_error_handlers(app)
 
     _install_routes(app, case_service, caller, tuple(c.code for c in catalog.category))
+    for install in routes:
+        install(app, RouteContext(pool.connection, caller))
     return app
 
 
@@ -236,9 +271,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _by_status(_r: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, _Unauthorized):
             return _error(401, "a valid bearer token is required (cityops units token UNIT)")
+        if isinstance(exc, ApiError):
+            return _error(exc.status, exc.reason, **exc.extra)
         return _error(statuses[type(exc)], str(exc))
 
-    handled: list[type[Exception]] = [_Unauthorized, *statuses]
+    handled: list[type[Exception]] = [_Unauthorized, ApiError, *statuses]
     for error_type in handled:
         app.add_exception_handler(error_type, _by_status)
 

@@ -214,7 +214,7 @@ def api(
         int | None, typer.Option(min=1, max=64, help="Server processes (cases.api_workers).")
     ] = None,
 ) -> None:
-    """Serve the case API (OpenAPI at /docs) for units, offices and operators."""
+    """Serve the API for units, offices and operators: cases, covers, detections (/docs)."""
     if config is not None:
         os.environ["CITYOPS_CONFIG"] = str(config)  # the worker processes read it too
     serve(settings_from(config), host, port, workers)

@@ -12,6 +12,14 @@ import typer
 
 from cityops.casescli import catalog_of
 from cityops.terminal import ConfigOption, fail, out, settings_from, stop_on_signals
+from scenes.detections import (
+    KINDS,
+    AlreadyAcknowledgedError,
+    Detection,
+    DetectionNotFoundError,
+    acknowledge,
+    list_detections,
+)
 from scenes.dictionary import covers_summary
 from scenes.engine import PartitionResult, run_once
 from scenes.score import TruthError, read_truth, score, stored_detections
@@ -25,7 +33,8 @@ covers_app = typer.Typer(
     no_args_is_help=True,
 )
 scenes_app = typer.Typer(
-    help="Scenes: telemetry into detections and cases (manhole covers and device health so far).",
+    help="Scenes: telemetry into detections and cases (manhole covers and device health so far); "
+    "the detections listed and acknowledged.",
     no_args_is_help=True,
 )
 
@@ -118,6 +127,99 @@ def _ratio(value: float | None) -> str:
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} s"
+
+
+@scenes_app.command("detections")
+def detections_command(
+    *,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Cleared detections too, not only the active ones.")
+    ] = False,
+    district: Annotated[
+        str | None, typer.Option(help="Only this district ('' for devices outside any).")
+    ] = None,
+    kind: Annotated[str | None, typer.Option(help=f"Only this kind: {', '.join(KINDS)}.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 100,
+    output: FormatOption = "table",
+    config: ConfigOption = None,
+) -> None:
+    """List the active detections (all with --all), with their case and acknowledgement.
+
+    The most recently begun first.
+    """
+    if kind is not None and kind not in KINDS:
+        fail(f"no detection kind {kind!r}: use one of {', '.join(KINDS)}")
+    settings = settings_from(config)
+    with db.connect(settings.database) as conn:
+        rows = list_detections(
+            conn, active_only=not everything, district=district, kind=kind, limit=limit
+        )
+    if output == "json":
+        out.print_json(json.dumps([asdict(d) for d in rows], default=_iso))
+        return
+    out.print(
+        f"{'id':>8} {'kind':16} {'subject':20} {'district':8} {'severity':8} {'first seen':16} "
+        f"{'cleared':16} {'case':>8}  acknowledged",
+        highlight=False,
+    )
+    for d in rows:
+        out.print(
+            f"{d.detection_id:>8} {d.kind:16} {d.subject:20} {d.district or '-':8} "
+            f"{d.severity:8} {_minute(d.first_seen):16} {_minute(d.cleared_at) or 'active':16} "
+            f"{d.case_id or '-':>8}  {_acknowledgement(d)}",
+            highlight=False,
+        )
+
+
+def _iso(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
+def _minute(at: datetime | None) -> str:
+    return "" if at is None else f"{at:%Y-%m-%d %H:%M}"
+
+
+def _acknowledgement(d: Detection) -> str:
+    if d.acknowledged_at is None:
+        return "-"
+    note = f": {d.acknowledged_note}" if d.acknowledged_note else ""
+    return f"{d.acknowledged_by} {_minute(d.acknowledged_at)}{note}"
+
+
+@scenes_app.command("ack")
+def ack_command(
+    detection_id: Annotated[
+        int, typer.Argument(help="The detection's id (`cityops scenes detections` lists them).")
+    ],
+    *,
+    by: Annotated[str, typer.Option("--by", help="Who acknowledges (recorded with it).")],
+    note: Annotated[str | None, typer.Option(help="What was seen or done.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Acknowledge a detection: record who has seen it, when, and a note.
+
+    It stays active until its scene clears it, and its case is left as it is. Acknowledging
+    again with the same --by changes nothing; one acknowledged by someone else is refused.
+    """
+    settings = settings_from(config)
+    try:
+        with db.connect(settings.database, autocommit=True) as conn:
+            done = acknowledge(conn, detection_id, by, note)
+    except ValueError:
+        fail("--by is empty: name who acknowledges the detection")
+    except DetectionNotFoundError as exc:
+        fail(f"{exc}: `cityops scenes detections --all` lists the detections and their ids")
+    except AlreadyAcknowledgedError as exc:
+        case = exc.detection.case_id
+        more = f"`cityops cases comment {case} --note TEXT`" if case else "its case"
+        fail(f"{exc}, which stands; to add to it, comment on its case: {more}")
+    out.print(
+        f"detection {done.detection_id} ({done.kind} on {done.subject}): acknowledged "
+        f"by {done.acknowledged_by} at {_minute(done.acknowledged_at)}",
+        highlight=False,
+    )
 
 
 @covers_app.command("summary")

@@ -13,6 +13,7 @@ config/mosquitto/cityops.conf (the settings the guarantees need), else the local
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import random
@@ -38,9 +39,11 @@ from cityops.services import broker_service, database_service, is_listening, sta
 from cityops.settings import Settings
 from devices.codes import CodeScheme
 from devices.registry import import_bundle
+from ingest.decode import DecodeLimits, Decoder
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
 from ingest.worker import IngestWorker
+from ingest.writer import BatchWriter, Message
 from simulator.city import City, CitySpec, generate, write_bundle
 from store import db
 from store.settings import DatabaseSettings
@@ -503,3 +506,40 @@ def running_scenes(
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 assert process.wait(timeout=30) == 0, log.read_text()
+
+
+def store_tilts(database_url: str, device_id: str, rows: list[tuple[float, float]]) -> None:
+    """Store (epoch seconds, tilt) readings of one cover's sensor as ingest does, in one batch.
+
+    No broker: each message is decoded against the registry and written, change feed included,
+    by ingest's own ``BatchWriter``, as if received at its own time; the batch is committed.
+    Returns once a scenes run can read it: when every transaction older than the batch's has
+    ended (the feed's horizon is the whole server's, so a test session of another database
+    can hold it back for a moment).
+    """
+    limits = DecodeLimits.of(IngestSettings())
+    decoder = Decoder(limits=limits, device_type_of={device_id: "manhole"}.get)
+    topic = f"cityops/v1/manhole/{device_id}/event"
+    with psycopg.connect(database_url) as conn:
+        writer = BatchWriter(
+            conn, raw_max_bytes=limits.max_payload_bytes, last_seen_resolution_s=10.0
+        )
+        batch = []
+        for n, (t, tilt) in enumerate(rows):
+            payload = json.dumps({"ts": int(t * 1000), "tilt_deg": tilt}).encode()
+            received_us = int(t * 1e6)
+            decoded = decoder.decode_message(topic, payload, received_us)
+            batch.append(Message(n + 1, 0, topic, payload, received_us, decoded))
+        result = writer.write(batch)
+        conn.commit()
+    assert result.inserted["manhole"] == len(rows), result
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        (xact,) = conn.execute(
+            "select max(xact) from reading_batches where %s = any(device_ids)", (device_id,)
+        ).fetchone()
+        wait_for(
+            lambda: conn.execute(
+                "select pg_snapshot_xmin(pg_current_snapshot()) > %s::xid8", (xact,)
+            ).fetchone()[0],
+            what="every transaction older than the batch to end (the scenes' horizon)",
+        )

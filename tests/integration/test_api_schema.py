@@ -1,4 +1,5 @@
-"""The case API against its own OpenAPI document, fuzzed by schemathesis as each of three roles.
+"""The API (cases, the cover dictionary, detections) against its own OpenAPI document, fuzzed by
+schemathesis as each of three roles.
 
 Every answer must be one the document declares (status, content type, body), none may be a
 server error, and what the document admits must not be refused by the API's request validation.
@@ -26,10 +27,13 @@ from schemathesis.checks import (
 )
 
 from cases.access import Role, create_token
-from cases.api import create_app
 from cases.service import CaseService, Report
+from cityops.api import build_app
+from scenes.detections import acknowledge
+from scenes.engine import run_once
+from scenes.settings import ScenesSettings
 from simulator.city import City
-from tests.plugin import CATALOG
+from tests.plugin import CATALOG, store_tilts
 
 #: A caller of each role, by role.
 CALLERS: dict[Role, str] = {
@@ -67,19 +71,39 @@ CHECKS = [
 
 @pytest.fixture
 def app(database_url: str, city: City) -> Iterator[FastAPI]:
-    """The API with its pool open (a test client runs its lifespan), in a city with units."""
-    app = create_app(database_url, CATALOG)
+    """The API as served, with its pool open (a test client runs its lifespan), in a city."""
+    app = build_app(database_url, CATALOG)
     with TestClient(app):
         yield app
 
 
-def fuzzed_requests(
-    schema: schemathesis.BaseSchema, mode: GenerationMode, conn: psycopg.Connection, city: City
-) -> SearchStrategy[schemathesis.Case]:
-    """Requests from the document, and as many on a real case and component of the city.
+T0_S = 1_767_100_000  # when the displaced cover's readings are from
 
-    Case ids and component codes drawn at random name nothing, so without these the answers
-    of a case that exists (and a report that is taken) would go unchecked.
+
+def displaced(database_url: str, code: str) -> int:
+    """The detection of a cover displaced since T0 + 600 s (its case on its owner's desk)."""
+    device = f"mh-{code}"
+    store_tilts(database_url, device, [(T0_S, 2.0), (T0_S + 600, 27.0)])
+    with psycopg.connect(database_url) as conn:
+        run_once(conn, ScenesSettings(), CATALOG, now=T0_S + 1800)
+        row = conn.execute(
+            "select detection_id from detections where device_id = %s", (device,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def fuzzed_requests(
+    schema: schemathesis.BaseSchema,
+    mode: GenerationMode,
+    conn: psycopg.Connection,
+    database_url: str,
+    city: City,
+) -> SearchStrategy[schemathesis.Case]:
+    """Requests from the document, and as many on a real case, component and detection.
+
+    Ids and component codes drawn at random name nothing, so without these the answers of a
+    case, component or detection that exists (and a report that is taken) would go unchecked.
     """
     sewers = [a["code"] for a in city.assets if a["category"] == "sewage"]
     sensed = Report("cover_damaged", "sensor", asset_code=sewers[0])
@@ -87,6 +111,14 @@ def fuzzed_requests(
     strategy = schema.as_strategy(generation_mode=mode)
     strategy |= schema["/cases/{case_id}"]["GET"].as_strategy(mode, path_parameters=real)
     strategy |= schema["/cases/{case_id}/{action}"]["POST"].as_strategy(mode, path_parameters=real)
+    cover = {"code": sewers[2]}  # d0-drainage's, displaced: its case is d0-drainage's too
+    strategy |= schema["/assets/{code}"]["GET"].as_strategy(mode, path_parameters=cover)
+    taken = displaced(database_url, sewers[3])
+    acknowledge(conn, taken, "night-shift")  # every caller's acknowledgement of it is refused
+    for detection_id in (displaced(database_url, sewers[2]), taken):
+        strategy |= schema["/detections/{detection_id}/acknowledge"]["POST"].as_strategy(
+            mode, path_parameters={"detection_id": detection_id}
+        )
     if mode is GenerationMode.POSITIVE:  # a fixed body leaves nothing to make invalid
         report = {"category": "litter", "asset_code": sewers[1], "source": "inspector"}
         strategy |= schema["/cases"]["POST"].as_strategy(mode, body=report)
@@ -96,12 +128,17 @@ def fuzzed_requests(
 @pytest.mark.parametrize("mode", list(GenerationMode))
 @pytest.mark.parametrize("role", CALLERS)
 def test_every_answer_is_documented_and_none_is_a_server_error(
-    app: FastAPI, conn: psycopg.Connection, city: City, role: Role, mode: GenerationMode
+    app: FastAPI,
+    conn: psycopg.Connection,
+    database_url: str,
+    city: City,
+    role: Role,
+    mode: GenerationMode,
 ) -> None:
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     bearer = {"Authorization": f"Bearer {create_token(conn, CALLERS[role], role)}"}
 
-    @given(case=fuzzed_requests(schema, mode, conn, city))
+    @given(case=fuzzed_requests(schema, mode, conn, database_url, city))
     @settings(max_examples=50, deadline=None)
     def call(case: schemathesis.Case) -> None:
         case.call_and_validate(headers=bearer, checks=CHECKS)

@@ -66,6 +66,8 @@ def test_no_command_shows_a_password_from_its_urls(env: dict[str, str], tmp_path
         (("cases", "list"), 0),
         (("cases", "escalate"), 0),
         (("cases", "evaluate", "--month", "2026-11"), 0),
+        (("scenes", "detections", "--all"), 0),
+        (("scenes", "ack", "999999999999", "--by", "night-shift"), 2),
         (("units", "token", "no-such-unit"), 2),
         (("contract",), 0),
     ]

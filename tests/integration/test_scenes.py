@@ -302,7 +302,8 @@ def test_a_partition_held_elsewhere_is_skipped_and_taken_once_its_holder_dies(
 def lock_free(conn: psycopg.Connection, district: str) -> bool:
     row = conn.execute(
         "select count(*) from pg_locks where locktype = 'advisory' and granted "
-        "and ((classid::bigint << 32) | objid::bigint) = %s",
+        "and ((classid::bigint << 32) | objid::bigint) = %s "
+        "and database = (select oid from pg_database where datname = current_database())",
         (lock_key("covers", district),),
     ).fetchone()
     return row == (0,)

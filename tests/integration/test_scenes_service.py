@@ -156,7 +156,8 @@ def publisher_backend(conn: psycopg.Connection) -> int | None:
     """The backend pid holding the publisher lock, if any."""
     row = conn.execute(
         "select pid from pg_locks where locktype = 'advisory' and granted "
-        "and ((classid::bigint << 32) | objid::bigint) = %s",
+        "and ((classid::bigint << 32) | objid::bigint) = %s "
+        "and database = (select oid from pg_database where datname = current_database())",
         (PUBLISHER_LOCK,),
     ).fetchone()
     return row[0] if row else None
