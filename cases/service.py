@@ -207,6 +207,18 @@ class CaseService:
             return Receipt(report_id)
         return Receipt(report_id, int(case["case_id"]), created)
 
+    def join(self, case_id: int, report: Report, caller: Caller = OPERATOR) -> int:
+        """Add ``report`` to an open case it was not filed under; return its event id.
+
+        Another finding on a subject whose case a crew is working (a displaced cover now reads
+        open) joins that case. IllegalActionError once the case is finished.
+        """
+        with self._conn.transaction():
+            _, report_id = self._record(
+                case_id, Action.REPORT, caller.unit_id, note=report.description
+            )
+        return report_id
+
     def _open(
         self, report: Report, category: Category, actor: str
     ) -> tuple[dict[str, Any], bool, int]:

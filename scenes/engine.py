@@ -26,7 +26,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from cases.access import Caller
-from cases.catalog import Catalog
+from cases.catalog import Catalog, Category
 from cases.lifecycle import Action
 from cases.service import CaseError, CaseService, Report
 from redaction import error_line
@@ -532,19 +532,25 @@ def _record(
     detection_id, case_id = row
     if case_id is not None:
         return detection_id, 0
+    # cases are on the component (the sensor's own when it has none), whoever's they are
+    on_site = _case_on_site(conn, catalog, asset_code or device_id, category)
+    service = CaseService(conn, catalog)
+    report = Report(
+        category=category.code,
+        source="sensor",
+        asset_code=asset_code,
+        device_id=None if asset_code else device_id,
+        description=f"{episode.kind} detected by scene {scene.name} (detection {detection_id})",
+    )
     try:
-        receipt = CaseService(conn, catalog).report(
-            Report(
-                category=category.code,
-                source="sensor",
-                asset_code=asset_code,
-                device_id=None if asset_code else device_id,
-                description=(
-                    f"{episode.kind} detected by scene {scene.name} (detection {detection_id})"
-                ),
-            )
-        )
-    except CaseError as exc:  # unroutable, or contended: the detection stays, without a case
+        if on_site is not None:
+            service.join(on_site, report)
+            case_id, opened = on_site, 0
+        else:
+            receipt = service.report(report)
+            assert receipt.case_id is not None  # the operator sees every case
+            case_id, opened = receipt.case_id, 1 if receipt.created else 0
+    except CaseError as exc:  # unroutable, contended, finished: the detection stays, caseless
         logger.warning(
             "detection %d (%s on %s) has no case yet: %s",
             detection_id,
@@ -554,10 +560,31 @@ def _record(
         )
         return detection_id, 0
     conn.execute(
-        "update detections set case_id = %s where detection_id = %s",
-        (receipt.case_id, detection_id),
+        "update detections set case_id = %s where detection_id = %s", (case_id, detection_id)
     )
-    return detection_id, 1 if receipt.created else 0
+    return detection_id, opened
+
+
+def _case_on_site(
+    conn: psycopg.Connection, catalog: Catalog, subject: str, category: Category
+) -> int | None:
+    """A case on ``subject`` a crew is working (dispatched or accepted) for the same party.
+
+    A detection of another kind on it (the displaced cover now reads open) joins that case: the
+    crew is on site. A category of another party (the sensor's maintainer, not the cover's
+    owner) gets a case of its own.
+    """
+    rows = conn.execute(
+        "select case_id, category from cases where subject = %s "
+        "and state in ('dispatched', 'accepted') order by case_id",
+        (subject,),
+    ).fetchall()
+    known = {c.code: c for c in catalog.category}
+    for case_id, code in rows:
+        other = known.get(code)
+        if other is not None and other.responsible == category.responsible:
+            return int(case_id)
+    return None
 
 
 def _keep_deadline(

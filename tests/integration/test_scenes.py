@@ -343,6 +343,39 @@ def test_a_disposed_cover_case_closes_itself_once_the_sensor_reads_normal_long_e
     assert (last.action, last.actor) == ("verify", "scene:covers")
 
 
+def test_a_detection_on_a_cover_whose_case_a_crew_is_working_joins_that_case(
+    conn, database_url, city, make_settings, start_worker, publisher: Publisher
+) -> None:
+    (cover,) = covers_of(conn, city, 1)
+    device, code = cover["device_id"], cover["asset_code"]
+    start_worker(make_settings())
+    send_tilts(publisher, device, [(0, 2), (600, 27)])
+    wait_for(lambda: stored_count(conn, device) == 2, what="the readings stored")
+    with psycopg.connect(database_url) as scenes_conn:
+        run_once(scenes_conn, ScenesSettings(), CATALOG, now=T0_S + 900)
+        ((case_id,),) = conn.execute(
+            "select case_id from detections where device_id = %s", (device,)
+        ).fetchall()
+        CaseService(conn, CATALOG).act(case_id, Action.ACCEPT, Caller(cover["owner"], "unit"))
+        # the crew on site lifts the displaced cover: it reads open
+        publisher.publish(
+            f"cityops/v1/manhole/{device}/event",
+            json.dumps({"ts": (T0_S + 1200) * 1000, "tilt_deg": 95.0, "cover_open": True}),
+        )
+        wait_for(lambda: stored_count(conn, device) == 3, what="the open reading stored")
+        run_once(scenes_conn, ScenesSettings(), CATALOG, now=T0_S + 1500)
+    assert conn.execute(
+        "select kind, case_id from detections where device_id = %s order by first_seen",
+        (device,),
+    ).fetchall() == [("cover_displaced", case_id), ("cover_open", case_id)]
+    assert conn.execute("select count(*) from cases where subject = %s", (code,)).fetchone() == (1,)
+    notes = conn.execute(
+        "select note from case_events where case_id = %s and action = 'report'", (case_id,)
+    ).fetchall()
+    assert len(notes) == 1
+    assert "cover_open detected" in notes[0][0]
+
+
 def stored_count(conn: psycopg.Connection, device_id: str) -> int:
     row = conn.execute(
         "select count(*) from manhole_readings where device_id = %s", (device_id,)
