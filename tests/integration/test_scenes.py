@@ -25,7 +25,14 @@ from scenes.settings import ScenesSettings
 from simulator.fleet import RunOptions, simulate
 from simulator.publish import PublishOptions, publish
 from simulator.scenario import Scenario
-from tests.plugin import CATALOG, Publisher, running_scenes, scenes_listening, wait_for
+from tests.plugin import (
+    CATALOG,
+    Publisher,
+    register,
+    running_scenes,
+    scenes_listening,
+    wait_for,
+)
 
 T0_S = 1_764_000_000  # 2025-11-24T16:00:00Z
 
@@ -472,6 +479,47 @@ def test_late_readings_rewrite_an_offline_spell_without_a_second_active_detectio
         wait_for(lambda: stored_count(conn, device) == 5, what="the device back")
         run_once(scenes_conn, ScenesSettings(), CATALOG, now=T0_S + 20000)
         assert conn.execute(offline, (T0_S, T0_S, device)).fetchall() == [(7200, 19000)]
+
+
+def test_a_gateway_backlog_across_two_partitions_is_judged_once_in_each(
+    conn, database_url, city, make_settings, start_worker, publisher: Publisher, tag
+) -> None:
+    (in_d0,) = covers_of(conn, city, 1)
+    nowhere = f"{tag}-mh-nowhere"  # no component, no region: the partition of no district
+    register(conn, {nowhere: "manhole", f"{tag}-gw": "gateway"})
+    devices = [in_d0["device_id"], nowhere]
+    start_worker(make_settings())
+    for device in devices:
+        send_tilts(publisher, device, [(0, 2)])
+    wait_for(lambda: all(stored_count(conn, d) == 1 for d in devices), what="the first readings")
+    offline = (
+        "select device_id, extract(epoch from first_seen)::bigint - %s, cleared_at, "
+        "detection_id, updated_at from detections "
+        "where device_id = any(%s) and kind = 'sensor_offline' order by device_id, first_seen"
+    )
+    with psycopg.connect(database_url) as scenes_conn:
+        run_once(scenes_conn, ScenesSettings(), CATALOG, now=T0_S + 9000)
+        before = conn.execute(offline, (T0_S, devices)).fetchall()
+        assert [row[:3] for row in before] == sorted((d, 5400, None) for d in devices)
+        # the gateway comes back with its backlog: both covers at 600-1800 s, in one message
+        backlog = [
+            {"device_id": d, "ts": (T0_S + t) * 1000, "values": {"tilt_deg": 2.0}}
+            for t in (600, 1200, 1800)
+            for d in devices
+        ]
+        publisher.publish(f"cityops/v1/gateway/{tag}-gw/batch", json.dumps(backlog))
+        wait_for(lambda: all(stored_count(conn, d) == 4 for d in devices), what="the backlog")
+        ran = run_once(scenes_conn, ScenesSettings(), CATALOG, now=T0_S + 9000)
+        judged = {(r.scene, r.district): r.devices for r in ran if r.scene == "health"}
+        assert judged["health", "d0"] >= 1
+        assert judged["health", ""] >= 1
+        after = conn.execute(offline, (T0_S, devices)).fetchall()
+        # each spell starts later now, silent since 1,800 s: the same detection, still active
+        assert [row[:3] for row in after] == sorted((d, 7200, None) for d in devices)
+        assert [row[3] for row in after] == [row[3] for row in before]
+        # judged once: another run finds nothing to change
+        run_once(scenes_conn, ScenesSettings(), CATALOG, now=T0_S + 9000)
+        assert conn.execute(offline, (T0_S, devices)).fetchall() == after
 
 
 def test_alarms_milliseconds_apart_and_redelivered_make_one_detection_and_one_case(
