@@ -11,6 +11,7 @@ Only the manhole-cover scene runs here so far.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
@@ -32,8 +33,7 @@ from cases.service import CaseError, CaseService, Report
 from redaction import error_line
 from scenes import covers, health
 from scenes.episodes import Episode, Judgement
-from scenes.settings import ScenesSettings
-from sections import Section
+from scenes.settings import ScenesSettings, Tunable
 
 _READINGS: Final = ("manhole_readings", "light_readings", "sweeper_readings", "device_status")
 #: Advisory lock keys of partitions: this in the high 32 bits, the partition's crc32 below.
@@ -50,6 +50,7 @@ class Device(NamedTuple):
 
     type: str
     asset_code: str | None
+    limits: Any  # the scene's thresholds in force for its component (a ``Tunable``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,15 +158,17 @@ def _run(
     with conn.transaction():
         horizon, watermark = _feed_window(conn, scene.name, district)
         touched = conn.execute(
-            "select dd.device_id, dd.type, dd.asset_code, min(b.min_ts) from reading_batches b "
-            "cross join unnest(b.device_ids) as t(device_id) "
+            "with due as (select dd.device_id, dd.type, dd.asset_code, min(b.min_ts) as since "
+            "from reading_batches b cross join unnest(b.device_ids) as t(device_id) "
             "join device_districts dd on dd.device_id = t.device_id "
             "where b.readings = any(%s) and b.xact >= %s and b.xact < %s "
             "and dd.district = %s and dd.type = any(%s) group by 1, 2, 3 "
             "union all "
             "select s.device_id, dd.type, dd.asset_code, s.due_at from scene_deadlines s "
             "join device_districts dd on dd.device_id = s.device_id "
-            "where s.scene = %s and s.due_at <= %s and dd.district = %s",
+            "where s.scene = %s and s.due_at <= %s and dd.district = %s) "
+            "select due.device_id, due.type, due.asset_code, a.major || a.minor, due.since "
+            "from due left join assets a on a.code = due.asset_code",
             (
                 list(scene.readings),
                 watermark,
@@ -179,9 +182,10 @@ def _run(
         ).fetchall()
         since: dict[str, datetime] = {}
         known: dict[str, Device] = {}
-        for device_id, device_type, asset_code, first_ts in touched:
+        limits_of = functools.cache(scene.thresholds(settings).for_component)
+        for device_id, device_type, asset_code, category, first_ts in touched:
             since[device_id] = min(first_ts, since.get(device_id, first_ts))
-            known[device_id] = Device(device_type, asset_code)
+            known[device_id] = Device(device_type, asset_code, limits_of(category, asset_code))
         _reach_back(conn, scene, since, settings.lookback_s)
         detections = cases_opened = 0
         for device_id, judgement in scene.judge_all(conn, since, known, settings, now):
@@ -193,9 +197,8 @@ def _run(
                     scene=scene,
                     district=district,
                     device_id=device_id,
-                    asset_code=known[device_id].asset_code,
+                    device=known[device_id],
                     episode=episode,
-                    thresholds=scene.thresholds(settings),
                 )
                 kept.append(detection_id)
                 detections += 1
@@ -312,31 +315,36 @@ def _feed_window(conn: psycopg.Connection, scene: str, district: str) -> tuple[A
 def _judge_covers(
     conn: psycopg.Connection,
     since: dict[str, datetime],
-    _known: dict[str, Device],
+    known: dict[str, Device],
     settings: ScenesSettings,
     now: float,
 ) -> Iterator[tuple[str, Judgement]]:
     """Each cover's readings from its last entirely normal one at or before its window."""
-    limits = settings.covers
     devices = sorted(since)
     starts = [since[d].timestamp() - settings.lookback_s for d in devices]
     rows = conn.execute(
-        "with w as (select * from unnest(%s::text[], %s::float8[]) as w(device_id, start_s)), "
+        "with w as (select * from unnest(%s::text[], %s::float8[], %s::float8[], %s::float8[]) "
+        "as w(device_id, start_s, tilt_deg, water_cm)), "
         "f as (select w.device_id, coalesce((select max(r.ts) from manhole_readings r "
         "  where r.device_id = w.device_id and r.ts <= to_timestamp(w.start_s) "
-        "  and coalesce(r.tilt_deg, 0) <= %s and not coalesce(r.cover_open, false) "
-        "  and coalesce(r.water_level_cm, 0) <= %s), '-infinity') as start_ts from w) "
+        "  and coalesce(r.tilt_deg, 0) <= w.tilt_deg and not coalesce(r.cover_open, false) "
+        "  and coalesce(r.water_level_cm, 0) <= w.water_cm), '-infinity') as start_ts from w) "
         "select r.device_id, extract(epoch from r.ts)::float8, r.tilt_deg, "
         "r.cover_open::int::float8, r.water_level_cm "
         "from f join manhole_readings r on r.device_id = f.device_id and r.ts >= f.start_ts "
         "order by r.device_id, r.ts",
-        (devices, starts, limits.tilt_deg, limits.water_cm),
+        (
+            devices,
+            starts,
+            [known[d].limits.tilt_deg for d in devices],
+            [known[d].limits.water_cm for d in devices],
+        ),
     ).fetchall()
     judged = set()
     for device_id, block in _blocks(rows):
         readings = covers.CoverReadings(block[:, 0], block[:, 1], block[:, 2], block[:, 3])
         judged.add(device_id)
-        yield device_id, covers.judge(readings, limits, now)
+        yield device_id, covers.judge(readings, known[device_id].limits, now)
     for device_id in sorted(set(devices) - judged):  # its readings are past retention
         yield device_id, Judgement()
 
@@ -373,7 +381,9 @@ def _judge_health(
     ).fetchall()
     devices_left = set(devices)
     # the batches from a flooding window before each start: a window's count is whole from it
-    batch_starts = [start - settings.health.flood_window_s for start in starts]
+    batch_starts = [
+        start - known[d].limits.flood_window_s for d, start in zip(devices, starts, strict=True)
+    ]
     feed = dict(
         _blocks(
             conn.execute(
@@ -402,7 +412,7 @@ def _judge_health(
             health.judge(
                 health.DeviceMessages(known[device_id].type, block[:, 0], block[:, 1]),
                 health.DeviceBatches(batches[:, 0], batches[:, 1], batches[:, 2]),
-                settings.health,
+                known[device_id].limits,
                 now,
             ),
         )
@@ -436,7 +446,7 @@ class Scene:
         [psycopg.Connection, dict[str, datetime], dict[str, Device], ScenesSettings, float],
         Iterator[tuple[str, Judgement]],
     ]
-    thresholds: Callable[[ScenesSettings], Section]
+    thresholds: Callable[[ScenesSettings], Tunable]
     subject_is_device: bool  # detections are the device's (else its component's)
 
 
@@ -478,9 +488,8 @@ def _record(
     scene: Scene,
     district: str,
     device_id: str,
-    asset_code: str | None,
+    device: Device,
     episode: Episode,
-    thresholds: Section,
 ) -> tuple[int, int]:
     """Upsert the episode's detection; open its case when it has none.
 
@@ -490,6 +499,7 @@ def _record(
     detection's id and the cases opened (0 or 1).
     """
     category = catalog.get(scene.category_of[episode.kind])
+    asset_code = device.asset_code
     values = {
         "scene": scene.name,
         "kind": episode.kind,
@@ -503,7 +513,11 @@ def _record(
         "cleared": None if episode.cleared_at is None else _at(episode.cleared_at),
         "count": episode.count,
         "evidence": Jsonb(
-            {"peak": episode.peak, "readings": episode.count, "thresholds": thresholds.model_dump()}
+            {
+                "peak": episode.peak,
+                "readings": episode.count,
+                "thresholds": device.limits.in_force(),
+            }
         ),
     }
     row = conn.execute(

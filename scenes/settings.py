@@ -2,12 +2,69 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any, Self
+
+from pydantic import Field, ValidationError, model_validator
 
 from sections import Section
 
+_WHERE = frozenset({"categories", "assets"})
 
-class CoverThresholds(Section):
+
+class Tunable(Section):
+    """Thresholds that a component category or a single component may set otherwise.
+
+    ``categories`` by component category (major + minor code: "0103" storm water), ``assets`` by
+    component code; a component's own settings win over its category's, which win over the
+    defaults. Each override is checked as the whole section would be.
+    """
+
+    categories: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='Thresholds that differ by component category ("0103": storm water).',
+    )
+    assets: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Thresholds that differ for one component (by its code), over its category's.",
+    )
+
+    @model_validator(mode="after")
+    def _overrides_are_thresholds(self) -> Self:
+        known = set(type(self).model_fields) - _WHERE
+        for where in sorted(_WHERE):
+            for key, changes in getattr(self, where).items():
+                unknown = sorted(set(changes) - known)
+                if unknown:
+                    msg = (
+                        f"{where}.{key}: {', '.join(unknown)}: not a threshold here; "
+                        f"known: {', '.join(sorted(known))}"
+                    )
+                    raise ValueError(msg)
+                try:
+                    self._with(changes)
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    msg = f"{where}.{key}.{first['loc'][0]}: {first['msg']}"
+                    raise ValueError(msg) from None
+        return self
+
+    def for_component(self, category: str | None, asset_code: str | None) -> Self:
+        """The thresholds in force for a component (both None: a device without one)."""
+        changes = {
+            **self.categories.get(category or "", {}),
+            **self.assets.get(asset_code or "", {}),
+        }
+        return self._with(changes) if changes else self
+
+    def in_force(self) -> dict[str, Any]:
+        """The thresholds themselves, without the overrides (a detection's evidence)."""
+        return self.model_dump(exclude=set(_WHERE))
+
+    def _with(self, changes: dict[str, Any]) -> Self:
+        return type(self).model_validate({**self.in_force(), **changes})
+
+
+class CoverThresholds(Tunable):
     """When a manhole cover's readings become a detection (DOMAIN.md, manhole-cover sensors)."""
 
     tilt_deg: float = Field(
@@ -34,7 +91,7 @@ class CoverThresholds(Section):
     )
 
 
-class HealthThresholds(Section):
+class HealthThresholds(Tunable):
     """When a device's own state becomes a detection, for every device type."""
 
     interval_s: dict[str, float] = Field(

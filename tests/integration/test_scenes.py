@@ -21,7 +21,7 @@ from cityops.cli import app
 from scenes.dictionary import cover_state, covers_summary
 from scenes.engine import lock_key, run_once
 from scenes.score import Interval, score, stored_detections
-from scenes.settings import ScenesSettings
+from scenes.settings import CoverThresholds, ScenesSettings
 from simulator.fleet import RunOptions, simulate
 from simulator.publish import PublishOptions, publish
 from simulator.scenario import Scenario
@@ -381,6 +381,29 @@ def test_a_detection_on_a_cover_whose_case_a_crew_is_working_joins_that_case(
     ).fetchall()
     assert len(notes) == 1
     assert "cover_open detected" in notes[0][0]
+
+
+def test_a_cover_whose_own_threshold_is_higher_is_judged_by_it(
+    conn, database_url, city, make_settings, start_worker, publisher: Publisher
+) -> None:
+    tolerant, strict = covers_of(conn, city, 2)
+    start_worker(make_settings())
+    for cover in (tolerant, strict):
+        send_tilts(publisher, cover["device_id"], [(0, 2), (600, 27), (1200, 2)])
+    devices = [tolerant["device_id"], strict["device_id"]]
+    wait_for(lambda: all(stored_count(conn, d) == 3 for d in devices), what="the readings")
+    # a cover on a slope, whose sensor reads 27 degrees when it sits well
+    settings = ScenesSettings(
+        covers=CoverThresholds(assets={tolerant["asset_code"]: {"tilt_deg": 30.0}})
+    )
+    with psycopg.connect(database_url) as scenes_conn:
+        run_once(scenes_conn, settings, CATALOG, now=T0_S + 1800)
+    found = conn.execute(
+        "select device_id, kind, evidence -> 'thresholds' ->> 'tilt_deg' from detections "
+        "where device_id = any(%s)",
+        (devices,),
+    ).fetchall()
+    assert found == [(strict["device_id"], "cover_displaced", "10.0")]
 
 
 def stored_count(conn: psycopg.Connection, device_id: str) -> int:

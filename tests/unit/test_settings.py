@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from cityops.cli import app
 from cityops.settings import Settings, SettingsError, load_settings
+from scenes.settings import CoverThresholds, HealthThresholds
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -148,3 +151,32 @@ def test_a_partition_of_the_topic_space_is_taken_from_the_environment(
     )
     settings = load_settings(ROOT / "config/cityops.toml")
     assert settings.mqtt.topic_filters == ("cityops/v1/light/#", "cityops/v1/+/+/status")
+
+
+def test_a_threshold_set_by_category_and_by_component_wins_in_that_order() -> None:
+    covers = CoverThresholds(
+        tilt_deg=10,
+        categories={"0103": {"tilt_deg": 20, "water_cm": 60}},
+        assets={"2101020103000001": {"tilt_deg": 30}},
+    )
+    storm = covers.for_component("0103", "2101020103000002")
+    assert (storm.tilt_deg, storm.water_cm, storm.sustain_s) == (20, 60, 5)
+    own = covers.for_component("0103", "2101020103000001")
+    assert (own.tilt_deg, own.water_cm) == (30, 60)
+    assert covers.for_component("0101", None) is covers  # nothing set otherwise
+    assert "categories" not in own.in_force()
+    assert own.in_force()["tilt_deg"] == 30
+
+
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        ({"tilt": 20}, "categories.0103: tilt: not a threshold here"),
+        ({"tilt_deg": 95}, "categories.0103.tilt_deg: Input should be less than 90"),
+    ],
+)
+def test_an_override_is_checked_as_the_section_is(override: dict, reason: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(reason)):
+        CoverThresholds(categories={"0103": override})
+    with pytest.raises(ValidationError, match="flood_min_readings"):
+        HealthThresholds(assets={"2101020103000001": {"flood_min_readings": 0}})
