@@ -55,8 +55,15 @@ def serve(
     catalog: Catalog,
     stop: threading.Event,
 ) -> None:
-    """Run the service until ``stop`` is set (by a signal handler, or the demo)."""
-    asyncio.run(_Service(database, mqtt, settings, catalog, stop).run())
+    """Run the service until ``stop`` is set (by a signal handler, or the demo).
+
+    A failure no task retries (not an outage: a schema that is missing, say) ends it, raised as
+    itself.
+    """
+    try:
+        asyncio.run(_Service(database, mqtt, settings, catalog, stop).run())
+    except ExceptionGroup as failed:  # the task group's: the first failure says why
+        raise failed.exceptions[0] from failed
 
 
 class _Service:

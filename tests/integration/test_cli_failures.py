@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.plugin import ROOT
+from tests.plugin import ROOT, create_database, drop_database
 
 PASSWORD = "pw-Zq7-never-shown"  # the secret the test looks for
 
@@ -124,6 +124,24 @@ def test_an_unreachable_service_ends_in_one_line_with_the_cause_and_exit_2(
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("error: ")
     assert expected in lines[0]
+    assert PASSWORD not in done.stderr
+
+
+def test_the_scenes_service_on_a_database_without_the_schema_says_to_migrate(
+    env: dict[str, str], server_url: str, tmp_path: Path
+) -> None:
+    empty = create_database(server_url)  # not migrated
+    try:
+        env = {**env, "CITYOPS_DATABASE_URL": with_password(empty, "postgres")}
+        done = cityops(env, "scenes", "run", cwd=tmp_path)
+    finally:
+        drop_database(server_url, empty)
+    assert done.returncode == 2, done.stderr
+    assert (
+        done.stderr.strip().splitlines()[-1].startswith("error: the schema is missing (relation ")
+    )
+    assert "run `cityops migrate` first" in done.stderr
+    assert "Traceback" not in done.stderr
     assert PASSWORD not in done.stderr
 
 
