@@ -158,26 +158,25 @@ def _run(
     with conn.transaction():
         horizon, watermark = _feed_window(conn, scene.name, district)
         touched = conn.execute(
-            "with due as (select dd.device_id, dd.type, dd.asset_code, min(b.min_ts) as since "
+            # the devices first, then their districts: the recursive view once, and after
+            # the feed's own filter whatever the planner knows of the feed
+            "with fed as materialized (select t.device_id, min(b.min_ts) as since "
             "from reading_batches b cross join unnest(b.device_ids) as t(device_id) "
-            "join device_districts dd on dd.device_id = t.device_id "
-            "where b.readings = any(%s) and b.xact >= %s and b.xact < %s "
-            "and dd.district = %s and dd.type = any(%s) group by 1, 2, 3 "
-            "union all "
-            "select s.device_id, dd.type, dd.asset_code, s.due_at from scene_deadlines s "
-            "join device_districts dd on dd.device_id = s.device_id "
-            "where s.scene = %s and s.due_at <= %s and dd.district = %s) "
-            "select due.device_id, due.type, due.asset_code, a.major || a.minor, due.since "
-            "from due left join assets a on a.code = due.asset_code",
+            "where b.readings = any(%s) and b.xact >= %s and b.xact < %s group by 1), "
+            "due as (select device_id, since from fed union all "
+            "select device_id, due_at from scene_deadlines where scene = %s and due_at <= %s) "
+            "select dd.device_id, dd.type, dd.asset_code, a.major || a.minor, due.since "
+            "from due join device_districts dd on dd.device_id = due.device_id "
+            "left join assets a on a.code = dd.asset_code "
+            "where dd.district = %s and dd.type = any(%s)",
             (
                 list(scene.readings),
                 watermark,
                 horizon,
-                district,
-                list(scene.device_types),
                 scene.name,
                 _at(now),
                 district,
+                list(scene.device_types),
             ),
         ).fetchall()
         since: dict[str, datetime] = {}
@@ -393,8 +392,7 @@ def _judge_health(
                 "t.sent::float8 from reading_batches b "
                 "cross join unnest(b.device_ids, b.skews_s, b.counts) t(device_id, skew_s, sent) "
                 "join w on w.device_id = t.device_id and b.max_ts >= to_timestamp(w.start_s) "
-                "where b.device_ids && %(devices)s and b.counts is not null "
-                "and b.max_ts >= to_timestamp(%(earliest)s) "
+                "where b.counts is not null and b.max_ts >= to_timestamp(%(earliest)s) "
                 "order by t.device_id, b.max_ts, b.batch_id",
                 {
                     "devices": devices,

@@ -8,6 +8,8 @@
 alter table reading_batches
     add column skews_s real[],
     add column counts integer[];
+-- device health reads the batches of a window in event time
+create index reading_batches_max_ts on reading_batches (max_ts);
 
 alter table detections
     add column acknowledged_by text,
