@@ -302,9 +302,11 @@ class _Receiver:
         shareable = self._is_v5 or self._config.mqtt.protocol == "3.1.1"
         topics = subscriptions(self._config.mqtt, is_shareable=shareable)
         if self._is_v5:
-            # no retained messages at subscribe: its session had each one live already, and the
-            # retained states cityops publishes itself (cityops/v1/out/...) are not data
-            options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+            # retained messages only at a new subscription: once it exists, its session had
+            # each one live already (cityops' own, on cityops/v1/out/..., are passed over)
+            options = SubscribeOptions(
+                qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
+            )
             client.subscribe([(topic, options) for topic in topics])
         else:
             client.subscribe([(topic, 1) for topic in topics])

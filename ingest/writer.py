@@ -17,14 +17,14 @@ Two kinds of database error, told apart by SQLSTATE class (``is_record_error``):
 
 from __future__ import annotations
 
-import itertools
+import bisect
 import logging
+import statistics
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
 import psycopg
 from psycopg import postgres, sql
 from psycopg.adapt import Dumper
@@ -126,12 +126,13 @@ def is_record_error(exc: Exception) -> bool:
 class ClockSample:
     """A flush's readings in arrival order, for each device's clock skew.
 
-    A device's clock is judged against the readings that arrived around its newest one: its
-    offset (reading time - receive time) minus the median offset of its block of ``BLOCK_ROWS``
-    readings in arrival order. A replayed or backfilled stream, or a gateway's backlog, moves its
-    neighbours with it; a device whose clock is off stands out. A block of one device's readings
-    only is no reference: its device gets no skew. Blocks are short, so that even a stream
-    replayed flat out (an hour of readings in a flush) spans seconds in each.
+    A device's clock is judged against the other devices' readings that arrived around its
+    newest one: its offset (reading time - receive time) minus the median offset of the other
+    devices in its block of ``BLOCK_ROWS`` readings in arrival order (each other device once, by
+    its median there; its own excluded). A replay, a gateway's backlog or a stream sent flat out
+    moves its neighbours with it; a device whose clock is off stands out. Blocks are short, so
+    that even a stream replayed flat out spans seconds in each. A block with fewer than
+    ``PEERS`` other devices is no reference: the device gets no skew.
     """
 
     ids: list[str] = field(default_factory=list)
@@ -139,6 +140,7 @@ class ClockSample:
     newest: dict[str, tuple[int, int]] = field(default_factory=dict)  # device: (index, time)
 
     BLOCK_ROWS: ClassVar[int] = 64
+    PEERS: ClassVar[int] = 2
 
     def add(self, device_id: str, ts_us: int, received_us: int) -> None:
         """Note a reading, the next to arrive."""
@@ -153,22 +155,30 @@ class ClockSample:
         return {device_id: ts_us for device_id, (_, ts_us) in self.newest.items()}
 
     def skews_s(self) -> dict[str, float]:
-        """Each device's newest reading's offset from its block's median (seconds), if any."""
-        if len(self.newest) < 2:
+        """Each device's newest reading's offset from its block's others (seconds), if any."""
+        if len(self.newest) <= self.PEERS:
             return {}
-        offsets = np.asarray(self.offsets_us, dtype=np.float64)
-        blocks = -(-len(offsets) // self.BLOCK_ROWS)
-        bounds = [len(offsets) * i // blocks for i in range(blocks + 1)]
-        reference = np.full(len(offsets), np.nan)
-        for start, stop in itertools.pairwise(bounds):
-            if len(set(self.ids[start:stop])) > 1:
-                reference[start:stop] = np.median(offsets[start:stop])
-        skews = offsets - reference
-        return {
-            device_id: float(skews[i]) / 1e6
-            for device_id, (i, _) in self.newest.items()
-            if not np.isnan(skews[i])
-        }
+        blocks = -(-len(self.ids) // self.BLOCK_ROWS)
+        bounds = [len(self.ids) * i // blocks for i in range(blocks + 1)]
+        judged: dict[int, list[str]] = {}  # block: the devices whose newest reading is in it
+        for device_id, (i, _) in self.newest.items():
+            judged.setdefault(bisect.bisect_right(bounds, i) - 1, []).append(device_id)
+        skews = {}
+        for block, devices in judged.items():
+            start, stop = bounds[block], bounds[block + 1]
+            per_device: dict[str, list[int]] = {}
+            for device_id, offset in zip(
+                self.ids[start:stop], self.offsets_us[start:stop], strict=True
+            ):
+                per_device.setdefault(device_id, []).append(offset)
+            # each other device once, however much it sent: a chatty one cannot set the clock
+            medians = {d: statistics.median(offsets) for d, offsets in per_device.items()}
+            for device_id in devices:
+                others = [m for d, m in medians.items() if d != device_id]
+                if len(others) >= self.PEERS:
+                    own = self.offsets_us[self.newest[device_id][0]]
+                    skews[device_id] = (own - statistics.median(others)) / 1e6
+        return skews
 
 
 class BatchWriter:
@@ -262,6 +272,7 @@ class BatchWriter:
         quarantine: list[tuple[Any, ...]] = []
         new_devices: dict[str, str] = {}
         clock = ClockSample()
+        sent: dict[ReadingKind, Counter[str]] = {}  # messages per device, duplicates included
         outcomes = result.messages
         for message in messages:
             decoded = message.decoded
@@ -270,6 +281,8 @@ class BatchWriter:
             for kind, row in decoded.rows:
                 rows.setdefault(kind, []).append(row)
                 clock.add(row[0], row[1], message.received_us)
+            for kind, device_id in {(kind, row[0]) for kind, row in decoded.rows}:
+                sent.setdefault(kind, Counter())[device_id] += 1
             if decoded.own:  # what cityops publishes itself: acknowledged, counted, not stored
                 outcomes[decoded.device_type, "ignored"] += 1
                 continue
@@ -291,7 +304,7 @@ class BatchWriter:
             inserted = self._copy_rows(kind, kind_rows)
             result.inserted[kind.name] += inserted
             result.duplicates[kind.name] += len(kind_rows) - inserted
-            self._record_batch(kind, kind_rows, skews, alarm=inserted > 0)
+            self._record_batch(kind, kind_rows, skews, sent[kind], alarm=inserted > 0)
         if quarantine:
             target = sql.SQL("quarantine ({})").format(
                 sql.SQL(", ").join(map(sql.Identifier, _QUARANTINE))
@@ -327,19 +340,19 @@ class BatchWriter:
         kind: ReadingKind,
         rows: list[tuple[Any, ...]],
         skews: dict[str, float],
+        sent: Counter[str],
         *,
         alarm: bool,
     ) -> None:
         """Tell the scenes which devices this batch touched, when, and how (the change feed).
 
-        Per device: its clock skew (``ClockSample``) and the readings it sent, duplicates
+        Per device: its clock skew (``ClockSample``) and the messages it sent, duplicates
         included (device health judges clock skew and flooding from them, so a batch of
-        duplicates only is recorded too). When ``alarm`` and the batch stored a reading with an
-        ``event``, it also wakes them: a NOTIFY on ``SCENES_CHANNEL``, which PostgreSQL delivers
-        at the commit.
+        duplicates only is recorded too; a backlog sent as one array is one message). When
+        ``alarm`` and the batch stored a reading with an ``event``, it also wakes them: a NOTIFY
+        on ``SCENES_CHANNEL``, which PostgreSQL delivers at the commit.
         """
         stamps = [row[1] for row in rows]
-        sent = Counter(row[0] for row in rows)
         devices = sorted(sent)
         self._conn.execute(
             "insert into reading_batches (readings, device_ids, min_ts, max_ts, skews_s, counts) "

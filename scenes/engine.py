@@ -6,7 +6,6 @@ have all finished (``pg_snapshot_xmin``: a batch that commits late is never skip
 devices touched or due, upserts their detections, opens cases for new ones, keeps its deadlines,
 and moves its watermark, all committed together. Running it again over the same readings finds
 the same episodes (a detection is keyed by subject, kind and first seen), so it changes nothing.
-Only the manhole-cover scene runs here so far.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -81,14 +81,18 @@ def run_once(
     *,
     now: float | None = None,
     scenes: Sequence[Scene] | None = None,
+    stop: threading.Event | None = None,
 ) -> list[PartitionResult]:
     """Run every partition (of ``scenes``, default all) this process can claim, once.
 
-    Partitions another process holds are skipped. A partition that fails (a category missing
-    from the catalog, say) is logged and rolled back, watermark included, and the others run.
+    Partitions another process holds are skipped; once ``stop`` is set, the rest are left. A
+    partition that fails (a category missing from the catalog, say) is logged and rolled back,
+    watermark included, and the others run.
     """
     results = []
     for scene, district in partitions(conn, scenes):
+        if stop is not None and stop.is_set():
+            break
         with _claimed(conn, scene.name, district) as claimed:
             if not claimed:
                 continue
@@ -268,7 +272,7 @@ def _verify_disposed(
     long). Otherwise it waits for an inspector. Returns the cases verified.
     """
     rows = conn.execute(
-        "select c.case_id, c.category, min(d.device_id), "
+        "select c.case_id, c.category, min(d.device_id), array_agg(distinct d.kind), "
         "greatest(c.disposed_at, max(d.cleared_at)) as normal_since "
         "from cases c join detections d on d.case_id = c.case_id "
         "where c.state = 'disposed' and d.scene = %s and coalesce(d.district, '') = %s "
@@ -276,8 +280,11 @@ def _verify_disposed(
         (scene.name, district),
     ).fetchall()
     verified = 0
-    for case_id, category, device_id, normal_since in rows:
-        if not catalog.get(category).sensor_verification:
+    for case_id, category, device_id, kinds, normal_since in rows:
+        # every finding on it must be one a sensor can vouch for (a loose cover that joined a
+        # displaced cover's case needs someone to look)
+        categories = {category, *(scene.category_of.get(kind, category) for kind in kinds)}
+        if not all(catalog.get(c).sensor_verification for c in categories):
             continue
         newest = " union all ".join(
             f"(select max(ts) from {table} where device_id = %(device)s)"
@@ -388,12 +395,13 @@ def _judge_health(
             conn.execute(
                 "with w as (select * from unnest(%(devices)s::text[], %(starts)s::float8[]) "
                 "as w(device_id, start_s)) "
-                "select t.device_id, extract(epoch from b.max_ts)::float8, t.skew_s::float8, "
-                "t.sent::float8 from reading_batches b "
+                # one row per device and flush (its transaction), of whatever tables
+                "select t.device_id, extract(epoch from max(b.max_ts))::float8, "
+                "avg(t.skew_s)::float8, sum(t.sent)::float8 from reading_batches b "
                 "cross join unnest(b.device_ids, b.skews_s, b.counts) t(device_id, skew_s, sent) "
                 "join w on w.device_id = t.device_id and b.max_ts >= to_timestamp(w.start_s) "
                 "where b.counts is not null and b.max_ts >= to_timestamp(%(earliest)s) "
-                "order by t.device_id, b.max_ts, b.batch_id",
+                "group by t.device_id, b.xact order by t.device_id, 2, min(b.batch_id)",
                 {
                     "devices": devices,
                     "starts": batch_starts,
@@ -587,12 +595,16 @@ def _case_on_site(
     owner) gets a case of its own.
     """
     rows = conn.execute(
-        "select case_id, category from cases where subject = %s "
-        "and state in ('dispatched', 'accepted') order by case_id",
+        "select case_id, category, state from cases where subject = %s "
+        "and state not in ('closed', 'cancelled') order by case_id",
         (subject,),
     ).fetchall()
+    if any(code == category.code for _, code, _ in rows):
+        return None  # its own category's open case takes the report (cases/service.py)
     known = {c.code: c for c in catalog.category}
-    for case_id, code in rows:
+    for case_id, code, state in rows:
+        if state not in ("dispatched", "accepted"):
+            continue
         other = known.get(code)
         if other is not None and other.responsible == category.responsible:
             return int(case_id)

@@ -9,8 +9,8 @@
 - clock skew: the device's clock off by more than ``clock_skew_s`` from the readings that
   arrived around its own (ingest's ``ClockSample``) in ``clock_skew_batches`` consecutive
   batches or more; it clears at the first batch within the limit.
-- flooding: more readings within ``flood_window_s`` than ``flood_factor`` times the type's
-  fastest normal rate (``flood_interval_s``) allows, and more than ``flood_min_readings``,
+- flooding: more messages within ``flood_window_s`` than ``flood_factor`` times the type's
+  fastest normal rate (``flood_interval_s``) allows, and more than ``flood_min_messages``,
   duplicates included; it clears at the first batch under the limit, or ``flood_window_s``
   after the last batch over it.
 
@@ -52,7 +52,7 @@ class DeviceBatches:
 
     ts: Floats  # epoch seconds: the batch's newest reading
     skew_s: Floats  # NaN where the batch had no clock reference
-    readings: Floats  # the readings the device sent in it
+    messages: Floats  # the messages the device sent in it (a backlog array is one)
 
 
 def judge(
@@ -99,11 +99,11 @@ def _judge_flooding(
     """Flooding spells: batches whose window (``flood_window_s`` up to them) holds too many."""
     window_s = limits.flood_window_s
     allowed = max(
-        limits.flood_min_readings,
+        limits.flood_min_messages,
         limits.flood_factor * window_s / limits.flood_interval_s.get(device_type, 1.0),
     )
     ts = batches.ts
-    total = np.cumsum(batches.readings)
+    total = np.cumsum(batches.messages)
     before = np.searchsorted(ts, ts - window_s, side="right")  # first batch inside the window
     in_window = total - np.where(before > 0, total[before - 1], 0.0)
     for spell in runs(ts, in_window, in_window > allowed, FLOODING):

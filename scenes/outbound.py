@@ -71,10 +71,11 @@ async def publish_pending(
     messages = await render(conn, [(what, ref) for what, ref, _ in entries], root)
     for message in messages:  # in queue order; QoS 1 keeps it per topic
         await client.publish(message.topic, message.payload, qos=1, retain=message.retain)
+    # only what no writer holds: an entry a transaction is queueing again stays, for the next pass
     await conn.execute(
-        "delete from outbound o "
-        "using unnest(%s::text[], %s::text[], %s::bigint[]) as p(what, ref, seq) "
-        "where o.what = p.what and o.ref = p.ref and o.seq = p.seq",
+        "delete from outbound where (what, ref, seq) in (select o.what, o.ref, o.seq "
+        "from outbound o join unnest(%s::text[], %s::text[], %s::bigint[]) as p(what, ref, seq) "
+        "on o.what = p.what and o.ref = p.ref and o.seq = p.seq for update of o skip locked)",
         ([e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries]),
     )
     return len(entries)
@@ -95,36 +96,29 @@ async def render(
     messages: list[Outgoing] = []
     for what, ref in entries:
         document = states.get((what, ref))
+        if document is None:  # deleted by hand since: nothing to say
+            continue
         if what == "detection":
             kind, _, subject = ref.partition("/")
             if not (re.match(ID_PATTERN, kind) and re.match(ID_PATTERN, subject)):
-                logger.warning(
-                    "detection subject %r cannot be an MQTT topic level: not published", ref
-                )
+                logger.warning("detection subject %r cannot be a topic level: not published", ref)
                 continue
-            topic = f"{root}/detections/{kind}/{subject}"
-            messages.append(Outgoing(topic, _json(document), retain=True))
+            messages.append(Outgoing(f"{root}/detections/{kind}/{subject}", _json(document), True))
         elif what == "case":
             topic = f"{root}/cases/{ref}"
-            if document is None or document["state"] not in _FINISHED:
+            if document["state"] not in _FINISHED:
                 messages.append(Outgoing(topic, _json(document), retain=True))
             else:  # once, to whoever listens; then gone from the retained set
-                messages.extend(
-                    (
-                        Outgoing(topic, _json(document), retain=False),
-                        Outgoing(topic, b"", retain=True),
-                    )
-                )
-        elif document is not None:  # a case event
-            messages.append(
-                Outgoing(f"{root}/case-events/{document['case_id']}", _json(document), retain=False)
-            )
+                messages.append(Outgoing(topic, _json(document), retain=False))
+                messages.append(Outgoing(topic, b"", retain=True))
+        else:
+            topic = f"{root}/case-events/{document['case_id']}"
+            messages.append(Outgoing(topic, _json(document), retain=False))
     return messages
 
 
 def _json(document: Any) -> bytes:
-    """A state as JSON; none (deleted) is an empty payload, which also clears a retained one."""
-    return b"" if document is None else json.dumps(document, separators=(",", ":")).encode()
+    return json.dumps(document, separators=(",", ":")).encode()
 
 
 _STATES: Final = {
@@ -137,12 +131,13 @@ _STATES: Final = {
         "and x.subject = substr(r.ref, strpos(r.ref, '/') + 1) "
         "order by x.kind, x.subject, x.first_seen desc"
     ),
+    # what a citizen wrote or photographed stays behind the API's access control
     "case": (
-        "select c.case_id::text, to_jsonb(c) from cases c "
+        "select c.case_id::text, to_jsonb(c) - 'description' - 'photo_url' from cases c "
         "where c.case_id = any(%s::text[]::bigint[])"
     ),
     "case_event": (
-        "select e.event_id::text, to_jsonb(e) from case_events e "
+        "select e.event_id::text, to_jsonb(e) - 'note' - 'photo_url' from case_events e "
         "where e.event_id = any(%s::text[]::bigint[])"
     ),
 }

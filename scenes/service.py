@@ -153,7 +153,7 @@ class _Service:
             logger.info("scenes: %d partitions, claimed as they are free", count)
             while not self.stopping.is_set():
                 self.wake.clear()
-                await asyncio.to_thread(run_once, conn, self.settings, self.catalog)
+                await asyncio.to_thread(run_once, conn, self.settings, self.catalog, stop=self.stop)
                 wait_s = await asyncio.to_thread(next_run_in, conn, self.settings.interval_s)
                 await self._until(wait_s, self.wake)
         finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Self
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PositiveFloat, ValidationError, model_validator
 
 from sections import Section
 
@@ -94,7 +94,7 @@ class CoverThresholds(Tunable):
 class HealthThresholds(Tunable):
     """When a device's own state becomes a detection, for every device type."""
 
-    interval_s: dict[str, float] = Field(
+    interval_s: dict[str, PositiveFloat] = Field(
         default={"manhole": 3600.0, "light": 300.0, "sweeper": 86_400.0, "gateway": 300.0},
         description=(
             "How often each device type is expected to send something (seconds): heartbeats, "
@@ -125,7 +125,7 @@ class HealthThresholds(Tunable):
     flood_window_s: float = Field(
         default=600.0, gt=0, le=86_400, description="The window flooding is counted in."
     )
-    flood_interval_s: dict[str, float] = Field(
+    flood_interval_s: dict[str, PositiveFloat] = Field(
         default={"manhole": 300.0, "light": 60.0, "sweeper": 1.0, "gateway": 60.0},
         description=(
             "The shortest interval each device type sends at in normal work (seconds): a "
@@ -135,9 +135,9 @@ class HealthThresholds(Tunable):
     flood_factor: float = Field(
         default=10.0,
         gt=1,
-        description="Flooding: more readings in the window than this many times that rate.",
+        description="Flooding: more messages in the window than this many times that rate.",
     )
-    flood_min_readings: int = Field(
+    flood_min_messages: int = Field(
         default=60,
         ge=1,
         description="and at least this many (an alarm and its repeats are no flood).",

@@ -52,9 +52,19 @@ begin
     return null;
 end $$;
 
-create trigger detections_outbound after insert or update on detections
+-- only changes that show: a run that rewrites a detection as it was (updated_at aside) queues nothing
+create trigger detections_outbound_insert after insert on detections
     for each row execute function outbound_queue();
+create trigger detections_outbound_update after update on detections
+    for each row when ((to_jsonb(old) - 'updated_at') is distinct from (to_jsonb(new) - 'updated_at'))
+    execute function outbound_queue();
 create trigger cases_outbound after insert or update on cases
     for each row execute function outbound_queue();
 create trigger case_events_outbound after insert on case_events
     for each row execute function outbound_queue();
+
+-- what is already there is published once too: the retained state starts complete
+insert into outbound (what, ref)
+    select distinct 'detection', kind || '/' || subject from detections;
+insert into outbound (what, ref)
+    select 'case', case_id::text from cases where state not in ('closed', 'cancelled');

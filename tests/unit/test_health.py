@@ -1,6 +1,6 @@
 """The device-health scene's judgement, on hand-written message times (expectations from the
 rule: offline from exactly the last message plus offline_factor x the type's interval; skewed
-in clock_skew_batches batches in a row; flooding beyond max(flood_min_readings, flood_factor x
+in clock_skew_batches batches in a row; flooding beyond max(flood_min_messages, flood_factor x
 flood_window_s / flood_interval_s))."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ LIMITS = HealthThresholds(
     flood_window_s=100,
     flood_interval_s={"manhole": 100.0},
     flood_factor=5,  # 5 readings per 100 s window ...
-    flood_min_readings=8,  # ... but at least 8: more than 8 in 100 s is a flood
+    flood_min_messages=8,  # ... but at least 8: more than 8 in 100 s is a flood
 )
 NO_BATCHES = DeviceBatches(np.empty(0), np.empty(0), np.empty(0))
 
