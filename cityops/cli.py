@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -393,13 +394,16 @@ def _show_score(result: DemoScore) -> None:
     print_scores(result.scores)
     if result.cut_at is not None:
         out.print(
-            f"stopped at {local_time(result.cut_at)[:5]} of the simulated hour: "
-            f"{result.cut_faults} faults not over by then (or not begun) count as undetectable",
+            f"stopped at {local_time(result.cut_at)[:5]}: {result.cut_faults} faults not over "
+            "(or not begun) by then count as undetectable",
             highlight=False,
+            soft_wrap=False,
         )
     if result.unscored:
-        kinds = ", ".join(f"{kind} {count}" for kind, count in result.unscored.items())
-        out.print(f"not scored (no scene for them yet): {kinds}", highlight=False)
+        # wrapped between the kinds, never between a kind and its count
+        kinds = ", ".join(f"{kind}\N{NO-BREAK SPACE}{n}" for kind, n in result.unscored.items())
+        lines = textwrap.fill(f"not scored, no scene yet: {kinds}", width=out.width)
+        out.print(lines.replace("\N{NO-BREAK SPACE}", " "), highlight=False)
 
 
 @city_app.command("import")
