@@ -45,7 +45,7 @@ from scenes.score import ALLOWED_DELAY_S, KindScore, read_truth, score, stored_d
 from scenes.service import serve
 from simulator.city import City, CitySpec, generate, write_bundle
 from simulator.fleet import Publication, Run, RunOptions, simulate
-from simulator.publish import PublishOptions, publish
+from simulator.publish import PublishError, PublishOptions, publish
 from simulator.scenario import Scenario
 from store import db
 from store.settings import DatabaseSettings
@@ -449,7 +449,10 @@ def _take_back_retained(conn: psycopg.Connection, options: PublishOptions) -> No
         "union all select 'cases/' || case_id from cases"
     ).fetchall()
     empty = [Publication(0.0, f"{OUT_ROOT}/{ref}", b"", retain=True) for (ref,) in refs]
-    publish(empty, replace(options, speed=0.0), threading.Event())
+    try:
+        publish(empty, replace(options, speed=0.0), threading.Event())
+    except PublishError as exc:  # the run is over and scored: say so, and show the score
+        logger.warning("the demo's retained detections and cases stay on the broker: %s", exc)
 
 
 def _reached(stage: _Stage, sent: int) -> float:
