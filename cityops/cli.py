@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +19,10 @@ from prometheus_client import CollectorRegistry, start_http_server
 from rich.table import Table
 
 from cityops import demo_database, services
-from cityops.casescli import cases_app, serve, units_app
-from cityops.demo import demo_settings, run_demo
+from cityops.casescli import cases_app, catalog_of, serve, units_app
+from cityops.demo import DemoScore, demo_settings, local_time, run_demo
 from cityops.quarantinecli import quarantine_app
-from cityops.scenescli import covers_app, scenes_app
+from cityops.scenescli import covers_app, print_scores, scenes_app
 from cityops.settings import Settings, SettingsError, load_settings, resolve_config_path
 from cityops.simulate import broker_protocol, sim_app
 from cityops.terminal import (
@@ -306,34 +307,50 @@ def demo(
     ctx: typer.Context,
     config: ConfigOption = None,
     duration: Annotated[
-        float | None, typer.Option(help="Stop after this many seconds (default: at Ctrl-C).")
+        float | None,
+        typer.Option(help="Stop after this many seconds (default: at Ctrl-C), then score."),
     ] = None,
-    speed: Annotated[float, typer.Option(help="Simulated seconds per second.", min=1)] = 60.0,
+    speed: Annotated[
+        float, typer.Option(help="Simulated seconds per second (60: the hour in a minute).", min=1)
+    ] = 60.0,
     database: Annotated[
         str | None,
         typer.Option(
             help="The demo's database on the database server (default: "
             f"{demo_database.DEMO_DATABASE}, or database.url's own when an earlier demo made it); "
-            "one holding other data is refused.",
+            "emptied at each start; one holding other data is refused.",
         ),
     ] = None,
     workdir: Annotated[
-        Path, typer.Option(help="Embedded services' data and the demo city.", file_okay=False)
+        Path,
+        typer.Option(
+            help="Embedded services' data and the demo city (city/ground_truth.jsonl: its faults).",
+            file_okay=False,
+        ),
     ] = Path(".cityops"),
 ) -> None:
-    """Run a simulated city end to end: services, migrations, fleet with faults, ingest, live view.
+    """Run a simulated city end to end: fleet with faults, ingest, scenes, cases, live view, score.
+
+    Replays last night's 23:55-00:55 of a small city (an hour in a minute at the default speed)
+    through MQTT; ingest stores it, and the scenes turn it into detections and cases on the
+    responsible units' desks. The live view shows the newest detections with their cases and
+    units (the first: a cover opened in the hour's second minute); on exit (Ctrl-C, or
+    --duration) the demo prints the score against the run's ground truth, as `cityops scenes
+    score` does.
 
     Uses the database server and broker of the settings, or embedded ones where the defaults do
     not answer, and keeps apart from any deployment on them: a database of its own, marked as
-    demo data (it refuses one that holds anything else), and an MQTT client id, shared group and
-    topic prefix (demo-<id>/cityops/v1/...) of its own, with no session left behind. Ctrl-C stops
-    everything cleanly.
+    demo data and emptied at each start (it refuses one that holds anything else), and an MQTT
+    client id, shared group and topic prefix (demo-<id>/cityops/v1/...) of its own, with no
+    session and no retained message left behind. Ctrl-C stops everything cleanly.
     """
     if not ctx.obj:  # the live view is the output; logs only for what goes wrong
         logging.getLogger().setLevel(logging.WARNING)
     stop = stop_on_signals()
     workdir = workdir.resolve()
-    with found_services(settings_from(config), workdir) as found:
+    configured = settings_from(config)
+    catalog = catalog_of(configured)
+    with found_services(configured, workdir) as found:
         try:
             demo_db, report = demo_database.prepare(found.database, database)
         except (
@@ -352,6 +369,7 @@ def demo(
         try:
             summary = run_demo(
                 settings,
+                catalog=catalog,
                 workdir=workdir,
                 speed=speed,
                 protocol=broker_protocol(settings.mqtt.url, "auto"),
@@ -363,9 +381,29 @@ def demo(
             fail(str(exc))
     out.print(
         f"stopped: {summary.published:,} messages published, {summary.stored:,} readings stored, "
-        f"{summary.quarantined:,} quarantined, {summary.faults} faults injected",
+        f"{summary.quarantined:,} quarantined, {summary.faults} faults injected, "
+        f"{summary.detections} detections, {summary.cases} cases opened",
         highlight=False,
     )
+    _show_score(summary.score)
+
+
+def _show_score(result: DemoScore) -> None:
+    """The demo's score, as `cityops scenes score` prints it, and what it leaves out."""
+    out.print(f"\nscore against the ground truth ({result.truth}):", highlight=False)
+    print_scores(result.scores)
+    if result.cut_at is not None:
+        out.print(
+            f"stopped at {local_time(result.cut_at)[:5]}: {result.cut_faults} faults not over "
+            "(or not begun) by then count as undetectable",
+            highlight=False,
+            soft_wrap=False,
+        )
+    if result.unscored:
+        # wrapped between the kinds, never between a kind and its count
+        kinds = ", ".join(f"{kind}\N{NO-BREAK SPACE}{n}" for kind, n in result.unscored.items())
+        lines = textwrap.fill(f"not scored, no scene yet: {kinds}", width=out.width)
+        out.print(lines.replace("\N{NO-BREAK SPACE}", " "), highlight=False)
 
 
 @city_app.command("import")

@@ -4,7 +4,8 @@
 configured one when it is already a demo database, else ``cityops_demo``. A demo database carries
 the mark: the table ``cityops_demo``, made by the first demo that takes the database. A database
 without the mark is taken (and marked) only while none of its tables holds a row; one that holds
-anything is refused before anything in it changes.
+anything is refused before anything in it changes. Each demo empties its database first
+(``empty``): what a demo leaves is there to look at until the next one starts.
 """
 
 from __future__ import annotations
@@ -113,10 +114,39 @@ def claim(settings: DatabaseSettings) -> None:
         conn.execute(sql.SQL("insert into {} values (now())").format(table))
 
 
+def empty(settings: DatabaseSettings) -> None:
+    """Empty a demo database of what an earlier demo left: every table but the bookkeeping.
+
+    A demo replays last night's hour: two runs in one hour would be one city's readings to the
+    scenes (one run's heartbeat in the middle of the other's open cover), and a run on another
+    night would find every device silent for the day in between. Refuses a database without the
+    demo mark.
+    """
+    with db.connect(settings) as conn:
+        conn.execute("select pg_advisory_xact_lock(%s)", (_CLAIM_LOCK_KEY,))
+        if not is_demo_database(conn):
+            msg = f"the database {redact(settings.url)} is not a demo database: not emptied"
+            raise DemoDatabaseError(msg)
+        tables = [
+            sql.Identifier(schema, table)
+            for schema, table in conn.execute(_TABLES).fetchall()
+            if not (schema == "public" and table in _BOOKKEEPING)
+        ]
+        if tables:
+            conn.execute(
+                sql.SQL("truncate {} restart identity cascade").format(sql.SQL(", ").join(tables))
+            )
+
+
 def prepare(
     configured: DatabaseSettings, name: str | None
 ) -> tuple[DatabaseSettings, db.MigrationReport]:
-    """Choose, claim and migrate the demo's database; return it and what the migration did."""
+    """Choose, claim, migrate and empty the demo's database; return it and what the migration did.
+
+    Each demo starts from an empty database of its own; what it leaves stays until the next.
+    """
     database = choose(configured, name)
     claim(database)
-    return database, db.migrate(database)
+    report = db.migrate(database)
+    empty(database)
+    return database, report

@@ -22,7 +22,14 @@ from scenes.detections import (
 )
 from scenes.dictionary import covers_summary
 from scenes.engine import PartitionResult, run_once
-from scenes.score import TruthError, read_truth, score, stored_detections
+from scenes.score import (
+    ALLOWED_DELAY_S,
+    KindScore,
+    TruthError,
+    read_truth,
+    score,
+    stored_detections,
+)
 from scenes.service import serve
 from store import db
 
@@ -88,7 +95,7 @@ def score_command(
             help="A detection may begin this long after its fault ended (offline is judged "
             "after 1.5 heartbeats)."
         ),
-    ] = 7200.0,
+    ] = ALLOWED_DELAY_S,
     output: FormatOption = "table",
     config: ConfigOption = None,
 ) -> None:
@@ -107,14 +114,19 @@ def score_command(
     if output == "json":
         out.print_json(json.dumps([asdict(s) for s in scores]))
         return
+    print_scores(scores)
+
+
+def print_scores(scores: list[KindScore]) -> None:
+    """The score table, 80 columns wide: per kind, faults, detections, precision, recall, delay."""
     out.print(
-        f"{'kind':18} {'faults':>6} {'undetectable':>12} {'found':>6} {'precision':>9} "
+        f"{'kind':16} {'faults':>6} {'undetectable':>12} {'found':>6} {'precision':>9} "
         f"{'recall':>7} {'delay p50':>9} {'p99':>8}",
         highlight=False,
     )
     for s in scores:
         out.print(
-            f"{s.kind:18} {s.faults:>6} {s.undetectable:>12} {s.detections:>6} "
+            f"{s.kind:16} {s.faults:>6} {s.undetectable:>12} {s.detections:>6} "
             f"{_ratio(s.precision):>9} "
             f"{_ratio(s.recall):>7} {_seconds(s.delay_p50_s):>9} {_seconds(s.delay_p99_s):>8}",
             highlight=False,

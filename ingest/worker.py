@@ -104,6 +104,9 @@ class IngestWorker:
         self._conn: psycopg.Connection | None = None
         self._writer: BatchWriter | None = None
         self._outage_since: float | None = None  # monotonic start of a database outage
+        #: Set once the receiver has connected and subscribed (the demo's fleet waits for it:
+        #: without a persistent session, what is published before is not ingest's).
+        self.subscribed = threading.Event()
 
     def _registered_type(self, device_id: str) -> str | None:
         # Housekeeping updates the map on its own thread, in place (see DeviceTypes).
@@ -228,6 +231,7 @@ class IngestWorker:
     def _on_event(self, event: object) -> bool:
         """Count and log what the receiver reports; return whether it has ended."""
         if isinstance(event, Connected):
+            self.subscribed.set()
             self._metrics.mqtt_connected.set(1)
             self._metrics.mqtt_connections.inc()
             logger.info(

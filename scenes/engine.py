@@ -116,18 +116,20 @@ def lock_key(scene: str, district: str) -> int:
     return _LOCK_SPACE << 32 | zlib.crc32(f"{scene}/{district}".encode())
 
 
-def next_run_in(conn: psycopg.Connection, interval_s: float) -> float:
+def next_run_in(conn: psycopg.Connection, interval_s: float, *, now: float | None = None) -> float:
     """Seconds until the partitions should run again, without a wake-up.
 
-    At the earliest deadline, within ``interval_s`` in any case, and soon (``_SOON_S``) when
-    batches of transactions still running when the last run read the feed (an alarm's, say)
-    are waiting; never sooner than ``_SOON_S``: a due deadline of a partition another process
-    holds stays due.
+    At the earliest deadline (``now``: the time the runs judge at, default the database's
+    clock), within ``interval_s`` in any case, and soon (``_SOON_S``) when batches of
+    transactions still running when the last run read the feed (an alarm's, say) are waiting;
+    never sooner than ``_SOON_S``: a due deadline of a partition another process holds stays due.
     """
     row = conn.execute(
-        "select (select extract(epoch from min(s.due_at) - now())::float8 from scene_deadlines s "
-        "join devices d on d.device_id = s.device_id), "
-        "exists (select from reading_batches where xact >= pg_snapshot_xmin(pg_current_snapshot()))"
+        "select (select extract(epoch from min(s.due_at) - coalesce(%s::timestamptz, now()))"
+        "::float8 from scene_deadlines s join devices d on d.device_id = s.device_id), "
+        "exists (select from reading_batches "
+        "where xact >= pg_snapshot_xmin(pg_current_snapshot()))",
+        (None if now is None else _at(now),),
     ).fetchone()
     conn.commit()
     due_s = row[0] if row and row[0] is not None else interval_s

@@ -12,13 +12,18 @@ neither for nor against recall, and a detection matching one is no false alarm.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import psycopg
+
+#: How long after its fault ended a detection may begin and still match it, by default: offline
+#: is judged only after 1.5 heartbeats.
+ALLOWED_DELAY_S: Final = 7200.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,15 +79,27 @@ def read_truth(path: Path) -> list[Interval]:
 
 
 def stored_detections(
-    conn: psycopg.Connection, since: datetime | None, until: datetime | None
+    conn: psycopg.Connection,
+    since: datetime | None,
+    until: datetime | None,
+    *,
+    devices: Collection[str] | None = None,
 ) -> list[Interval]:
-    """The detections whose episode began in [since, until) (either may be open)."""
+    """The detections of ``devices`` (default all) whose episode began in [since, until).
+
+    Either bound may be open (None).
+    """
     rows = conn.execute(
         "select kind, device_id, extract(epoch from first_seen)::float8, "
         "extract(epoch from cleared_at)::float8 from detections where device_id is not null "
         "and (%(since)s::timestamptz is null or first_seen >= %(since)s) "
-        "and (%(until)s::timestamptz is null or first_seen < %(until)s)",
-        {"since": since, "until": until},
+        "and (%(until)s::timestamptz is null or first_seen < %(until)s) "
+        "and (%(devices)s::text[] is null or device_id = any(%(devices)s))",
+        {
+            "since": since,
+            "until": until,
+            "devices": None if devices is None else sorted(devices),
+        },
     ).fetchall()
     return [Interval(kind, device, start, end) for kind, device, start, end in rows]
 

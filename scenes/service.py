@@ -54,14 +54,19 @@ def serve(
     settings: ScenesSettings,
     catalog: Catalog,
     stop: threading.Event,
+    *,
+    clock: Callable[[], float] | None = None,
 ) -> None:
     """Run the service until ``stop`` is set (by a signal handler, or the demo).
 
-    A failure no task retries (not an outage: a schema that is missing, say) ends it, raised as
-    itself.
+    The scenes judge at ``clock()`` (epoch seconds; default wall time): the demo, replaying a
+    past hour many times faster, passes the time of the newest reading it stored, so a device is
+    offline when the replay says so, not because last night is long ago. ``clock`` is called
+    in the worker thread of each partition run. A failure no task retries (not an outage: a
+    schema that is missing, say) ends the service, raised as itself.
     """
     try:
-        asyncio.run(_Service(database, mqtt, settings, catalog, stop).run())
+        asyncio.run(_Service(database, mqtt, settings, catalog, stop, clock=clock).run())
     except ExceptionGroup as failed:  # the task group's: the first failure says why
         raise failed.exceptions[0] from failed
 
@@ -74,12 +79,15 @@ class _Service:
         settings: ScenesSettings,
         catalog: Catalog,
         stop: threading.Event,
+        *,
+        clock: Callable[[], float] | None,
     ) -> None:
         self.database = database
         self.mqtt = mqtt
         self.settings = settings
         self.catalog = catalog
         self.stop = stop
+        self.clock = clock
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()  # run the partitions now
         self.outbound = asyncio.Event()  # publish now
@@ -153,11 +161,17 @@ class _Service:
             logger.info("scenes: %d partitions, claimed as they are free", count)
             while not self.stopping.is_set():
                 self.wake.clear()
-                await asyncio.to_thread(run_once, conn, self.settings, self.catalog, stop=self.stop)
-                wait_s = await asyncio.to_thread(next_run_in, conn, self.settings.interval_s)
+                wait_s = await asyncio.to_thread(self._run_partitions, conn)
                 await self._until(wait_s, self.wake)
         finally:
             await asyncio.to_thread(conn.close)
+
+    def _run_partitions(self, conn: psycopg.Connection) -> float:
+        """Run the partitions once (in a worker thread); the seconds until the next run."""
+        now = None if self.clock is None else self.clock()
+        run_once(conn, self.settings, self.catalog, now=now, stop=self.stop)
+        now = None if self.clock is None else self.clock()
+        return next_run_in(conn, self.settings.interval_s, now=now)
 
     async def _publish(self) -> None:
         async with await db.connect_async(self.database, autocommit=True) as conn:

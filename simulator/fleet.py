@@ -58,11 +58,12 @@ class RunOptions:
 
 @dataclass(order=True, frozen=True, slots=True)
 class Publication:
-    """One message: when (simulated epoch seconds), where, what."""
+    """One message: when (simulated epoch seconds), where, what; whether the broker keeps it."""
 
     t: float
     topic: str
     payload: bytes = field(compare=False)
+    retain: bool = field(default=False, compare=False)
 
 
 @dataclass(slots=True)

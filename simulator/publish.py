@@ -122,7 +122,9 @@ def publish(
                 break
             if stop.is_set():
                 break
-            last = client.publish(options.topic(pub), pub.payload, qos=options.qos)
+            last = client.publish(
+                options.topic(pub), pub.payload, qos=options.qos, retain=pub.retain
+            )
             sent += 1
             if options.qos:
                 # paho numbers messages in 16 bits and scans its queue per ack: keep it short

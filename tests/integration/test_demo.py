@@ -20,6 +20,7 @@ from cityops.demo_database import (
     DemoDatabaseError,
     choose,
     claim,
+    empty,
     is_demo_database,
     tables_with_rows,
 )
@@ -29,6 +30,7 @@ from store import db
 from store.settings import DatabaseSettings
 from tests.plugin import (
     Publisher,
+    Subscriber,
     create_database,
     drop_database,
     migrated_database,
@@ -87,6 +89,20 @@ def readings(url: str, device_like: str = "%") -> int:
     return int(row[0]) if row else 0
 
 
+def detections(url: str, kind: str, *, on_a_desk: bool = False) -> int:
+    """Detections of ``kind`` in ``url`` (or those whose case a unit has); 0 before the schema."""
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            row = conn.execute(
+                "select count(*) from detections d left join cases c on c.case_id = d.case_id "
+                "where d.kind = %s and (c.unit_id is not null or not %s)",
+                (kind, on_a_desk),
+            ).fetchone()
+    except (psycopg.OperationalError, psycopg.errors.UndefinedTable):
+        return 0
+    return int(row[0]) if row else 0
+
+
 def test_demo_beside_a_deployment_stores_nothing_there_and_takes_none_of_its_readings(
     production_url: str,
     demo_url: str,
@@ -139,7 +155,13 @@ def test_demo_beside_a_deployment_stores_nothing_there_and_takes_none_of_its_rea
             wait_for(demo_stores, timeout_s=90, what="the demo storing its readings")
             publisher.publish_many(messages[:half])  # type: ignore[arg-type]
             wait_for(lambda: readings(production_url) == half, what="the deployment's readings")
-            assert running.poll() is None, "the demo ended before the deployment's readings"
+
+            def demo_opens_a_case() -> bool:
+                assert running.poll() is None, errors.read_text()
+                return detections(demo_url, "cover_open", on_a_desk=True) > 0
+
+            # the scenario's cover open in the hour's second minute: a case for its owner
+            wait_for(demo_opens_a_case, timeout_s=60, what="the demo's first case")
             running.send_signal(signal.SIGTERM)
             assert running.wait(timeout=60) == 0, errors.read_text()
         finally:
@@ -176,10 +198,37 @@ def test_demo_beside_a_deployment_stores_nothing_there_and_takes_none_of_its_rea
     assert identity is not None, shown
     assert identity.group(3) == f"cityops-demo-{identity.group(2)}"
     assert not session_present(mosquitto_url, identity.group(3))
+    # nor retained messages: the scenes' detections and cases are taken back at the end
+    out_tree = f"demo-{identity.group(2)}/cityops/v1/out"
+    subscriber = Subscriber(mosquitto_url)
+    try:
+        subscriber.subscribe(f"{out_tree}/#")  # retained messages come before the marker
+        publisher.publish(f"{out_tree}/test-marker", b"marker")
+        subscriber.first(lambda m: m.topic == f"{out_tree}/test-marker", "the marker")
+        assert [m.topic for m in subscriber.received] == [f"{out_tree}/test-marker"]
+    finally:
+        subscriber.close()
     stored = re.search(r"([\d,]+) readings stored", shown)
     assert stored is not None, shown
     assert int(stored.group(1).replace(",", "")) > 0
     assert (tmp_path / "demo" / "city" / "ground_truth.jsonl").read_text().strip()
+    # the live view's last frame: a detection, its case and the unit whose desk it is on
+    detection = re.search(
+        r"^\d\d:\d\d +cover_open +(\d{16}) +critical +(\d+) +dispatched +(\S+)", shown, re.M
+    )
+    assert detection is not None, shown
+    with psycopg.connect(demo_url) as conn:
+        case = conn.execute(
+            "select subject, unit_id from cases where case_id = %s", (int(detection.group(2)),)
+        ).fetchone()
+    assert case == (detection.group(1), detection.group(3))
+    # judged at the replay's clock, not at wall time: last night's devices are not all offline
+    assert detections(demo_url, "sensor_offline") == 0
+    assert re.search(r"^\s*scenes +\d+ detections active of \d+, \d+ cases open", shown, re.M)
+    # the score, as `cityops scenes score` prints it: the cover open was found, no false alarm
+    assert re.search(r"^kind +faults +undetectable +found +precision +recall", shown, re.M)
+    assert re.search(r"^cover_open +[01] +[01] +1 +1\.000 ", shown, re.M), shown
+    assert re.search(r"^not scored, no scene yet: [^:]*\blamp_out\s+\d+", shown, re.M)
 
 
 def test_demo_refuses_a_database_with_other_data_in_one_line_and_changes_nothing(
@@ -252,3 +301,24 @@ def test_an_unmarked_database_is_taken_only_while_no_table_holds_a_row(
             assert not is_demo_database(conn)
     finally:
         drop_database(server_url, other)
+
+
+def test_each_demo_empties_its_own_database_first_and_no_other(
+    production_url: str, demo_url: str, tag: str
+) -> None:
+    demo_db = DatabaseSettings(url=demo_url)
+    claim(demo_db)
+    db.migrate(demo_db)
+    with psycopg.connect(demo_url, autocommit=True) as conn:
+        register(conn, {"demo-mh": "manhole"})
+        conn.execute("insert into manhole_readings (device_id, ts) values ('demo-mh', now())")
+    empty(demo_db)
+    with psycopg.connect(demo_url) as conn:
+        assert tables_with_rows(conn) == []
+        assert is_demo_database(conn)
+    with psycopg.connect(production_url, autocommit=True) as conn:
+        register(conn, {f"prod-{tag}": "manhole"})
+    with pytest.raises(DemoDatabaseError, match="is not a demo database: not emptied"):
+        empty(DatabaseSettings(url=production_url))
+    with psycopg.connect(production_url) as conn:
+        assert tables_with_rows(conn) == ["public.devices"]

@@ -77,7 +77,12 @@ def _decoder(*, auto_register: bool = False) -> Decoder:
 def _check(topic: str, payload: bytes, decoded: Decoded) -> None:
     """What a decoded message must look like for the writer to store it."""
     assert isinstance(decoded, Decoded)
-    assert decoded.rows or decoded.rejections, "a message must end somewhere"
+    # stored, quarantined, or passed over as cityops' own (cityops/v1/out/...)
+    assert decoded.rows or decoded.rejections or decoded.own, "a message must end somewhere"
+    if decoded.own:
+        assert topic.startswith("cityops/v1/out/")
+        assert not decoded.rows
+        assert not decoded.rejections
     for kind, row in decoded.rows:
         assert kind in READING_KINDS
         assert len(row) == len(kind.columns)
