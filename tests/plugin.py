@@ -501,13 +501,17 @@ def running_scenes(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``cityops scenes run`` as a process; SIGTERM at the end must stop it cleanly (exit 0).
 
-    The schedule is an hour: whatever happens sooner was woken up, not polled.
+    The schedule is an hour: whatever happens sooner was woken up, not polled. What it publishes
+    goes under a topic prefix of its own unless ``env`` names one (CITYOPS_MQTT_TOPIC_PREFIX):
+    the session's broker keeps retained states, which the next new subscription to cityops/v1/#
+    would receive.
     """
     environment = {
         **os.environ,
         "CITYOPS_DATABASE_URL": database_url,
         "CITYOPS_MQTT_URL": broker_url,
         "CITYOPS_SCENES_INTERVAL_S": "3600",
+        "CITYOPS_MQTT_TOPIC_PREFIX": f"scenes-{uuid.uuid4().hex[:8]}",
         **env,
     }
     with (

@@ -82,7 +82,10 @@ def test_a_detection_and_every_transition_of_its_case_are_published_and_retained
     device, code, owner = cover["device_id"], cover["asset_code"], cover["owner"]
     ingest = start_worker(make_settings())  # subscribed to all of cityops/v1/#
     subscriber.subscribe(f"{OUT}/#")
-    with running_scenes(database_url, broker_url, tmp_path / "scenes.log"):
+    # under no prefix: beside the readings, where ingest must pass over it
+    with running_scenes(
+        database_url, broker_url, tmp_path / "scenes.log", CITYOPS_MQTT_TOPIC_PREFIX=""
+    ):
         wait_for(lambda: scenes_listening(conn) >= 1, what="the scenes listening")
         alarm(publisher, device)
         detection = body(
@@ -182,11 +185,13 @@ def test_kill_9_of_a_running_scenes_process_leaves_all_its_work_to_the_other(
 ) -> None:
     covers = covers_of(conn, city, 4)
     start_worker(make_settings())
-    subscriber.subscribe(f"{OUT}/detections/cover_displaced/#")
-    with running_scenes(database_url, broker_url, tmp_path / "first.log") as first:
+    prefix = {"CITYOPS_MQTT_TOPIC_PREFIX": f"kill-{covers[0]['device_id']}"}
+    out = f"{prefix['CITYOPS_MQTT_TOPIC_PREFIX']}/{OUT}"
+    subscriber.subscribe(f"{out}/detections/cover_displaced/#")
+    with running_scenes(database_url, broker_url, tmp_path / "first.log", **prefix) as first:
         # the first process publishes; the second starts once it does
         wait_for(lambda: publisher_backend(conn), what="the first process publishing")
-        with running_scenes(database_url, broker_url, tmp_path / "second.log"):
+        with running_scenes(database_url, broker_url, tmp_path / "second.log", **prefix):
             wait_for(lambda: scenes_listening(conn) >= 2, what="both processes listening")
             for cover in covers[:2]:
                 alarm(publisher, cover["device_id"])
