@@ -65,10 +65,7 @@ def serve(
     in the worker thread of each partition run. A failure no task retries (not an outage: a
     schema that is missing, say) ends the service, raised as itself.
     """
-    try:
-        asyncio.run(_Service(database, mqtt, settings, catalog, stop, clock=clock).run())
-    except ExceptionGroup as failed:  # the task group's: the first failure says why
-        raise failed.exceptions[0] from failed
+    asyncio.run(_Service(database, mqtt, settings, catalog, stop, clock=clock).run())
 
 
 class _Service:
@@ -89,6 +86,7 @@ class _Service:
         self.stop = stop
         self.clock = clock
         self.stopping = asyncio.Event()
+        self.failure: Exception | None = None  # what ended the service, if not a stop
         self.wake = asyncio.Event()  # run the partitions now
         self.outbound = asyncio.Event()  # publish now
 
@@ -114,6 +112,8 @@ class _Service:
                     (psycopg.OperationalError, aiomqtt.MqttError),
                 )
             )
+        if self.failure is not None:
+            raise self.failure
 
     async def _retrying(
         self,
@@ -121,7 +121,11 @@ class _Service:
         body: Callable[[], Awaitable[None]],
         outages: type[Exception] | tuple[type[Exception], ...],
     ) -> None:
-        """Run ``body`` until stopping; an outage it raises is logged and retried, with backoff."""
+        """Run ``body`` until stopping; an outage it raises is logged and retried, with backoff.
+
+        Any other failure stops the service: the other tasks end as on a stop, and ``run``
+        raises it.
+        """
         delay_s = 0.5
         while not self.stopping.is_set():
             started = time.monotonic()
@@ -133,6 +137,10 @@ class _Service:
                 logger.warning("%s stopped: %s; retrying in %.1f s", what, error_line(exc), delay_s)
                 await self._until(delay_s)
                 delay_s = min(delay_s * 2, _RETRY_MAX_S)
+            except Exception as exc:  # not an outage: the others stop cleanly, then it is raised
+                self.failure = self.failure or exc
+                self.stopping.set()
+                return
 
     async def _until(self, timeout_s: float, *events: asyncio.Event) -> None:
         """Wait ``timeout_s``, or less if stopping or one of ``events`` is set."""
