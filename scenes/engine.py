@@ -387,7 +387,6 @@ def _judge_health(
         "order by m.device_id, m.ts",
         {"devices": devices, "starts": starts},
     ).fetchall()
-    devices_left = set(devices)
     # the batches from a flooding window before each start: a window's count is whole from it
     batch_starts = [
         start - known[d].limits.flood_window_s for d, start in zip(devices, starts, strict=True)
@@ -413,7 +412,9 @@ def _judge_health(
         )
     )
     none = np.empty((0, 3))
+    judged = set()
     for device_id, block in _blocks(rows):
+        judged.add(device_id)
         batches = feed.pop(device_id, none)
         yield (
             device_id,
@@ -424,8 +425,7 @@ def _judge_health(
                 now,
             ),
         )
-        devices_left.discard(device_id)
-    for device_id in sorted(devices_left):  # its messages are past retention
+    for device_id in sorted(set(devices) - judged):  # its messages are past retention
         yield device_id, Judgement()
 
 
