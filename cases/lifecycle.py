@@ -12,7 +12,8 @@ always be rebuilt from the append-only log (``rebuild``).
                               +--reopen--> dispatched (rework, same unit, new deadline)
 
 ``report`` (a repeat report), ``comment`` and ``escalate`` (deadline passed, once) never change
-the state.
+the state. ``merge`` (the platform: another case covers the finding, as a dark cabinet covers its
+lamps) cancels a case from any open state but disposed.
 """
 
 from __future__ import annotations
@@ -50,16 +51,22 @@ class Action(StrEnum):
     REPORT = "report"
     COMMENT = "comment"
     ESCALATE = "escalate"
+    MERGE = "merge"
 
 
 FINAL = frozenset({State.CLOSED, State.CANCELLED})
 _STAYS = frozenset({Action.REPORT, Action.COMMENT, Action.ESCALATE})
+_MERGED = {Action.MERGE: State.CANCELLED}
 TRANSITIONS: dict[State, dict[Action, State]] = {
-    State.REPORTED: {Action.REGISTER: State.REGISTERED, Action.CANCEL: State.CANCELLED},
-    State.REGISTERED: {Action.DISPATCH: State.DISPATCHED, Action.CANCEL: State.CANCELLED},
-    State.DISPATCHED: {Action.ACCEPT: State.ACCEPTED, Action.RETURN: State.RETURNED},
-    State.ACCEPTED: {Action.DISPOSE: State.DISPOSED, Action.RETURN: State.RETURNED},
-    State.RETURNED: {Action.DISPATCH: State.DISPATCHED, Action.CANCEL: State.CANCELLED},
+    State.REPORTED: {Action.REGISTER: State.REGISTERED, Action.CANCEL: State.CANCELLED, **_MERGED},
+    State.REGISTERED: {
+        Action.DISPATCH: State.DISPATCHED,
+        Action.CANCEL: State.CANCELLED,
+        **_MERGED,
+    },
+    State.DISPATCHED: {Action.ACCEPT: State.ACCEPTED, Action.RETURN: State.RETURNED, **_MERGED},
+    State.ACCEPTED: {Action.DISPOSE: State.DISPOSED, Action.RETURN: State.RETURNED, **_MERGED},
+    State.RETURNED: {Action.DISPATCH: State.DISPATCHED, Action.CANCEL: State.CANCELLED, **_MERGED},
     State.DISPOSED: {Action.VERIFY: State.CLOSED, Action.REOPEN: State.DISPATCHED},
     State.CLOSED: {},
     State.CANCELLED: {},
@@ -152,7 +159,7 @@ def apply(case: CaseState | None, event: Event) -> CaseState:
             updated = replace(updated, returns=case.returns + 1, unit_id=event.unit_id)
         case Action.DISPOSE:
             updated = replace(updated, disposed_at=event.at)
-        case Action.VERIFY | Action.CANCEL:
+        case Action.VERIFY | Action.CANCEL | Action.MERGE:
             updated = replace(updated, closed_at=event.at)
         case Action.ESCALATE:
             updated = replace(updated, escalated_at=event.at)

@@ -588,6 +588,16 @@ class CaseService:
             (*params, limit),
         ).fetchall()
 
+    def merge(self, case_id: int, into: int, actor: str, note: str) -> None:
+        """Cancel ``case_id`` as covered by case ``into``, which gets a report naming it.
+
+        IllegalActionError when either case is finished (or ``case_id`` is disposed: its crew
+        has worked it, so an inspector decides).
+        """
+        with self._conn.transaction():
+            self._record(case_id, Action.MERGE, actor, note=f"merged into case {into}: {note}")
+            self._record(into, Action.REPORT, actor, note=f"case {case_id} merged into it: {note}")
+
     def escalate_overdue(self) -> list[int]:
         """Escalate, once, every unfinished case past its deadline; return their ids."""
         with self._conn.transaction():

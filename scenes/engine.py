@@ -10,8 +10,8 @@ the same episodes (a detection is keyed by subject, kind and first seen), so it 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import itertools
 import logging
 import threading
 import time
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import numpy as np
 import psycopg
@@ -31,8 +31,8 @@ from cases.catalog import Catalog, Category
 from cases.lifecycle import Action
 from cases.service import CaseError, CaseService, Report
 from redaction import error_line
-from scenes import covers, health
-from scenes.episodes import Episode, Judgement
+from scenes import covers, health, lamps, lighting
+from scenes.episodes import Device, Episode, Judgement, blocks
 from scenes.settings import ScenesSettings, Tunable
 
 _READINGS: Final = ("manhole_readings", "light_readings", "sweeper_readings", "device_status")
@@ -43,14 +43,6 @@ _LOCK_SPACE: Final = 0x5CE4E
 _SOON_S: Final = 0.5
 
 logger = logging.getLogger(__name__)
-
-
-class Device(NamedTuple):
-    """What a run knows of a device it judges."""
-
-    type: str
-    asset_code: str | None
-    limits: Any  # the scene's thresholds in force for its component (a ``Tunable``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +183,18 @@ def _run(
         for device_id, device_type, asset_code, category, first_ts in touched:
             since[device_id] = min(first_ts, since.get(device_id, first_ts))
             known[device_id] = Device(device_type, asset_code, limits_of(category, asset_code))
+        if scene.companions is not None and since:
+            # judged with the touched ones (a cabinet's lamps): over the same window
+            earliest = min(since.values())
+            extra = sorted(set(scene.companions(conn, sorted(since))) - set(since))
+            for device_id, device_type, asset_code, category in conn.execute(
+                "select dd.device_id, dd.type, dd.asset_code, a.major || a.minor "
+                "from device_districts dd left join assets a on a.code = dd.asset_code "
+                "where dd.device_id = any(%s) and dd.district = %s and dd.type = any(%s)",
+                (extra, district, list(scene.device_types)),
+            ).fetchall():
+                since[device_id] = earliest
+                known[device_id] = Device(device_type, asset_code, limits_of(category, asset_code))
         _reach_back(conn, scene, since, settings.lookback_s)
         detections = cases_opened = 0
         for device_id, judgement in scene.judge_all(conn, since, known, settings, now):
@@ -210,6 +214,7 @@ def _run(
                 cases_opened += opened
             _clear_superseded(conn, scene, device_id, kept)
             _keep_deadline(conn, scene.name, device_id, judgement.due_at)
+        _merge_explained(conn, scene, catalog, settings, district)
         verified = _verify_disposed(conn, scene, catalog, settings, district)
         conn.execute(
             "insert into scene_watermarks (scene, district, xact_horizon) values (%s, %s, %s) "
@@ -259,6 +264,52 @@ def _clear_superseded(
     )
 
 
+def _merge_explained(
+    conn: psycopg.Connection,
+    scene: Scene,
+    catalog: Catalog,
+    settings: ScenesSettings,
+    district: str,
+) -> None:
+    """Merge into each active group finding's case the open cases it now explains.
+
+    A dark cabinet explains the lamps it left dark: their detections were superseded when the
+    run saw the cabinet (``_clear_superseded``), so a lamp case opened before that, whose every
+    detection is such a one and began within ``lookback_s`` of the cabinet's, is merged into the
+    cabinet's case (cancelled, its detections moved there). A lamp dark on its own account keeps
+    its case.
+    """
+    if not scene.explains:
+        return
+    groups = conn.execute(
+        "select detection_id, kind, subject, device_id, case_id, first_seen from detections "
+        "where scene = %s and coalesce(district, '') = %s and kind = any(%s) "
+        "and cleared_at is null and case_id is not null",
+        (scene.name, district, sorted(scene.explains)),
+    ).fetchall()
+    service = CaseService(conn, catalog)
+    for _, kind, subject, device_id, into, first_seen in groups:
+        assert scene.companions is not None  # a scene whose findings explain others has them
+        members = scene.companions(conn, [device_id])
+        rows = conn.execute(
+            "select c.case_id from cases c join detections x on x.case_id = c.case_id "
+            "where x.device_id = any(%s) and c.case_id <> %s "
+            "and c.state in ('reported', 'registered', 'dispatched', 'accepted', 'returned') "
+            "group by c.case_id having bool_and(x.kind = any(%s) "
+            "and coalesce((x.evidence ->> 'superseded')::boolean, false) "
+            "and x.first_seen >= %s)",
+            (
+                members,
+                into,
+                list(scene.explains[kind]),
+                first_seen - timedelta(seconds=settings.lookback_s),
+            ),
+        ).fetchall()
+        for (case_id,) in rows:
+            service.merge(case_id, into, f"scene:{scene.name}", f"{kind} on {subject}")
+            conn.execute("update detections set case_id = %s where case_id = %s", (into, case_id))
+
+
 def _verify_disposed(
     conn: psycopg.Connection,
     scene: Scene,
@@ -288,16 +339,7 @@ def _verify_disposed(
         categories = {category, *(scene.category_of.get(kind, category) for kind in kinds)}
         if not all(catalog.get(c).sensor_verification for c in categories):
             continue
-        newest = " union all ".join(
-            f"(select max(ts) from {table} where device_id = %(device)s)"
-            for table in scene.readings
-        )
-        latest = conn.execute(
-            f"select max(ts) from ({newest}) m(ts)", {"device": device_id}
-        ).fetchone()
-        if latest is None or latest[0] is None:
-            continue
-        if (latest[0] - normal_since).total_seconds() < settings.verify_s:
+        if not scene.settled(conn, scene, device_id, normal_since, settings):
             continue
         CaseService(conn, catalog).act(
             case_id,
@@ -307,6 +349,27 @@ def _verify_disposed(
         )
         verified += 1
     return verified
+
+
+def _normal_long_enough(
+    conn: psycopg.Connection,
+    scene: Scene,
+    device_id: str,
+    normal_since: datetime,
+    settings: ScenesSettings,
+) -> bool:
+    """Whether the device sent a message ``verify_s`` or more after ``normal_since``."""
+    return _latest(conn, scene, [device_id]) >= normal_since + timedelta(seconds=settings.verify_s)
+
+
+def _latest(conn: psycopg.Connection, scene: Scene, devices: list[str]) -> datetime:
+    """The newest reading of ``devices`` in the scene's tables (-infinity for none)."""
+    newest = " union all ".join(
+        f"(select max(ts) from {table} where device_id = any(%(devices)s))"
+        for table in scene.readings
+    )
+    row = conn.execute(f"select max(ts) from ({newest}) m(ts)", {"devices": devices}).fetchone()
+    return row[0] if row and row[0] is not None else datetime.min.replace(tzinfo=UTC)
 
 
 def _feed_window(conn: psycopg.Connection, scene: str, district: str) -> tuple[Any, Any]:
@@ -349,7 +412,7 @@ def _judge_covers(
         ),
     ).fetchall()
     judged = set()
-    for device_id, block in _blocks(rows):
+    for device_id, block in blocks(rows):
         readings = covers.CoverReadings(block[:, 0], block[:, 1], block[:, 2], block[:, 3])
         judged.add(device_id)
         yield device_id, covers.judge(readings, known[device_id].limits, now)
@@ -392,7 +455,7 @@ def _judge_health(
         start - known[d].limits.flood_window_s for d, start in zip(devices, starts, strict=True)
     ]
     feed = dict(
-        _blocks(
+        blocks(
             conn.execute(
                 "with w as (select * from unnest(%(devices)s::text[], %(starts)s::float8[]) "
                 "as w(device_id, start_s)) "
@@ -413,7 +476,7 @@ def _judge_health(
     )
     none = np.empty((0, 3))
     judged = set()
-    for device_id, block in _blocks(rows):
+    for device_id, block in blocks(rows):
         judged.add(device_id)
         batches = feed.pop(device_id, none)
         yield (
@@ -427,19 +490,6 @@ def _judge_health(
         )
     for device_id in sorted(set(devices) - judged):  # its messages are past retention
         yield device_id, Judgement()
-
-
-def _blocks(rows: list[Any]) -> Iterator[tuple[str, Any]]:
-    """Rows ordered by device id (first column) as (device id, float array of the others)."""
-    if not rows:
-        return
-    table = np.array(
-        [[np.nan if v is None else v for v in row[1:]] for row in rows], dtype=np.float64
-    ).reshape(len(rows), len(rows[0]) - 1)
-    ids = [r[0] for r in rows]
-    bounds = [0, *(i for i in range(1, len(ids)) if ids[i] != ids[i - 1]), len(ids)]
-    for start, stop in itertools.pairwise(bounds):
-        yield ids[start], table[start:stop]
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,6 +506,14 @@ class Scene:
     ]
     thresholds: Callable[[ScenesSettings], Tunable]
     subject_is_device: bool  # detections are the device's (else its component's)
+    #: Devices judged with the touched ones, over the same window (a cabinet's lamps).
+    companions: Callable[[psycopg.Connection, list[str]], list[str]] | None = None
+    #: Kinds whose finding covers others' on its companions (a dark cabinet: its lamps out).
+    explains: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    #: Whether a disposed case's device has read normal long enough since a time to verify it.
+    settled: Callable[[psycopg.Connection, Scene, str, datetime, ScenesSettings], bool] = (
+        _normal_long_enough
+    )
 
 
 COVERS: Final = Scene(
@@ -486,7 +544,35 @@ HEALTH: Final = Scene(
     lambda s: s.health,
     subject_is_device=True,
 )
-SCENES: Final = (COVERS, HEALTH)
+LIGHTING: Final = Scene(
+    "lighting",
+    ("light", "gateway"),
+    ("light_readings",),
+    {
+        lighting.LAMP_OUT: "lamp_out",
+        lighting.DAY_BURNER: "lamp_day_burner",
+        lighting.DEGRADED: "lamp_degraded",
+        lighting.LOW_POWER_FACTOR: "lamp_power_quality",
+        lighting.OVER_VOLTAGE: "lighting_voltage",
+        lighting.UNDER_VOLTAGE: "lighting_voltage",
+        **dict.fromkeys(
+            (k for k in lighting.FAULT_FLAGS.values() if k != lighting.LEAKAGE),
+            "lamp_controller_fault",
+        ),
+        lighting.LEAKAGE: "lamp_leakage",
+        lighting.CABINET_OUTAGE: "cabinet_dark",
+        lighting.CIRCUIT_OUTAGE: "cabinet_dark",
+    },
+    lamps.judge_all,
+    lambda s: s.lighting,
+    subject_is_device=False,
+    companions=lamps.companions,
+    explains=dict.fromkeys(
+        (lighting.CABINET_OUTAGE, lighting.CIRCUIT_OUTAGE), (lighting.LAMP_OUT,)
+    ),
+    settled=lamps.settled,
+)
+SCENES: Final = (COVERS, HEALTH, LIGHTING)
 
 
 def _record(

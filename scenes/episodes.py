@@ -1,16 +1,24 @@
-"""What every scene's judgement is made of: episodes in event time, and spans of equal state."""
+"""What every scene's judgement is made of: devices, episodes in event time, spans of states."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 Floats = npt.NDArray[np.float64]
+
+
+class Device(NamedTuple):
+    """What a run knows of a device it judges."""
+
+    type: str
+    asset_code: str | None
+    limits: Any  # the scene's thresholds in force for its component (a ``Tunable``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,10 +35,10 @@ class Episode:
 
 @dataclass(slots=True)
 class Judgement:
-    """What one cover's readings show."""
+    """What one device's readings show."""
 
     episodes: list[Episode] = field(default_factory=list)
-    due_at: float | None = None  # when a tilt still too young to count should be judged again
+    due_at: float | None = None  # when a spell still too young to count is judged again
 
 
 def runs(
@@ -66,3 +74,16 @@ def spans(state: npt.NDArray[np.integer]) -> list[tuple[int, int]]:
     edges = np.flatnonzero(np.diff(state)) + 1
     bounds = [0, *edges.tolist(), len(state)]
     return list(itertools.pairwise(bounds))
+
+
+def blocks(rows: list[Any]) -> Iterator[tuple[str, Any]]:
+    """Rows ordered by device id (first column) as (device id, float array of the others)."""
+    if not rows:
+        return
+    table = np.array(
+        [[np.nan if v is None else v for v in row[1:]] for row in rows], dtype=np.float64
+    ).reshape(len(rows), len(rows[0]) - 1)
+    ids = [r[0] for r in rows]
+    bounds = [0, *(i for i in range(1, len(ids)) if ids[i] != ids[i - 1]), len(ids)]
+    for start, stop in itertools.pairwise(bounds):
+        yield ids[start], table[start:stop]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from typing import Any, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, PositiveFloat, ValidationError, model_validator
+from pydantic import Field, PositiveFloat, ValidationError, field_validator, model_validator
 
+from scenes.sky import Plan
 from sections import Section
 
 _WHERE = frozenset({"categories", "assets"})
@@ -148,6 +150,77 @@ class HealthThresholds(Tunable):
         return self.interval_s.get(device_type, 3600.0)
 
 
+class LightingThresholds(Tunable):
+    """When a street lamp's readings become a detection (DOMAIN.md, street lighting)."""
+
+    plan: str = Field(
+        default="default",
+        description=(
+            "The switching plan (a key of [scenes.lighting_plans]) of lamps whose component "
+            "and cabinet name none (property 'plan')."
+        ),
+    )
+    switch_grace_s: float = Field(
+        default=900.0,
+        ge=0,
+        le=7200,
+        description="Around a planned switching time either state is right for this long.",
+    )
+    sustain_s: float = Field(
+        default=600.0,
+        ge=0,
+        le=86_400,
+        description="A wrong state must last this long to count (two reports at 5 min).",
+    )
+    hold_s: float = Field(
+        default=900.0,
+        gt=0,
+        le=86_400,
+        description="A reading tells the lamp's state for at most this long after it.",
+    )
+    lit_ratio: float = Field(
+        default=0.1,
+        gt=0,
+        lt=1,
+        description="Lit: drawing more than this share of rated power (else: the relay state).",
+    )
+    degraded_ratio: float = Field(
+        default=0.7,
+        gt=0,
+        lt=1,
+        description="Degraded: lit below this share of rated power at its dimming level.",
+    )
+    power_factor_min: float = Field(
+        default=0.85, gt=0, lt=1, description="Lit with a power factor below this: low."
+    )
+    voltage_min_v: float = Field(default=198.0, gt=0, description="Supply below: under voltage.")
+    voltage_max_v: float = Field(default=242.0, gt=0, description="Supply above: over voltage.")
+    supply_min_v: float = Field(
+        default=50.0,
+        ge=0,
+        description="Below this there is no supply at all (a dark cabinet), not under voltage.",
+    )
+    group_share: float = Field(
+        default=0.8,
+        gt=0.5,
+        le=1,
+        description=(
+            "This share of a cabinet's (or circuit's) lamps dark when they should be lit: "
+            "one cabinet (circuit) outage instead of lamp cases."
+        ),
+    )
+    group_min_lamps: int = Field(
+        default=3, ge=2, description="Cabinets and circuits with fewer lamps are not correlated."
+    )
+
+    @model_validator(mode="after")
+    def _voltages_in_order(self) -> Self:
+        if not self.supply_min_v < self.voltage_min_v < self.voltage_max_v:
+            msg = "supply_min_v < voltage_min_v < voltage_max_v must hold"
+            raise ValueError(msg)
+        return self
+
+
 class ScenesSettings(Section):
     """The scene engine."""
 
@@ -169,5 +242,47 @@ class ScenesSettings(Section):
             "sensor has read normal this long after the disposal."
         ),
     )
+    timezone: str = Field(
+        default="Asia/Shanghai",
+        description="The city's time zone (IANA): local nights and dimming schedules.",
+    )
     covers: CoverThresholds = CoverThresholds()
     health: HealthThresholds = HealthThresholds()
+    lighting: LightingThresholds = LightingThresholds()
+    lighting_plans: dict[str, Plan] = Field(
+        default={"default": Plan()},
+        description="Switching plans by name; a lamp's comes from its component or cabinet.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            msg = f"{value!r} is not an IANA time zone (Asia/Shanghai, Europe/Oslo, ...)"
+            raise ValueError(msg) from None
+        return value
+
+    @model_validator(mode="after")
+    def _plans_known(self) -> Self:
+        named = {self.lighting.plan, *(o["plan"] for o in self._lighting_overrides())}
+        unknown = sorted(named - set(self.lighting_plans))
+        if unknown:
+            msg = (
+                f"lighting plan {', '.join(unknown)} is not in [scenes.lighting_plans] "
+                f"(known: {', '.join(sorted(self.lighting_plans))})"
+            )
+            raise ValueError(msg)
+        return self
+
+    def _lighting_overrides(self) -> list[dict[str, Any]]:
+        lighting = self.lighting
+        return [
+            o for o in (*lighting.categories.values(), *lighting.assets.values()) if "plan" in o
+        ]
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The city's time zone."""
+        return ZoneInfo(self.timezone)

@@ -50,6 +50,11 @@ class RunOptions:
     #: default offline limit: 1.5 heartbeats).
     offline_limit_s: float = 5400.0
     lamp_report_s: float = 300.0
+    #: A lamp fault that showed in fewer reports than this, each judgeable (lamp out and day
+    #: burner: farther than ``lamp_switch_grace_s`` from sunset and sunrise), is marked
+    #: undetectable: the scenes' defaults (sustain 600 s at 300 s reports, grace 900 s).
+    lamp_fault_min_reports: int = 2
+    lamp_switch_grace_s: float = 900.0
     gps_interval_s: float = 1.0
     gps_noise_m: float = 5.0
     utc_offset_h: float = 8.0
@@ -114,7 +119,9 @@ def simulate(city: City, scenario: Scenario, options: RunOptions) -> Run:
         cover_shown, cover_undetectable = _cover(out, device, angle, faults_of, options)
         shown |= cover_shown
         undetectable |= cover_undetectable
-    shown |= _cabinets(out, city, lamps, by_subject, options)
+    lamps_shown, lamps_undetectable = _cabinets(out, city, lamps, by_subject, options)
+    shown |= lamps_shown
+    undetectable |= lamps_undetectable
     # segment and sweeper faults are timed by the routes; cover and lamp faults count once they
     # showed in some message
     faults = [
@@ -286,26 +293,27 @@ class _Cover:
 # -- lamps ----------------------------------------------------------------------------------
 
 
-def _sun_times(city: City, day: datetime) -> tuple[float, float]:
+def _sun_events(city: City, day: datetime) -> list[tuple[float, bool]]:
+    """Sunrise and sunset (epoch seconds) on ``day``'s UTC date, each: whether dark after it."""
     observer = Observer(latitude=city.spec.center_lat, longitude=city.spec.center_lon)
-    return (
-        sunset(observer, day.date(), tzinfo=UTC).timestamp(),
-        sunrise(observer, day.date(), tzinfo=UTC).timestamp(),
-    )
+    return [
+        (sunrise(observer, day.date(), tzinfo=UTC).timestamp(), False),
+        (sunset(observer, day.date(), tzinfo=UTC).timestamp(), True),
+    ]
 
 
-def _is_dark(city: City, t: float, cache: dict[str, tuple[float, float]]) -> bool:
+def _sky(city: City, t: float, cache: dict[str, list[tuple[float, bool]]]) -> tuple[bool, float]:
+    """Whether it is dark at ``t``, and how far (s) ``t`` is from the nearest sunset or sunrise."""
     now = datetime.fromtimestamp(t, tz=UTC)
-    for day in (now - timedelta(days=1), now):
+    events: list[tuple[float, bool]] = []
+    for day in (now - timedelta(days=1), now, now + timedelta(days=1)):
         key = day.date().isoformat()
         if key not in cache:
-            dusk, _ = _sun_times(city, day)
-            _, dawn = _sun_times(city, day + timedelta(days=1))
-            cache[key] = (dusk, dawn)
-        dusk, dawn = cache[key]
-        if dusk <= t < dawn:
-            return True
-    return False
+            cache[key] = _sun_events(city, day)
+        events += cache[key]
+    events.sort()
+    dark = next((after for at, after in reversed(events) if at <= t), False)
+    return dark, min(abs(t - at) for at, _ in events)
 
 
 def _cabinets(
@@ -314,14 +322,18 @@ def _cabinets(
     lamps: list[dict[str, Any]],
     by_subject: dict[str, list[Fault]],
     o: RunOptions,
-) -> set[Fault]:
-    """Publish every cabinet's lamp batches; return the faults that showed in some reading."""
-    shown: set[Fault] = set()
+) -> tuple[set[Fault], set[Fault]]:
+    """Publish every cabinet's lamp batches.
+
+    Returns the faults that showed in some reading, and those of them that showed too little to
+    be told (``o.lamp_fault_min_reports``).
+    """
+    showings: dict[Fault, int] = {}  # the judgeable reports each fault showed in
     rated = {a["code"]: a["properties"].get("rated_power_w", 150.0) for a in city.assets}
     members: dict[str, list[dict[str, Any]]] = {}
     for lamp in lamps:
         members.setdefault(lamp["gateway_id"], []).append(lamp)
-    sun: dict[str, tuple[float, float]] = {}
+    sun: dict[str, list[tuple[float, bool]]] = {}
     end = o.start + o.duration_s
     for cabinet, its_lamps in sorted(members.items()):
         rng = _device_rng(o.seed, cabinet)
@@ -329,12 +341,14 @@ def _cabinets(
         outages = by_subject.get(cabinet, [])
         t = o.start + float(rng.uniform(0, o.lamp_report_s))
         while t < end:
-            dark = _is_dark(city, t, sun)
+            dark, from_switch = _sky(city, t, sun)
+            clear_sky = from_switch > o.lamp_switch_grace_s  # no switching time near
             local_hour = (t / 3600 + o.utc_offset_h) % 24
             dim = o.dim_after_midnight_pct if dark and 1 <= local_hour < 5 else 100.0
             cuts = [f for f in outages if f.start <= t < f.end]
             cut = bool(cuts)
-            shown.update(cuts)
+            for f in cuts:  # a cabinet without supply shows by day as by night
+                showings[f] = showings.get(f, 0) + 1
             batch = []
             for lamp in its_lamps:
                 faults = [f for f in by_subject.get(lamp["device_id"], []) if f.start <= t < f.end]
@@ -348,8 +362,12 @@ def _cabinets(
                     power *= 0.5
                 if "low_power_factor" in kinds and on:
                     pf = 0.55
-                # a lamp fault shows only while the lamp should be lit (a day burner by day)
-                shown.update(f for f in faults if on and (f.kind == "day_burner") != dark)
+                # a lamp fault shows only while the lamp should be lit (a day burner by day);
+                # out or burning, only where the sky says clearly what the lamp should do
+                for f in faults:
+                    if on and (f.kind == "day_burner") != dark:
+                        told = clear_sky or f.kind not in ("lamp_out", "day_burner")
+                        showings[f] = showings.get(f, 0) + told
                 volts = 0.0 if cut else round(float(rng.normal(220, 2)), 1)
                 power = round(power * float(rng.normal(1, 0.01)), 1) if power else 0.0
                 energy[lamp["device_id"]] += power * o.lamp_report_s / 3.6e6
@@ -371,7 +389,8 @@ def _cabinets(
                 )
             _pub(out, t, f"{TOPIC_ROOT}/gateway/{cabinet}/batch", batch)
             t += o.lamp_report_s
-    return shown
+    shown = set(showings)
+    return shown, {f for f, n in showings.items() if n < o.lamp_fault_min_reports}
 
 
 # -- sweepers -------------------------------------------------------------------------------

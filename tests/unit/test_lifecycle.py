@@ -29,11 +29,11 @@ T0 = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 #: docs/cases.md, "Lifecycle", written out by hand: state -> {action: next state}. Kept apart
 #: from cases/lifecycle.py on purpose, so a change to its tables cannot agree with itself.
 DOCUMENTED: dict[str, dict[str, str]] = {
-    "reported": {"register": "registered", "cancel": "cancelled"},
-    "registered": {"dispatch": "dispatched", "cancel": "cancelled"},
-    "dispatched": {"accept": "accepted", "return": "returned"},
-    "accepted": {"dispose": "disposed", "return": "returned"},
-    "returned": {"dispatch": "dispatched", "cancel": "cancelled"},
+    "reported": {"register": "registered", "cancel": "cancelled", "merge": "cancelled"},
+    "registered": {"dispatch": "dispatched", "cancel": "cancelled", "merge": "cancelled"},
+    "dispatched": {"accept": "accepted", "return": "returned", "merge": "cancelled"},
+    "accepted": {"dispose": "disposed", "return": "returned", "merge": "cancelled"},
+    "returned": {"dispatch": "dispatched", "cancel": "cancelled", "merge": "cancelled"},
     "disposed": {"verify": "closed", "reopen": "dispatched"},
 }
 #: "any open state | comment, report, escalate | unchanged"; the open states are the rows above.
@@ -175,7 +175,7 @@ def documented_row(events: list[Event]) -> CaseState:
         deadline=deadline,
         accepted_at=None if sent is None else last(Action.ACCEPT, since=sent),
         disposed_at=None if sent is None else last(Action.DISPOSE, since=sent),
-        closed_at=last(Action.VERIFY, Action.CANCEL) if state in FINISHED else None,
+        closed_at=last(Action.VERIFY, Action.CANCEL, Action.MERGE) if state in FINISHED else None,
         escalated_at=last(Action.ESCALATE),
         returns=sum(e.action is Action.RETURN for e in events),
         reworks=sum(e.action is Action.REOPEN for e in events),
