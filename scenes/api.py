@@ -1,19 +1,21 @@
 """The scenes' endpoints on the case API: the cover dictionary, detections, acknowledgements.
 
-``install_routes`` adds them to the app ``cases.api.create_app`` builds (the shell passes it in
-``routes``): the same bearer tokens, errors and OpenAPI document. Who sees what follows the case
-API (``scenes.dictionary`` and ``scenes.detections`` state the rules): a component or detection
-the caller may not see is 404, like one that does not exist.
+Also lamps and cabinets as FIWARE entities (``scenes.streetlights``). ``install_routes`` adds
+them to the app ``cases.api.create_app`` builds (the shell passes it in ``routes``): the same
+bearer tokens, errors and OpenAPI document. Who sees what follows the case API
+(``scenes.dictionary`` and ``scenes.detections`` state the rules): a component or detection the
+caller may not see is 404, like one that does not exist.
 
 Annotations here are evaluated at definition (no ``from __future__ import annotations``):
 FastAPI reads the dependencies of the endpoints, which are closures, from them.
 """
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 from cases.access import Caller
 from cases.api import ApiError, RouteContext
@@ -31,6 +33,7 @@ from scenes.detections import (
     list_detections,
 )
 from scenes.dictionary import CoverEntry, cover_entry, covers_summary
+from scenes.streetlights import PowerState, Status, streetlight, streetlight_cabinet
 
 Kind = Annotated[str, OneOf(KINDS)]
 
@@ -122,6 +125,64 @@ class DetectionOut(BaseModel):
     acknowledged_note: str | None
 
 
+class PointOut(BaseModel):
+    """A GeoJSON Point (WGS-84)."""
+
+    type: Literal["Point"]
+    coordinates: list[float] = Field(description="[longitude, latitude]")
+
+
+class FiwareOut(BaseModel):
+    """A FIWARE entity in key-values form: attributes without a value are left out."""
+
+    model_config = ConfigDict(alias_generator=to_camel)
+
+    location: PointOut | None = None
+    date_modified: datetime | None = Field(default=None, description="The latest reading's time.")
+
+
+class StreetlightOut(FiwareOut):
+    """A street lamp as a FIWARE Streetlight (Smart Data Models, dataModel.Streetlighting)."""
+
+    id: str = Field(description="urn:ngsi-ld:Streetlight:<the lamp's code>")
+    type: Literal["Streetlight"]
+    status: Status = Field(
+        description="From its active lighting detections (docs/scenes.md); ok when none."
+    )
+    power_state: PowerState | None = Field(
+        default=None,
+        description="The latest reading's: off when unlit, low when lit and dimmed, else on.",
+    )
+    ref_streetlight_control_cabinet: str | None = Field(
+        default=None, description="urn:ngsi-ld:StreetlightControlCabinet:<the cabinet's code>"
+    )
+    circuit: str | None = Field(default=None, description="The cabinet's circuit it is on.")
+    power_rating: float | None = Field(default=None, description="Rated power, W.")
+    power_consumption: float | None = Field(default=None, description="Power, W.")
+    current: float | None = Field(default=None, description="Current, A.")
+    voltage: float | None = Field(default=None, description="Supply voltage, V.")
+    power_factor: float | None = Field(default=None, ge=0, le=1)
+    illuminance_level: float | None = Field(
+        default=None, ge=0, le=1, description="The dimming level, 1 undimmed."
+    )
+    date_last_switching_on: datetime | None = Field(
+        default=None, description="The first reading of its latest lit stretch."
+    )
+
+
+class StreetlightCabinetOut(FiwareOut):
+    """A lighting cabinet as a FIWARE StreetlightControlCabinet."""
+
+    id: str = Field(description="urn:ngsi-ld:StreetlightControlCabinet:<the cabinet's code>")
+    type: Literal["StreetlightControlCabinet"]
+    total_active_power: float | None = Field(
+        default=None, description="The sum of its lamps' latest readings, W."
+    )
+    annotations: list[str] | None = Field(
+        default=None, description="The kinds of its active detections (cabinet_outage, ...)."
+    )
+
+
 class AcknowledgedOut(ErrorOut):
     """A detection someone else has acknowledged already."""
 
@@ -136,6 +197,8 @@ def _answer(model: type[BaseModel], description: str) -> dict[str, Any]:
 _UNSEEN_DETECTION = _answer(
     ErrorOut, "No such detection, or none the caller may see: the same answer."
 )
+#: A 16-digit component code in a path.
+Code = Annotated[str, Path(pattern=CODE_PATTERN, description="The 16-digit code.")]
 
 
 def install_routes(app: FastAPI, context: RouteContext) -> None:
@@ -152,10 +215,7 @@ def install_routes(app: FastAPI, context: RouteContext) -> None:
             ),
         },
     )
-    def component(
-        code: Annotated[str, Path(pattern=CODE_PATTERN, description="The 16-digit code.")],
-        who: Annotated[Caller, Depends(caller)],
-    ) -> CoverEntry:
+    def component(code: Code, who: Annotated[Caller, Depends(caller)]) -> CoverEntry:
         """A component with its units, sensors, state and case history.
 
         Operators and the city's office see every component, a district's office those of its
@@ -167,6 +227,46 @@ def install_routes(app: FastAPI, context: RouteContext) -> None:
         if entry is None:
             raise ApiError(404, f"no component {code}")
         return entry
+
+    @app.get(
+        "/streetlights/{code}",
+        response_model=StreetlightOut,
+        response_model_exclude_none=True,
+        responses={
+            **answers(401, 422, 503),
+            404: _answer(ErrorOut, "No such lamp, or none the caller may see: the same answer."),
+        },
+    )
+    def streetlight_entity(code: Code, who: Annotated[Caller, Depends(caller)]) -> dict[str, Any]:
+        """A street lamp as a FIWARE Streetlight: its state, latest reading and cabinet.
+
+        Seen by whoever sees the lamp as a component (``GET /assets/{code}``).
+        """
+        with context.connection() as conn:
+            entity = streetlight(conn, code, who)
+        if entity is None:
+            raise ApiError(404, f"no streetlight {code}")
+        return entity
+
+    @app.get(
+        "/streetlight-cabinets/{code}",
+        response_model=StreetlightCabinetOut,
+        response_model_exclude_none=True,
+        responses={
+            **answers(401, 422, 503),
+            404: _answer(ErrorOut, "No such cabinet, or none the caller may see: the same answer."),
+        },
+    )
+    def cabinet_entity(code: Code, who: Annotated[Caller, Depends(caller)]) -> dict[str, Any]:
+        """A lighting cabinet as a FIWARE StreetlightControlCabinet: its lamps' power, outages.
+
+        Seen by whoever sees the cabinet as a component (``GET /assets/{code}``).
+        """
+        with context.connection() as conn:
+            entity = streetlight_cabinet(conn, code, who)
+        if entity is None:
+            raise ApiError(404, f"no streetlight cabinet {code}")
+        return entity
 
     @app.get(
         "/covers/summary",

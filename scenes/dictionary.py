@@ -83,27 +83,40 @@ class CoverEntry:
     cases: list[CoverCase]  # those the caller may see, newest first
 
 
+def visible_component(
+    conn: psycopg.Connection, code: str, caller: Caller = OPERATOR
+) -> dict[str, Any] | None:
+    """The component ``code`` as ``show_asset`` gives it, with its ``district``; None if unseen.
+
+    None as well for a component that does not exist: the caller cannot tell the two apart.
+    """
+    asset = show_asset(conn, code)
+    if asset is None:
+        return None
+    scope = _scope(caller)
+    if scope is None:
+        return None
+    district = district_of_region(conn, asset["region_id"])
+    only_district, only_unit = scope
+    units = (None, asset["owner_unit_id"], asset["maintainer_unit_id"])
+    if only_district not in (None, district) or only_unit not in units:
+        return None
+    return {**asset, "district": district}
+
+
 def cover_entry(
     conn: psycopg.Connection, code: str, caller: Caller = OPERATOR
 ) -> CoverEntry | None:
     """The component ``code`` with its sensors, state and case history; None if unseen."""
-    asset = show_asset(conn, code)
+    asset = visible_component(conn, code, caller)
     if asset is None:
-        return None
-    district = district_of_region(conn, asset["region_id"])
-    scope = _scope(caller)
-    if scope is None:
-        return None
-    only_district, only_unit = scope
-    units = (None, asset["owner_unit_id"], asset["maintainer_unit_id"])
-    if only_district not in (None, district) or only_unit not in units:
         return None
     state, cases = cover_state(conn, code)
     return CoverEntry(
         code=code,
         category=asset["category"],
         name=asset["name"],
-        district=district,
+        district=asset["district"],
         competent_unit_id=asset["competent_unit_id"],
         owner_unit_id=asset["owner_unit_id"],
         maintainer_unit_id=asset["maintainer_unit_id"],

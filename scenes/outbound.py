@@ -10,7 +10,9 @@ after a newer one.
 Topics (under ``mqtt.topic_prefix``):
 
 - ``cityops/v1/out/detections/{kind}/{subject}``, retained: the subject's latest detection of the
-  kind, active or cleared;
+  kind, active or cleared; a lighting detection also under FIWARE's names
+  (``scenes.streetlights``): ``refStreetlight`` and ``status`` (the status its kind gives the
+  lamp) for a lamp's, and ``refStreetlightControlCabinet``;
 - ``cityops/v1/out/cases/{case_id}``, retained while the case is open; its final state (closed
   or cancelled) is published once without retain, and the retained message is then removed
   (an empty retained payload, which subscribers also receive);
@@ -29,6 +31,7 @@ import aiomqtt
 import psycopg
 
 from cases.lifecycle import FINAL
+from scenes.streetlights import CABINET_KINDS, CABINET_URN, SCENE, STREETLIGHT_URN, status_sql
 from wire.contract import ID_PATTERN
 from wire.topics import OUT_TREE, TOPIC_ROOT
 
@@ -121,14 +124,29 @@ def _json(document: Any) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
 
 
+_CABINET_KINDS: Final = ", ".join(f"'{kind}'" for kind in CABINET_KINDS)
+#: A lighting detection's FIWARE names: a lamp's (its status, its cabinet's through the gateway
+#: it names as ``cabinet_id``) or a cabinet's.
+_FIWARE: Final = (
+    f"case when x.scene = '{SCENE}' then jsonb_strip_nulls(jsonb_build_object("
+    f"'refStreetlight', case when x.kind not in ({_CABINET_KINDS}) "
+    f"then '{STREETLIGHT_URN}' || x.subject end, "
+    f"'refStreetlightControlCabinet', '{CABINET_URN}' || case when x.kind in ({_CABINET_KINDS}) "
+    "then x.subject else g.asset_code end, "
+    f"'status', {status_sql('x.kind')})) else '{{}}' end"
+)
+
 _STATES: Final = {
     "detection": (
         "select distinct on (x.kind, x.subject) x.kind || '/' || x.subject, "
         "to_jsonb(x) - 'updated_at' || jsonb_build_object('state', "
-        "case when x.cleared_at is null then 'active' else 'cleared' end) "
+        f"case when x.cleared_at is null then 'active' else 'cleared' end) || {_FIWARE} "
         "from detections x join unnest(%s::text[]) as r(ref) "
         "on x.kind = split_part(r.ref, '/', 1) "
         "and x.subject = substr(r.ref, strpos(r.ref, '/') + 1) "
+        f"left join assets a on x.scene = '{SCENE}' and a.code = x.subject "
+        "left join devices g on g.device_id = a.properties ->> 'cabinet_id' "
+        "and g.type = 'gateway' "
         "order by x.kind, x.subject, x.first_seen desc"
     ),
     # what a citizen wrote or photographed stays behind the API's access control

@@ -1,5 +1,5 @@
-"""The API (cases, the cover dictionary, detections) against its own OpenAPI document, fuzzed by
-schemathesis as each of three roles.
+"""The API (cases, the cover dictionary, streetlights, detections) against its own OpenAPI
+document, fuzzed by schemathesis as each of three roles.
 
 Every answer must be one the document declares (status, content type, body), none may be a
 server error, and what the document admits must not be refused by the API's request validation.
@@ -103,7 +103,8 @@ def fuzzed_requests(
     """Requests from the document, and as many on a real case, component and detection.
 
     Ids and component codes drawn at random name nothing, so without these the answers of a
-    case, component or detection that exists (and a report that is taken) would go unchecked.
+    case, component, lamp, cabinet or detection that exists (and a report that is taken) would
+    go unchecked.
     """
     sewers = [a["code"] for a in city.assets if a["category"] == "sewage"]
     sensed = Report("cover_damaged", "sensor", asset_code=sewers[0])
@@ -113,6 +114,19 @@ def fuzzed_requests(
     strategy |= schema["/cases/{case_id}/{action}"]["POST"].as_strategy(mode, path_parameters=real)
     cover = {"code": sewers[2]}  # d0-drainage's, displaced: its case is d0-drainage's too
     strategy |= schema["/assets/{code}"]["GET"].as_strategy(mode, path_parameters=cover)
+    lamp = next(a for a in city.assets if a["category"] == "street_lamp")  # d0-lighting's
+    conn.execute(  # a lit and dimmed lamp: every attribute of a Streetlight has a value
+        "insert into light_readings (device_id, ts, lamp_on, dim_pct, voltage_v, current_a, "
+        "power_w, power_factor) values (%s, to_timestamp(%s), true, 50, 230, 0.35, 75, 0.93)",
+        (f"lt-{lamp['code']}", T0_S),
+    )
+    strategy |= schema["/streetlights/{code}"]["GET"].as_strategy(
+        mode, path_parameters={"code": lamp["code"]}
+    )
+    cabinet = {"code": lamp["properties"]["cabinet_id"].removeprefix("cab-")}
+    strategy |= schema["/streetlight-cabinets/{code}"]["GET"].as_strategy(
+        mode, path_parameters=cabinet
+    )
     taken = displaced(database_url, sewers[3])
     acknowledge(conn, taken, "night-shift")  # every caller's acknowledgement of it is refused
     for detection_id in (displaced(database_url, sewers[2]), taken):
