@@ -21,6 +21,7 @@ from rich.table import Table
 from cityops import demo_database, services
 from cityops.casescli import cases_app, catalog_of, serve, units_app
 from cityops.demo import DemoScore, demo_settings, local_time, run_demo
+from cityops.lightingcli import lighting_app
 from cityops.quarantinecli import quarantine_app
 from cityops.scenescli import covers_app, print_scores, scenes_app
 from cityops.settings import Settings, SettingsError, load_settings, resolve_config_path
@@ -80,6 +81,7 @@ app.add_typer(units_app, name="units")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(scenes_app, name="scenes")
 app.add_typer(covers_app, name="covers")
+app.add_typer(lighting_app, name="lighting")
 
 
 @config_app.command("check")

@@ -31,7 +31,7 @@ from cases.catalog import Catalog, Category
 from cases.lifecycle import Action
 from cases.service import CaseError, CaseService, Report
 from redaction import error_line
-from scenes import covers, health, lamps, lighting
+from scenes import covers, health, lamps, lighting, nights
 from scenes.episodes import Device, Episode, Judgement, blocks
 from scenes.settings import ScenesSettings, Tunable
 
@@ -216,6 +216,8 @@ def _run(
             _keep_deadline(conn, scene.name, device_id, judgement.due_at)
         _merge_explained(conn, scene, catalog, settings, district)
         verified = _verify_disposed(conn, scene, catalog, settings, district)
+        if scene.tally is not None:
+            scene.tally(conn, settings, district, now)
         conn.execute(
             "insert into scene_watermarks (scene, district, xact_horizon) values (%s, %s, %s) "
             "on conflict (scene, district) do update set xact_horizon = excluded.xact_horizon, "
@@ -510,6 +512,8 @@ class Scene:
     companions: Callable[[psycopg.Connection, list[str]], list[str]] | None = None
     #: Kinds whose finding covers others' on its companions (a dark cabinet: its lamps out).
     explains: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    #: What the scene keeps besides detections, after each partition run (nightly indicators).
+    tally: Callable[[psycopg.Connection, ScenesSettings, str, float], None] | None = None
     #: Whether a disposed case's device has read normal long enough since a time to verify it.
     settled: Callable[[psycopg.Connection, Scene, str, datetime, ScenesSettings], bool] = (
         _normal_long_enough
@@ -570,6 +574,7 @@ LIGHTING: Final = Scene(
     explains=dict.fromkeys(
         (lighting.CABINET_OUTAGE, lighting.CIRCUIT_OUTAGE), (lighting.LAMP_OUT,)
     ),
+    tally=nights.tally,
     settled=lamps.settled,
 )
 SCENES: Final = (COVERS, HEALTH, LIGHTING)

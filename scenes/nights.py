@@ -196,3 +196,16 @@ def _merged(intervals: Floats) -> Floats:
         else:
             merged.append([a, b])
     return np.array(merged, dtype=np.float64).reshape(-1, 2)
+
+
+def tally(conn: psycopg.Connection, settings: ScenesSettings, district: str, now: float) -> None:
+    """Store the district's last finished night once it is over (its day's end + ``hold_s``)."""
+    local = datetime.fromtimestamp(now - settings.lighting.hold_s, tz=settings.zone)
+    night = local.date() - timedelta(days=1 if local.hour >= 12 else 2)
+    row = conn.execute(
+        "select exists (select from device_districts where type = 'light' and district = %s), "
+        "exists (select from lighting_nights where night = %s and district = %s)",
+        (district, night, district),
+    ).fetchone()
+    if row is not None and row[0] and not row[1]:
+        store(conn, settings, night, district)

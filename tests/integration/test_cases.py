@@ -242,10 +242,10 @@ def test_illegal_transitions_and_foreign_cases_are_refused(api, conn, city, data
     refused = api("POST", f"/cases/{case_id}/verify", "d0-coordinating")
     assert refused.status_code == 409
     assert refused.json() == {
-        "error": "cannot verify a case that is dispatched; allowed: accept, return, comment, "
-        "escalate, report",
+        "error": "cannot verify a case that is dispatched; allowed: accept, return, merge, "
+        "comment, escalate, report",
         "state": "dispatched",
-        "allowed": ["accept", "return", "comment", "escalate", "report"],
+        "allowed": ["accept", "return", "merge", "comment", "escalate", "report"],
     }
     for unit in ("d0-water", "d0-drainage"):
         assert api("GET", f"/cases/{case_id}", unit).status_code == 404
