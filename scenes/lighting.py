@@ -107,6 +107,13 @@ def judge_cabinet(
     lamps: Sequence[Lamp], limits: LightingThresholds, now: float
 ) -> tuple[list[Judgement], Judgement]:
     """Each lamp's judgement, and the cabinet's (its outages), judged at ``now``."""
+    with np.errstate(all="ignore"):  # NaN and inf compare false: no finding from them
+        return _judge_cabinet(lamps, limits, now)
+
+
+def _judge_cabinet(
+    lamps: Sequence[Lamp], limits: LightingThresholds, now: float
+) -> tuple[list[Judgement], Judgement]:
     outs = [out(lamp) for lamp in lamps]
     # dark as a group: out, or without supply (by day too: it will not light at dusk)
     grid, dark = _dark_grid(
@@ -132,12 +139,17 @@ def judge_cabinet(
     judgements = []
     for row, (lamp, lamp_out) in enumerate(zip(lamps, outs, strict=True)):
         at = np.searchsorted(grid, lamp.readings.ts)  # every reading time is on the grid
-        judgements.append(judge_lamp(lamp, lamp_out & ~owned[row, at], now))
+        judgements.append(_judge_lamp(lamp, lamp_out & ~owned[row, at], now))
     return judgements, cabinet
 
 
 def judge_lamp(lamp: Lamp, lamp_out: Bools, now: float) -> Judgement:
     """One lamp's episodes (``lamp_out``: where it is out on its own account)."""
+    with np.errstate(all="ignore"):  # NaN and inf compare false: no finding from them
+        return _judge_lamp(lamp, lamp_out, now)
+
+
+def _judge_lamp(lamp: Lamp, lamp_out: Bools, now: float) -> Judgement:
     r, limits = lamp.readings, lamp.limits
     judgement = Judgement()
 

@@ -115,6 +115,8 @@ def _sun_noon(lat: float, lon: float, day: date) -> float:
 
 def expected(ts: Floats, intervals: Floats, grace_s: float) -> npt.NDArray[np.int8]:
     """DARK, LIT or EITHER at each time of ``ts`` (sorted or not)."""
+    if not len(intervals):
+        return np.full(len(ts), DARK, dtype=np.int8)
     starts, ends = intervals[:, 0], intervals[:, 1]
     at = np.searchsorted(starts, ts, side="right") - 1
     inside = (at >= 0) & (ts < ends[np.maximum(at, 0)])
