@@ -8,10 +8,12 @@ import json
 import random
 import threading
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 
 import psycopg
 import pytest
+from astral import Observer
+from astral.sun import sunrise, sunset
 from typer.testing import CliRunner
 
 from cases.access import Caller
@@ -33,13 +35,30 @@ from simulator.publish import PublishOptions, publish
 from simulator.scenario import Scenario
 from tests.plugin import CATALOG, wait_for
 
-START = datetime(2025, 10, 6, 8, 0, tzinfo=UTC).timestamp()  # 16:00 in the city, before sunset
-#: Sunset and sunrise at the city (Shenyang, 41.81 N 123.43 E) on 2025-10-06/07, from an
-#: almanac: 17:19 and 05:51 local (UTC+8).
-SUNSET = datetime(2025, 10, 6, 9, 19, tzinfo=UTC).timestamp()
-SUNRISE = datetime(2025, 10, 6, 21, 51, tzinfo=UTC).timestamp()
+
+def recent(month: int, day: int) -> date:
+    """The latest ``month``-``day`` two days ago or more: inside the readings' retention (400
+    days), with the sun of its season."""
+    today = date.today()
+    this_year = date(today.year, month, day)
+    return this_year if this_year <= today - timedelta(days=2) else date(today.year - 1, month, day)
+
+
+def midnight(day: date) -> float:
+    return datetime.combine(day, time(0), tzinfo=UTC).timestamp()
+
+
+EVENING = recent(10, 6)
+CITY = Observer(latitude=41.8057, longitude=123.4315)  # the simulated city: Shenyang
+# sunset about 17:19 and sunrise about 05:51 local (UTC+8), both in the UTC day of EVENING
+# (whole seconds: readings carry milliseconds)
+SUNSET = float(round(sunset(CITY, EVENING, tzinfo=UTC).timestamp()))
+SUNRISE = float(round(sunrise(CITY, EVENING, tzinfo=UTC).timestamp()))
+START = midnight(EVENING) + 8 * 3600  # 16:00 in the city, before sunset
 TROMSO = (69.65, 18.96)  # polar night from late November to mid January; midnight sun in June
-GUANGZHOU = (23.13, 113.26)  # sunset on 2025-12-21 at 17:48 local (09:48 UTC)
+WINTER = recent(12, 21)
+SUMMER = recent(6, 21)
+GUANGZHOU = (23.13, 113.26)  # sunset at the winter solstice about 17:48 local
 
 
 def store_lamp_readings(database_url: str, rows: list[tuple[str, float, dict]]) -> None:
@@ -288,17 +307,17 @@ def test_lamps_follow_their_own_plan_and_their_own_sunset(conn, database_url, ci
     ]
     # in Guangzhou, on the winter solstice, a lamp lit at its own sunset: an hour and a half
     # after the city's
-    solstice_sunset = datetime(2025, 12, 21, 9, 48, tzinfo=UTC).timestamp()
+    solstice_sunset = float(round(sunset(Observer(*GUANGZHOU), WINTER, tzinfo=UTC).timestamp()))
     south = add_lamp(conn, city, 3, lat=GUANGZHOU[0], lon=GUANGZHOU[1])
     readings += [
         (south, t, DARK if t < solstice_sunset else lit())
         for t in every(solstice_sunset - 3 * 3600, solstice_sunset + 3 * 3600)
     ]
     # in Tromso: lit all day in the polar night; at noon under the midnight sun, a day burner
-    polar_night = datetime(2025, 12, 21, tzinfo=UTC).timestamp()
+    polar_night = midnight(WINTER)
     night_lamp = add_lamp(conn, city, 4, lat=TROMSO[0], lon=TROMSO[1])
     readings += [(night_lamp, t, lit()) for t in every(polar_night, polar_night + 86_400)]
-    midsummer = datetime(2025, 6, 21, tzinfo=UTC).timestamp()
+    midsummer = midnight(SUMMER)
     summer_lamp = add_lamp(conn, city, 5, lat=TROMSO[0], lon=TROMSO[1])
     readings += [
         (summer_lamp, t, lit() if 10 * 3600 <= t - midsummer < 12 * 3600 else DARK)
@@ -307,7 +326,7 @@ def test_lamps_follow_their_own_plan_and_their_own_sunset(conn, database_url, ci
     store_lamp_readings(database_url, readings)
     settings = ScenesSettings(lighting_plans={"default": Plan(), "late": Plan(on_offset_min=30)})
     with psycopg.connect(database_url) as scenes_conn:
-        run_once(scenes_conn, settings, CATALOG, now=START + 80 * 86_400, scenes=(LIGHTING,))
+        run_once(scenes_conn, settings, CATALOG, now=midnight(date.today()), scenes=(LIGHTING,))
     found = {
         (kind, device): (first, cleared)
         for kind, device, first, cleared in lighting_detections(
@@ -326,9 +345,9 @@ def test_lamps_follow_their_own_plan_and_their_own_sunset(conn, database_url, ci
 def test_the_lighting_rate_of_a_constructed_night_is_the_hand_computed_one(
     conn, database_url, city
 ) -> None:
-    # the whole lighting day of 2025-12-21 (noon to noon in the city) lies in Tromso's polar
-    # night: both lamps should be lit for all of its 86,400 s
-    noon = datetime(2025, 12, 21, 4, 0, tzinfo=UTC).timestamp()  # 12:00 in the city
+    # the whole lighting day of the winter solstice (noon to noon in the city) lies in Tromso's
+    # polar night: both lamps should be lit for all of its 86,400 s
+    noon = midnight(WINTER) + 4 * 3600  # 12:00 in the city
     district = f"dl-{uuid.uuid4().hex[:6]}"  # a district of these lamps alone
     conn.execute(
         "insert into regions (region_id, name, level) values (%s, 'north', 'district')",
@@ -343,7 +362,7 @@ def test_the_lighting_rate_of_a_constructed_night_is_the_hand_computed_one(
         for t in every(noon, noon + 86_400)
     ]
     # under the midnight sun a third lamp burns for three hours at 80 W: all daylight
-    summer_noon = datetime(2025, 6, 21, 4, 0, tzinfo=UTC).timestamp()
+    summer_noon = midnight(SUMMER) + 4 * 3600
     burner = add_lamp(conn, city, 13, lat=TROMSO[0], lon=TROMSO[1], region=district)
     readings += [
         (burner, t, lit(power_w=80.0) if t < summer_noon + 3 * 3600 else DARK)
@@ -361,11 +380,11 @@ def test_the_lighting_rate_of_a_constructed_night_is_the_hand_computed_one(
         assert result.exit_code == 0, result.output
         return json.loads(result.output)
 
-    rows = report("2025-12-21")
+    rows = report(WINTER.isoformat())
     mine = conn.execute(
         "select device_id, expected_s, lit_s, unknown_s, energy_kwh, day_burn_s, day_burn_kwh "
-        "from lighting_nights where night = '2025-12-21' and district = %s order by 1",
-        (district,),
+        "from lighting_nights where night = %s and district = %s order by 1",
+        (WINTER, district),
     ).fetchall()
     assert sorted(mine) == sorted(
         [
@@ -379,7 +398,7 @@ def test_the_lighting_rate_of_a_constructed_night_is_the_hand_computed_one(
     assert total["lighting_rate"] == pytest.approx((86_400 + 79_200) / (2 * 86_400))
     assert total["observed"] == pytest.approx(2 / 3)
     assert total["energy_kwh"] == pytest.approx(3.5)
-    summer = report("2025-06-21")[-1]
+    summer = report(SUMMER.isoformat())[-1]
     assert (summer["day_burn_h"], summer["day_burn_kwh"]) == (
         pytest.approx(3.0),
         pytest.approx(0.24),
