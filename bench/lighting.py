@@ -37,7 +37,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.scenes import load  # noqa: E402
+from bench.scenes import drop, load, print_scores  # noqa: E402
 from cases.catalog import load_catalog  # noqa: E402
 from devices.codes import CodeScheme  # noqa: E402
 from devices.registry import import_bundle  # noqa: E402
@@ -136,32 +136,12 @@ def main() -> None:
                 "readings_per_s": round(stored / nights_s),
                 "lighting_rate": city_row.lighting_rate,
             },
-            "scores": {
-                s.kind: {
-                    "faults": s.faults,
-                    "undetectable": s.undetectable,
-                    "detections": s.detections,
-                    "precision": s.precision,
-                    "recall": s.recall,
-                    "delay_p50_s": s.delay_p50_s,
-                    "delay_p99_s": s.delay_p99_s,
-                }
-                for s in scores
-            },
         }
         print("lighting", report["lighting"], flush=True)
         print("nights  ", report["nights"], flush=True)
-        for s in scores:
-            print(
-                f"  {s.kind:16} faults {s.faults:5} (+{s.undetectable} undetectable) found "
-                f"{s.detections:5} precision {s.precision} recall {s.recall} "
-                f"delay p50 {s.delay_p50_s} p99 {s.delay_p99_s}",
-                flush=True,
-            )
+        report["scores"] = print_scores(scores)
     finally:
-        name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
-        with psycopg.connect(args.database_server, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
+        drop(args.database_server, url)
     print(json.dumps(report))
 
 

@@ -33,6 +33,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ from ingest.decode import DecodeLimits, Decoder  # noqa: E402
 from ingest.settings import IngestSettings  # noqa: E402
 from ingest.writer import BatchWriter, Message  # noqa: E402
 from scenes.engine import COVERS, HEALTH, run_once  # noqa: E402
-from scenes.score import Interval, score, stored_detections  # noqa: E402
+from scenes.score import Interval, KindScore, score, stored_detections  # noqa: E402
 from scenes.settings import ScenesSettings  # noqa: E402
 from simulator.city import CitySpec, generate, write_bundle  # noqa: E402
 from simulator.fleet import RunOptions, simulate  # noqa: E402
@@ -140,7 +141,7 @@ def live(args: argparse.Namespace) -> dict[str, object]:
         for proc in procs:
             proc.terminate()
             proc.wait(30)
-        _drop(args.database_server, url)
+        drop(args.database_server, url)
     q = np.percentile(delays, [50, 99])
     report = {
         "bench": "scenes_live",
@@ -203,7 +204,20 @@ def _alarm_delays(
     return [reported - published[device] for device, reported in rows]
 
 
-def _drop(server: str, url: str) -> None:
+def print_scores(scores: list[KindScore]) -> dict[str, dict[str, object]]:
+    """Print a line per kind; return the figures per kind for the bench's JSON line."""
+    for s in scores:
+        print(
+            f"  {s.kind:16} faults {s.faults:5} (+{s.undetectable} undetectable) found "
+            f"{s.detections:5} precision {s.precision} recall {s.recall} "
+            f"delay p50 {s.delay_p50_s} p99 {s.delay_p99_s}",
+            flush=True,
+        )
+    return {s.kind: {k: v for k, v in asdict(s).items() if k != "kind"} for s in scores}
+
+
+def drop(server: str, url: str) -> None:
+    """Drop the bench's database."""
     with psycopg.connect(server, autocommit=True) as conn:
         name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
         conn.execute(f'drop database if exists "{name}" with (force)')
@@ -280,27 +294,9 @@ def main() -> None:
                 print(f"{scene.name:8}", figures, flush=True)
             faults = [Interval(f.kind, f.subject, f.start, f.end, f.detectable) for f in run.faults]
             scores = score(faults, stored_detections(conn, None, None), allowed_delay_s=7200)
-        report["scores"] = {
-            s.kind: {
-                "faults": s.faults,
-                "undetectable": s.undetectable,
-                "detections": s.detections,
-                "precision": s.precision,
-                "recall": s.recall,
-                "delay_p50_s": s.delay_p50_s,
-                "delay_p99_s": s.delay_p99_s,
-            }
-            for s in scores
-        }
-        for s in scores:
-            print(
-                f"  {s.kind:16} faults {s.faults:5} (+{s.undetectable} undetectable) found "
-                f"{s.detections:5} precision {s.precision} recall {s.recall} "
-                f"delay p50 {s.delay_p50_s} p99 {s.delay_p99_s}",
-                flush=True,
-            )
+        report["scores"] = print_scores(scores)
     finally:
-        _drop(args.database_server, url)
+        drop(args.database_server, url)
     print(json.dumps(report))
 
 

@@ -101,10 +101,9 @@ def judge_all(
     for cabinet, members in sorted(cabinets.items()):
         judged = [d for d in members if d in readings]
         built = [_lamp(readings[d], where[d], known[d].limits, sky_of, settings) for d in judged]
-        cabinet_known = cabinet in known and known[cabinet].type == "gateway"
-        if cabinet_known and built:
+        if cabinet in known and known[cabinet].type == "gateway":
             judgements, of_cabinet = lighting.judge_cabinet(built, known[cabinet].limits, now)
-            yield cabinet, of_cabinet
+            yield cabinet, of_cabinet  # without lamp readings: nothing dark, any outage over
         else:
             judgements = [lighting.judge_lamp(lamp, lighting.out(lamp), now) for lamp in built]
         yield from zip(judged, judgements, strict=True)
