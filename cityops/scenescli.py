@@ -40,7 +40,8 @@ covers_app = typer.Typer(
     no_args_is_help=True,
 )
 scenes_app = typer.Typer(
-    help="Scenes: telemetry into detections and cases (manhole covers and device health so far); "
+    help="Scenes: telemetry into detections and cases (manhole covers, device health, street "
+    "lighting); "
     "the detections listed and acknowledged.",
     no_args_is_help=True,
 )
