@@ -57,7 +57,7 @@ NIGHT = date.today() - timedelta(days=2)
 START = datetime.combine(NIGHT, clock(8), tzinfo=UTC).timestamp()
 RATES = {
     "lamp_out": 0.004,
-    "day_burner": 0.004,
+    "day_burner": 0.03,  # most fall at night, when a lamp should be lit anyway
     "lamp_degraded": 0.004,
     "low_power_factor": 0.004,
     "cabinet_outage": 0.01,
