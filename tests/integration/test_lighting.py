@@ -123,12 +123,17 @@ def add_lamp(
     lat: float,
     lon: float,
     plan: str | None = None,
+    cabinet: str | None = None,
     region: str = "d0",
 ) -> str:
     """A lamp of 100 W at (lat, lon) in ``region``; its controller's device id."""
     division = city.spec.division_base
     code = f"{division}0201{900_000 + n:06d}"
-    properties = {"rated_power_w": 100.0, **({"plan": plan} if plan else {})}
+    properties = {
+        "rated_power_w": 100.0,
+        **({"plan": plan} if plan else {}),
+        **({"cabinet_id": cabinet} if cabinet else {}),
+    }
     conn.execute(
         "insert into assets (code, division, major, minor, serial, category, "
         "owner_unit_id, maintainer_unit_id, lat, lon, region_id, properties) values "
@@ -298,11 +303,19 @@ def test_lamps_follow_their_own_plan_and_their_own_sunset(conn, database_url, ci
     lat, lon = city.spec.center_lat, city.spec.center_lon
     late = add_lamp(conn, city, 1, lat=lat, lon=lon, plan="late")  # on 30 min after sunset
     default = add_lamp(conn, city, 2, lat=lat, lon=lon)
+    # a lamp that names no plan, in a cabinet that names "late"
+    cabinet = next(d for d in city.devices if d["type"] == "light")["gateway_id"]
+    conn.execute(
+        'update assets set properties = properties || \'{"plan": "late"}\' '
+        "where code = (select asset_code from devices where device_id = %s)",
+        (cabinet,),
+    )
+    by_cabinet = add_lamp(conn, city, 6, lat=lat, lon=lon, cabinet=cabinet)
     # the same readings for both: dark until 30 minutes after sunset, then lit
     switch_on = SUNSET + 1800
     readings = [
         (d, t, DARK if t < switch_on else lit())
-        for d in (late, default)
+        for d in (late, default, by_cabinet)
         for t in every(SUNSET - 3600, SUNSET + 3 * 3600)
     ]
     # in Guangzhou, on the winter solstice, a lamp lit at its own sunset: an hour and a half
@@ -330,7 +343,7 @@ def test_lamps_follow_their_own_plan_and_their_own_sunset(conn, database_url, ci
     found = {
         (kind, device): (first, cleared)
         for kind, device, first, cleared in lighting_detections(
-            conn, [late, default, south, night_lamp, summer_lamp]
+            conn, [late, default, by_cabinet, south, night_lamp, summer_lamp]
         )
     }
     assert set(found) == {("lamp_out", default), ("day_burner", summer_lamp)}
