@@ -1,0 +1,474 @@
+"""The clean-road scene's map matching and coverage: sweeper GPS onto road segments, vectorised.
+
+Pure functions over numpy arrays (no database).
+
+**The network.** Each segment (a polyline: curved roads, roundabouts, short links at junctions)
+is cut into cells of ``cell_m`` along its length; a cell knows its segment, its place along it
+and the segment's direction there. A KD-tree (scipy's ``cKDTree``, chosen by measurement:
+1.1 M nearest queries per second against 0.2 M for shapely's ``STRtree.query_nearest``, in
+``bench/clean_road.py``) holds the cells' centres in metres. Cells with a cell of another segment
+within ``ambiguity_m`` are marked: near junctions and along parallel roads.
+
+**Matching** (``match``): each fix goes to its nearest cell within ``tolerance_m``. A fix whose
+nearest cell is marked, or whose heading disagrees with the cell's direction (beyond
+``heading_tol_deg``; both ways on a two-way segment, one way on a one-way carriageway), takes the
+best of its ``_CANDIDATES`` nearest cells that agree with its heading. Where a cell of another
+segment that agrees is a candidate too (parallel roads 15 m apart under 5-10 m of noise), the
+stretch of such fixes is decided together by a hidden-Markov matcher
+(Newson & Krumm 2009): Gaussian emission on the distance, transitions that keep to a segment or
+move to one that touches it; a Viterbi pass over the stretch only, anchored by the fixes on
+either side.
+
+**Coverage** (``coverage``): a cell is covered by a fix that is valid (brushes down, at no more
+than the segment's ``max_speed_kmh``) and by the cells between two consecutive valid fixes of the
+same vehicle on the same segment, when they are at most ``max_gap_s`` apart and the gap implies
+no more than ``max_gap_speed_kmh`` (a longer or faster gap covers nothing between its ends). A
+pass is a vehicle's run along one segment; it counts when its valid cells cover ``pass_share``
+of the segment.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+from scipy.spatial import cKDTree
+
+from scenes.episodes import Floats
+
+Ints = npt.NDArray[np.int64]
+Bools = npt.NDArray[np.bool_]
+
+#: Metres per degree of latitude (and of longitude at the equator).
+_M_PER_DEG: Final = 111_320.0
+#: Nearest cells looked at for a fix that is not plain.
+_CANDIDATES: Final = 8
+#: Segment ends closer than this (metres) touch: a vehicle may move from one to the other.
+_TOUCH_M: Final = 3.0
+NO_MATCH: Final = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A road segment's shape: (lon, lat) positions, and whether it is one way (as drawn)."""
+
+    segment_id: str
+    coordinates: Sequence[tuple[float, float]]
+    oneway: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """Local metres east and north of a centre (equirectangular: good to 0.1 % over 50 km)."""
+
+    lon0: float
+    lat0: float
+
+    def to_metres(self, lon: Floats, lat: Floats) -> tuple[Floats, Floats]:
+        """Metres east and north of the centre."""
+        x = (lon - self.lon0) * _M_PER_DEG * math.cos(math.radians(self.lat0))
+        return x, (lat - self.lat0) * _M_PER_DEG
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """Segments cut into cells, in a KD-tree."""
+
+    segment_ids: list[str]
+    frame: Frame
+    cell_m: float
+    length_m: Floats  # per segment
+    oneway: Bools  # per segment
+    first_cell: Ints  # per segment, then the total: cells of segment s are first[s]:first[s+1]
+    cell_segment: Ints  # per cell
+    cell_xy: Floats  # (cells, 2)
+    cell_dir: Floats  # (cells, 2) unit direction of the segment at the cell
+    ambiguous: Bools  # per cell: another segment's cell within ambiguity_m
+    touching: frozenset[tuple[int, int]]  # pairs of segments whose ends meet
+    tree: cKDTree
+
+    @property
+    def cells_of(self) -> Ints:
+        """How many cells each segment has."""
+        cells: Ints = np.diff(self.first_cell)
+        return cells
+
+
+def build(
+    segments: Sequence[Segment], *, cell_m: float = 5.0, ambiguity_m: float = 30.0
+) -> Network:
+    """The network of ``segments``, cut into cells of about ``cell_m``."""
+    lons = np.array([p[0] for s in segments for p in s.coordinates], dtype=np.float64)
+    lats = np.array([p[1] for s in segments for p in s.coordinates], dtype=np.float64)
+    frame = Frame(float(lons.mean()), float(lats.mean())) if len(lons) else Frame(0.0, 0.0)
+    xy_parts, dir_parts, counts, lengths, ends = [], [], [], [], []
+    for segment in segments:
+        line = np.array(segment.coordinates, dtype=np.float64)
+        x, y = frame.to_metres(line[:, 0], line[:, 1])
+        centres, directions, length = _cells(np.column_stack((x, y)), cell_m)
+        xy_parts.append(centres)
+        dir_parts.append(directions)
+        counts.append(len(centres))
+        lengths.append(length)
+        ends.append((x[0], y[0], x[-1], y[-1]))
+    cell_counts = np.array(counts, dtype=np.int64)
+    first_cell = np.concatenate(([0], np.cumsum(cell_counts)))
+    cell_xy = np.concatenate(xy_parts) if xy_parts else np.empty((0, 2))
+    cell_segment = np.repeat(np.arange(len(segments)), cell_counts)
+    tree = cKDTree(cell_xy)
+    return Network(
+        segment_ids=[s.segment_id for s in segments],
+        frame=frame,
+        cell_m=cell_m,
+        length_m=np.array(lengths, dtype=np.float64),
+        oneway=np.array([s.oneway for s in segments], dtype=bool),
+        first_cell=first_cell,
+        cell_segment=cell_segment,
+        cell_xy=cell_xy,
+        cell_dir=np.concatenate(dir_parts) if dir_parts else np.empty((0, 2)),
+        ambiguous=_ambiguous(tree, cell_segment, ambiguity_m),
+        touching=_touching(np.array(ends, dtype=np.float64).reshape(-1, 4)),
+        tree=tree,
+    )
+
+
+def _cells(line: Floats, cell_m: float) -> tuple[Floats, Floats, float]:
+    """Cell centres every ``cell_m`` along a polyline (metres), their directions, its length."""
+    steps = np.diff(line, axis=0)
+    step_m = np.hypot(steps[:, 0], steps[:, 1])
+    keep = step_m > 0
+    steps, step_m = steps[keep], step_m[keep]
+    length = float(step_m.sum())
+    if length == 0:
+        return line[:1], np.array([[1.0, 0.0]]), 0.0
+    n = max(1, round(length / cell_m))
+    at = (np.arange(n) + 0.5) * (length / n)  # arc length of each centre
+    starts = np.concatenate(([0.0], np.cumsum(step_m)[:-1]))
+    k = np.clip(np.searchsorted(starts, at, side="right") - 1, 0, len(steps) - 1)
+    origin = line[:-1][keep][k]
+    unit = steps[k] / step_m[k, None]
+    return origin + unit * (at - starts[k])[:, None], unit, length
+
+
+def _ambiguous(tree: cKDTree, cell_segment: Ints, radius_m: float) -> Bools:
+    """Cells with a cell of another segment within ``radius_m``."""
+    flag = np.zeros(len(cell_segment), dtype=bool)
+    pairs = tree.query_pairs(radius_m, output_type="ndarray")
+    if len(pairs):
+        other = cell_segment[pairs[:, 0]] != cell_segment[pairs[:, 1]]
+        flag[pairs[other].ravel()] = True
+    return flag
+
+
+def _touching(ends: Floats) -> frozenset[tuple[int, int]]:
+    """Pairs of segments (both orders) with an end within ``_TOUCH_M`` of the other's."""
+    if not len(ends):
+        return frozenset()
+    points = np.concatenate((ends[:, :2], ends[:, 2:]))
+    owner = np.concatenate((np.arange(len(ends)), np.arange(len(ends))))
+    pairs = cKDTree(points).query_pairs(_TOUCH_M, output_type="ndarray")
+    a, b = owner[pairs[:, 0]], owner[pairs[:, 1]]
+    distinct = a != b
+    return frozenset(
+        (int(i), int(j))
+        for i, j in zip(
+            np.concatenate((a[distinct], b[distinct])),
+            np.concatenate((b[distinct], a[distinct])),
+            strict=True,
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MatchRules:
+    """How fixes are matched: how far, how well aligned, when two segments are alike."""
+
+    tolerance_m: float = 20.0
+    heading_tol_deg: float = 45.0
+    noise_m: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Matched:
+    """Each fix's segment (``NO_MATCH``: none within tolerance), cell, distance (m), heading.
+
+    ``forward``: whether the fix travels the way its segment is drawn.
+    """
+
+    segment: Ints
+    cell: Ints  # global cell index (NO_MATCH where unmatched)
+    distance_m: Floats
+    forward: Bools
+
+
+def match(
+    network: Network, lon: Floats, lat: Floats, heading_deg: Floats, rules: MatchRules
+) -> Matched:
+    """Match one vehicle's fixes, in time order (``heading_deg`` NaN: from its track)."""
+    x, y = network.frame.to_metres(lon, lat)
+    points = np.column_stack((x, y))
+    heading = _headings(points, heading_deg)
+    n = len(points)
+    out = Matched(
+        np.full(n, NO_MATCH, dtype=np.int64),
+        np.full(n, NO_MATCH, dtype=np.int64),
+        np.full(n, np.inf),
+        np.ones(n, dtype=bool),
+    )
+    if n == 0 or len(network.cell_xy) == 0:
+        return out
+    nearest_d, nearest_i = network.tree.query(points, k=1, distance_upper_bound=rules.tolerance_m)
+    d1, i1 = np.asarray(nearest_d, dtype=np.float64), np.asarray(nearest_i, dtype=np.int64)
+    found = np.isfinite(d1)
+    nearest = np.where(found, i1, 0)
+    plain = found & ~network.ambiguous[nearest]
+    plain &= _agrees(network, nearest, heading, rules.heading_tol_deg)
+    out.cell[plain], out.distance_m[plain] = i1[plain], d1[plain]
+    hard = np.flatnonzero(found & ~plain)
+    if len(hard):
+        _match_hard(network, (points, heading), hard, rules, out)
+    matched = out.cell >= 0
+    out.segment[matched] = network.cell_segment[out.cell[matched]]
+    out.forward[matched] = _along(network, out.cell[matched], heading[matched]) >= 0
+    return out
+
+
+def _headings(points: Floats, reported: Floats) -> Floats:
+    """Heading (radians, clockwise from north) of each fix: reported, else along its track.
+
+    The track's over ``_BASELINE`` fixes either side: a fix a second at 5 km/h moves less than
+    its noise.
+    """
+    n = len(points)
+    ahead = points[np.minimum(np.arange(n) + _BASELINE, n - 1)]
+    behind = points[np.maximum(np.arange(n) - _BASELINE, 0)]
+    step = ahead - behind
+    moving = np.hypot(step[:, 0], step[:, 1]) > 1.0
+    track = np.where(moving, np.arctan2(step[:, 0], step[:, 1]), np.nan)
+    heading: Floats = np.where(np.isnan(reported), track, np.radians(reported))
+    return heading
+
+
+#: Fixes either side that a heading not reported is taken over.
+_BASELINE: Final = 10
+
+
+def _along(network: Network, cells: Ints, heading: Floats) -> Floats:
+    """The cosine between each heading and its cell's direction (NaN heading: 1)."""
+    direction = network.cell_dir[cells]
+    cos: Floats = direction[:, 0] * np.sin(heading) + direction[:, 1] * np.cos(heading)
+    return np.where(np.isnan(heading), 1.0, cos)
+
+
+def _agrees(network: Network, cells: Ints, heading: Floats, tol_deg: float) -> Bools:
+    """Whether each fix's heading agrees with its cell's segment (NaN heading: always)."""
+    cos = _along(network, cells, heading)
+    oneway = network.oneway[network.cell_segment[cells]]
+    limit = math.cos(math.radians(tol_deg))
+    agree: Bools = np.isnan(heading) | np.where(oneway, cos >= limit, np.abs(cos) >= limit)
+    return agree
+
+
+def _match_hard(
+    network: Network, fixes: tuple[Floats, Floats], hard: Ints, rules: MatchRules, out: Matched
+) -> None:
+    """Match the fixes ``hard`` of ``fixes`` (points, headings) by their agreeing neighbours."""
+    points, heading = fixes
+    d, i = network.tree.query(points[hard], k=_CANDIDATES, distance_upper_bound=rules.tolerance_m)
+    valid = np.isfinite(d)
+    safe = np.where(valid, i, 0)
+    agree = valid & _agrees(
+        network, safe.ravel(), np.repeat(heading[hard], _CANDIDATES), rules.heading_tol_deg
+    ).reshape(safe.shape)
+    cost = np.where(agree, d, np.inf)
+    best = np.argmin(cost, axis=1)
+    rows = np.arange(len(hard))
+    best_cost = cost[rows, best]
+    best_cell = safe[rows, best]
+    # the best candidate of another segment
+    other = agree & (network.cell_segment[safe] != network.cell_segment[best_cell][:, None])
+    second = np.where(other, d, np.inf).min(axis=1)
+    ok = np.isfinite(best_cost)
+    out.cell[hard[ok]], out.distance_m[hard[ok]] = best_cell[ok], best_cost[ok]
+    unsure = ok & np.isfinite(second)
+    if unsure.any():
+        _Stretches(network, hard[unsure], safe[unsure], cost[unsure], rules.noise_m).decide(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _Stretches:
+    """Unsure fixes (in time order) with their candidate cells and distances."""
+
+    network: Network
+    fixes: Ints
+    candidates: Ints  # (fixes, K) cells
+    costs: Floats  # (fixes, K) metres; inf: not a candidate
+    noise_m: float
+
+    def decide(self, out: Matched) -> None:
+        """Decide each stretch of consecutive unsure fixes together (Newson & Krumm)."""
+        breaks = np.flatnonzero(np.diff(self.fixes) != 1) + 1
+        for stretch in np.split(np.arange(len(self.fixes)), breaks):
+            first, last = int(self.fixes[stretch[0]]), int(self.fixes[stretch[-1]])
+            # anchors: the decided fixes either side
+            before = int(out.cell[first - 1]) if first > 0 else NO_MATCH
+            after = int(out.cell[last + 1]) if last + 1 < len(out.cell) else NO_MATCH
+            path = self._viterbi(stretch, before, after)
+            for row, chosen in zip(stretch, path, strict=True):
+                out.cell[self.fixes[row]] = self.candidates[row, chosen]
+                out.distance_m[self.fixes[row]] = self.costs[row, chosen]
+
+    def _viterbi(self, stretch: Ints, before: int, after: int) -> list[int]:
+        """The most likely candidate per fix of ``stretch`` (column indices)."""
+        network = self.network
+        seg = network.cell_segment[self.candidates[stretch]]  # (fixes, K)
+        anchors = [network.cell_segment[c] for c in (before, after) if c != NO_MATCH]
+        moves = _Moves(network, np.unique(np.concatenate((seg.ravel(), anchors))))
+        costs = self.costs[stretch]
+        emission = np.where(np.isfinite(costs), -0.5 * (costs / self.noise_m) ** 2, -np.inf)
+        score = emission[0].copy()
+        if before != NO_MATCH:
+            score += moves.between(network.cell_segment[[before]], seg[0])[0]
+        back = []
+        for t in range(1, len(seg)):
+            step = score[:, None] + moves.between(seg[t - 1], seg[t])
+            back.append(np.argmax(step, axis=0))
+            score = step.max(axis=0) + emission[t]
+        if after != NO_MATCH:
+            score += moves.between(seg[-1], network.cell_segment[[after]])[:, 0]
+        path = [int(np.argmax(score))]
+        for pointers in reversed(back):
+            path.append(int(pointers[path[-1]]))
+        return path[::-1]
+
+
+#: Log-probability of moving to a touching segment between two fixes (staying: 0).
+_SWITCH: Final = math.log(0.05)
+
+
+class _Moves:
+    """Log-probabilities of moving between the segments of a stretch, from a table of them."""
+
+    def __init__(self, network: Network, segments: Ints) -> None:
+        self._segments = segments
+        touch = np.array(
+            [[(int(i), int(j)) in network.touching for j in segments] for i in segments],
+            dtype=bool,
+        ).reshape(len(segments), len(segments))
+        same = np.eye(len(segments), dtype=bool)
+        self._table: Floats = np.where(same, 0.0, np.where(touch, _SWITCH, -1e6))
+
+    def between(self, a: Ints, b: Ints) -> Floats:
+        """From segments ``a`` (rows) to ``b`` (columns)."""
+        ia = np.searchsorted(self._segments, a)
+        ib = np.searchsorted(self._segments, b)
+        moves: Floats = self._table[np.ix_(ia, ib)]
+        return moves
+
+
+@dataclass(frozen=True, slots=True)
+class Track:
+    """One vehicle's fixes in time order, as matched."""
+
+    ts: Floats  # epoch seconds
+    speed_kmh: Floats
+    brush_on: Bools
+    matched: Matched
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What counts as sweeping: per segment (speed limit, window), and for gaps and passes."""
+
+    max_speed_kmh: Floats  # per segment
+    in_window: Bools  # per fix: inside its segment's sweeping window
+    max_gap_s: float = 30.0
+    max_gap_speed_kmh: float = 18.0
+    pass_share: float = 0.8
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """What a vehicle's track swept: covered cells, and its passes per segment."""
+
+    covered: Ints  # global cell indices, unique
+    passes: Ints  # per segment: valid passes
+    too_fast_s: Floats  # per segment: time brushing above its speed limit
+    brushes_up_s: Floats  # per segment: time on it at sweeping speed with brushes up
+    swept_m: float
+    driven_m: float
+
+
+def coverage(network: Network, track: Track, rules: Rules) -> Coverage:
+    """The cells ``track`` swept validly, and its valid passes per segment."""
+    m = track.matched
+    seg, cell = m.segment, m.cell
+    on = seg >= 0
+    limit = rules.max_speed_kmh[np.maximum(seg, 0)]
+    valid = on & track.brush_on & (track.speed_kmh <= limit) & rules.in_window
+    n_seg = len(network.segment_ids)
+    # between consecutive fixes on one segment: fill the cells in between if the gap is sound
+    dt = np.diff(track.ts)
+    same = (seg[1:] == seg[:-1]) & on[1:]
+    both_valid = valid[1:] & valid[:-1]
+    step_m = np.abs(cell[1:] - cell[:-1]) * network.cell_m
+    sound = (dt <= rules.max_gap_s) & (
+        step_m / np.maximum(dt, 1e-9) * 3.6 <= rules.max_gap_speed_kmh
+    )
+    fill = np.flatnonzero(same & both_valid & sound & (np.abs(cell[1:] - cell[:-1]) > 1))
+    lo = np.minimum(cell[fill], cell[fill + 1])
+    hi = np.maximum(cell[fill], cell[fill + 1])
+    filled = _ranges(lo, hi)
+    covered = np.unique(np.concatenate((cell[valid], filled)))
+    # passes: runs of consecutive fixes along one segment one way, broken by a change of
+    # segment or of direction (a U-turn) or by a gap too long
+    onward = m.forward[1:] == m.forward[:-1]
+    run_break = np.concatenate(([True], ~(same & onward & (dt <= rules.max_gap_s))))
+    run_id = np.cumsum(run_break) - 1
+    cells = len(network.cell_segment)
+    run_cells = np.unique(run_id[valid] * cells + cell[valid]) // cells  # a run's distinct cells
+    per_run = np.bincount(run_cells, minlength=int(run_id[-1]) + 1 if len(run_id) else 0)
+    run_segment = np.full(len(per_run), NO_MATCH)
+    run_segment[run_id] = seg
+    cells_of = network.cells_of
+    enough = (run_segment >= 0) & (
+        per_run >= rules.pass_share * cells_of[np.maximum(run_segment, 0)]
+    )
+    passes = np.bincount(run_segment[enough], minlength=n_seg)
+    # time per fix: until the next one, at most max_gap_s
+    hold = np.append(np.minimum(dt, rules.max_gap_s), 0.0)
+    fast = on & track.brush_on & (track.speed_kmh > limit)
+    up = on & ~track.brush_on & (track.speed_kmh <= limit) & rules.in_window
+    too_fast_s = np.bincount(seg[fast], weights=hold[fast], minlength=n_seg).astype(np.float64)
+    brushes_up_s = np.bincount(seg[up], weights=hold[up], minlength=n_seg).astype(np.float64)
+    moved = np.append(track.speed_kmh[:-1] / 3.6 * np.minimum(dt, rules.max_gap_s), 0.0)
+    return Coverage(
+        covered=covered,
+        passes=passes.astype(np.int64),
+        too_fast_s=too_fast_s,
+        brushes_up_s=brushes_up_s,
+        swept_m=float(len(covered) * network.cell_m),
+        driven_m=float(np.nansum(moved)),
+    )
+
+
+def _ranges(lo: Ints, hi: Ints) -> Ints:
+    """Every integer in each [lo, hi], concatenated."""
+    counts = hi - lo + 1
+    if not len(counts):
+        return np.empty(0, dtype=np.int64)
+    starts = np.repeat(lo - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
+    return np.arange(int(counts.sum()), dtype=np.int64) + starts
+
+
+def segment_coverage(network: Network, covered: Ints) -> Floats:
+    """Each segment's covered share of its cells."""
+    per_segment = np.bincount(
+        network.cell_segment[covered], minlength=len(network.segment_ids)
+    ).astype(np.float64)
+    share: Floats = per_segment / np.maximum(network.cells_of, 1)
+    return share
