@@ -7,7 +7,7 @@ is cut into cells of ``cell_m`` along its length; a cell knows its segment, its 
 and the segment's direction there. A KD-tree (scipy's ``cKDTree``, chosen by measurement:
 1.1 M nearest queries per second against 0.2 M for shapely's ``STRtree.query_nearest``, in
 ``bench/clean_road.py``) holds the cells' centres in metres. Cells with a cell of another segment
-within ``ambiguity_m`` are marked: near junctions and along parallel roads.
+within ``ambiguity_m`` that runs alongside (a parallel road, the other carriageway) are marked.
 
 **Matching** (``match``): each fix goes to its nearest cell within ``tolerance_m``. A fix whose
 nearest cell is marked, or whose heading disagrees with the cell's direction (beyond
@@ -19,12 +19,13 @@ stretch of such fixes is decided together by a hidden-Markov matcher
 move to one that touches it; a Viterbi pass over the stretch only, anchored by the fixes on
 either side.
 
-**Coverage** (``coverage``): a cell is covered by a fix that is valid (brushes down, at no more
-than the segment's ``max_speed_kmh``) and by the cells between two consecutive valid fixes of the
-same vehicle on the same segment, when they are at most ``max_gap_s`` apart and the gap implies
-no more than ``max_gap_speed_kmh`` (a longer or faster gap covers nothing between its ends). A
-pass is a vehicle's run along one segment; it counts when its valid cells cover ``pass_share``
-of the segment.
+**Coverage** (``coverage``): a vehicle's run is its consecutive fixes along one segment one way
+(a U-turn, another segment or a gap longer than ``max_gap_s`` ends it); it sweeps at its mean
+speed. A cell is covered by a valid fix (brushes down, its run no faster than the segment's
+``max_speed_kmh``, inside the plan's window) and by the cells between two consecutive valid
+fixes of a run whose gap implies no more than ``max_gap_speed_kmh`` (the distance less
+``gap_slack_m`` of noise; a longer or faster gap covers nothing between its ends). A pass is a run whose valid fixes cover ``pass_share`` of the
+segment.
 """
 
 from __future__ import annotations
@@ -119,6 +120,8 @@ def build(
     first_cell = np.concatenate(([0], np.cumsum(cell_counts)))
     cell_xy = np.concatenate(xy_parts) if xy_parts else np.empty((0, 2))
     cell_segment = np.repeat(np.arange(len(segments)), cell_counts)
+    cell_dir = np.concatenate(dir_parts) if dir_parts else np.empty((0, 2))
+    touching = _touching(np.array(ends, dtype=np.float64).reshape(-1, 4))
     tree = cKDTree(cell_xy)
     return Network(
         segment_ids=[s.segment_id for s in segments],
@@ -129,9 +132,9 @@ def build(
         first_cell=first_cell,
         cell_segment=cell_segment,
         cell_xy=cell_xy,
-        cell_dir=np.concatenate(dir_parts) if dir_parts else np.empty((0, 2)),
-        ambiguous=_ambiguous(tree, cell_segment, ambiguity_m),
-        touching=_touching(np.array(ends, dtype=np.float64).reshape(-1, 4)),
+        cell_dir=cell_dir,
+        ambiguous=_ambiguous(tree, cell_segment, cell_dir, touching, ambiguity_m),
+        touching=touching,
         tree=tree,
     )
 
@@ -154,13 +157,30 @@ def _cells(line: Floats, cell_m: float) -> tuple[Floats, Floats, float]:
     return origin + unit * (at - starts[k])[:, None], unit, length
 
 
-def _ambiguous(tree: cKDTree, cell_segment: Ints, radius_m: float) -> Bools:
-    """Cells with a cell of another segment within ``radius_m``."""
+def _ambiguous(
+    tree: cKDTree,
+    cell_segment: Ints,
+    cell_dir: Floats,
+    touching: frozenset[tuple[int, int]],
+    radius_m: float,
+) -> Bools:
+    """Cells with a cell of another segment within ``radius_m`` that runs alongside.
+
+    Alongside: about parallel (within 45 degrees, either way) and not joined to it, as a
+    parallel road or the other carriageway; the road going on across a junction is the same
+    road, and a crossing one has another heading.
+    """
     flag = np.zeros(len(cell_segment), dtype=bool)
     pairs = tree.query_pairs(radius_m, output_type="ndarray")
-    if len(pairs):
-        other = cell_segment[pairs[:, 0]] != cell_segment[pairs[:, 1]]
-        flag[pairs[other].ravel()] = True
+    if not len(pairs):
+        return flag
+    a, b = pairs[:, 0], pairs[:, 1]
+    sa, sb = cell_segment[a], cell_segment[b]
+    cos = np.abs((cell_dir[a] * cell_dir[b]).sum(axis=1))
+    n = len(cell_segment)
+    joined = np.isin(sa * n + sb, np.array([i * n + j for i, j in touching], dtype=np.int64))
+    alongside = (sa != sb) & (cos >= math.cos(math.radians(45))) & ~joined
+    flag[pairs[alongside].ravel()] = True
     return flag
 
 
@@ -388,6 +408,7 @@ class Rules:
     in_window: Bools  # per fix: inside its segment's sweeping window
     max_gap_s: float = 30.0
     max_gap_speed_kmh: float = 18.0
+    gap_slack_m: float = 10.0  # the noise in the distance between two fixes
     pass_share: float = 0.8
 
 
@@ -397,8 +418,9 @@ class Coverage:
 
     covered: Ints  # global cell indices, unique
     passes: Ints  # per segment: valid passes
-    too_fast_s: Floats  # per segment: time brushing above its speed limit
-    brushes_up_s: Floats  # per segment: time on it at sweeping speed with brushes up
+    fast_passes: Ints  # per segment: passes brushing faster than its limit
+    idle_passes: Ints  # per segment: passes at sweeping speed with brushes up
+    too_fast_s: float  # time brushing faster than the limit
     swept_m: float
     driven_m: float
 
@@ -408,51 +430,61 @@ def coverage(network: Network, track: Track, rules: Rules) -> Coverage:
     m = track.matched
     seg, cell = m.segment, m.cell
     on = seg >= 0
-    limit = rules.max_speed_kmh[np.maximum(seg, 0)]
-    valid = on & track.brush_on & (track.speed_kmh <= limit) & rules.in_window
-    n_seg = len(network.segment_ids)
-    # between consecutive fixes on one segment: fill the cells in between if the gap is sound
     dt = np.diff(track.ts)
     same = (seg[1:] == seg[:-1]) & on[1:]
-    both_valid = valid[1:] & valid[:-1]
-    step_m = np.abs(cell[1:] - cell[:-1]) * network.cell_m
-    sound = (dt <= rules.max_gap_s) & (
-        step_m / np.maximum(dt, 1e-9) * 3.6 <= rules.max_gap_speed_kmh
-    )
-    fill = np.flatnonzero(same & both_valid & sound & (np.abs(cell[1:] - cell[:-1]) > 1))
-    lo = np.minimum(cell[fill], cell[fill + 1])
-    hi = np.maximum(cell[fill], cell[fill + 1])
-    filled = _ranges(lo, hi)
-    covered = np.unique(np.concatenate((cell[valid], filled)))
-    # passes: runs of consecutive fixes along one segment one way, broken by a change of
-    # segment or of direction (a U-turn) or by a gap too long
+    # runs: consecutive fixes along one segment one way, broken by a change of segment or of
+    # direction (a U-turn) or by a gap too long; a run sweeps at its mean speed (a valid pass
+    # near the limit has fixes above it, a fast one below)
     onward = m.forward[1:] == m.forward[:-1]
-    run_break = np.concatenate(([True], ~(same & onward & (dt <= rules.max_gap_s))))
-    run_id = np.cumsum(run_break) - 1
-    cells = len(network.cell_segment)
-    run_cells = np.unique(run_id[valid] * cells + cell[valid]) // cells  # a run's distinct cells
-    per_run = np.bincount(run_cells, minlength=int(run_id[-1]) + 1 if len(run_id) else 0)
-    run_segment = np.full(len(per_run), NO_MATCH)
-    run_segment[run_id] = seg
-    cells_of = network.cells_of
-    enough = (run_segment >= 0) & (
-        per_run >= rules.pass_share * cells_of[np.maximum(run_segment, 0)]
+    run_id = np.cumsum(np.concatenate(([True], ~(same & onward & (dt <= rules.max_gap_s))))) - 1
+    runs = int(run_id[-1]) + 1 if len(run_id) else 0
+    run_speed = np.bincount(run_id, weights=track.speed_kmh, minlength=runs) / np.maximum(
+        np.bincount(run_id, minlength=runs), 1
     )
-    passes = np.bincount(run_segment[enough], minlength=n_seg)
+    fast_run = run_speed[run_id] > rules.max_speed_kmh[np.maximum(seg, 0)]
+    valid = on & track.brush_on & ~fast_run & rules.in_window
+    fast = on & track.brush_on & fast_run
+    idle = on & ~track.brush_on & ~fast_run & rules.in_window
+    # between consecutive fixes of a run: the cells in between, if the gap is sound
+    step = np.abs(cell[1:] - cell[:-1])
+    implied_m = np.maximum(step * network.cell_m - rules.gap_slack_m, 0.0)
+    sound = (run_id[1:] == run_id[:-1]) & (
+        implied_m / np.maximum(dt, 1e-9) * 3.6 <= rules.max_gap_speed_kmh
+    )
+    run_segment = np.full(runs, NO_MATCH)
+    run_segment[run_id] = seg
+
+    def swept(fixes: Bools) -> tuple[Ints, Ints]:
+        """The cells ``fixes`` pass over, with the runs they belong to."""
+        fill = np.flatnonzero(fixes[1:] & fixes[:-1] & sound & (step > 1))
+        lo = np.minimum(cell[fill], cell[fill + 1])
+        hi = np.maximum(cell[fill], cell[fill + 1])
+        between = _ranges(lo, hi)
+        runs_of = np.repeat(run_id[fill], hi - lo + 1)
+        return np.concatenate((run_id[fixes], runs_of)), np.concatenate((cell[fixes], between))
+
+    def passes(fixes: Bools) -> Ints:
+        """Per segment, the runs whose ``fixes`` cover ``pass_share`` of it."""
+        runs_of, cells_of = swept(fixes)
+        total = len(network.cell_segment)
+        per_run = np.bincount(np.unique(runs_of * total + cells_of) // total, minlength=runs)
+        enough = (run_segment >= 0) & (
+            per_run >= rules.pass_share * network.cells_of[np.maximum(run_segment, 0)]
+        )
+        counted: Ints = np.bincount(run_segment[enough], minlength=len(network.segment_ids))
+        return counted.astype(np.int64)
+
+    covered = np.unique(swept(valid)[1])
     # time per fix: until the next one, at most max_gap_s
     hold = np.append(np.minimum(dt, rules.max_gap_s), 0.0)
-    fast = on & track.brush_on & (track.speed_kmh > limit)
-    up = on & ~track.brush_on & (track.speed_kmh <= limit) & rules.in_window
-    too_fast_s = np.bincount(seg[fast], weights=hold[fast], minlength=n_seg).astype(np.float64)
-    brushes_up_s = np.bincount(seg[up], weights=hold[up], minlength=n_seg).astype(np.float64)
-    moved = np.append(track.speed_kmh[:-1] / 3.6 * np.minimum(dt, rules.max_gap_s), 0.0)
     return Coverage(
         covered=covered,
-        passes=passes.astype(np.int64),
-        too_fast_s=too_fast_s,
-        brushes_up_s=brushes_up_s,
+        passes=passes(valid),
+        fast_passes=passes(fast),
+        idle_passes=passes(idle),
+        too_fast_s=float(hold[fast].sum()),
         swept_m=float(len(covered) * network.cell_m),
-        driven_m=float(np.nansum(moved)),
+        driven_m=float(np.nansum(track.speed_kmh / 3.6 * hold)),
     )
 
 

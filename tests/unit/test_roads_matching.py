@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -32,7 +33,7 @@ def drive(
     rng = np.random.default_rng(seed)
     xy, headings = [], []
     step = speed_kmh / 3.6
-    for (x0, y0), (x1, y1) in zip(path, path[1:], strict=False):
+    for (x0, y0), (x1, y1) in itertools.pairwise(path):
         length = math.hypot(x1 - x0, y1 - y0)
         n = max(1, int(length / step))
         heading = math.degrees(math.atan2(x1 - x0, y1 - y0)) % 360
@@ -115,14 +116,15 @@ def test_a_roundabout_is_driven_round_and_its_approaches_are_not() -> None:
     _, lon, lat, heading = drive(path, seed=3)
     ids = matched_ids(network, lon, lat, heading)
     on_ring = [i for i, (x, y) in enumerate(_path_points(path)) if math.hypot(x, y) < 24]
-    assert ids[0] == "east-arm" and ids[-1] == "north-arm"
+    assert ids[0] == "east-arm"
+    assert ids[-1] == "north-arm"
     assert sum(ids[i] == "ring" for i in on_ring) >= 0.95 * len(on_ring)
 
 
 def _path_points(path: list[tuple[float, float]]) -> list[tuple[float, float]]:
     step = 5.0 / 3.6
     out = []
-    for (x0, y0), (x1, y1) in zip(path, path[1:], strict=False):
+    for (x0, y0), (x1, y1) in itertools.pairwise(path):
         n = max(1, int(math.hypot(x1 - x0, y1 - y0) / step))
         out += [(x0 + (x1 - x0) * k / n, y0 + (y1 - y0) * k / n) for k in range(n)]
     return out
@@ -160,14 +162,14 @@ def test_too_fast_or_brushes_up_sweeps_nothing_and_is_counted() -> None:
     m = roads.match(network, lon, lat, heading, MatchRules())
     fast = roads.coverage(network, sweeping(ts, m, speed_kmh=13.0), rules_for(network, len(ts)))
     assert fast.covered.tolist() == []
-    assert fast.passes.tolist() == [0]
-    assert fast.too_fast_s[0] == pytest.approx(len(ts) - 1)
+    assert (fast.passes.tolist(), fast.fast_passes.tolist()) == ([0], [1])
+    assert fast.too_fast_s == pytest.approx(len(ts) - 1)
     ts, lon, lat, heading = drive([(0, 0), (300, 0)])
     m = roads.match(network, lon, lat, heading, MatchRules())
     up = Track(ts, np.full(len(ts), 5.0), np.zeros(len(ts), dtype=bool), m)
     idle = roads.coverage(network, up, rules_for(network, len(ts)))
     assert idle.covered.tolist() == []
-    assert idle.brushes_up_s[0] == pytest.approx(len(ts) - 1)
+    assert (idle.passes.tolist(), idle.idle_passes.tolist()) == ([0], [1])
 
 
 def test_fixes_far_from_every_road_match_nothing() -> None:
