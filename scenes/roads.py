@@ -24,8 +24,9 @@ either side.
 speed. A cell is covered by a valid fix (brushes down, its run no faster than the segment's
 ``max_speed_kmh``, inside the plan's window) and by the cells between two consecutive valid
 fixes of a run whose gap implies no more than ``max_gap_speed_kmh`` (the distance less
-``gap_slack_m`` of noise; a longer or faster gap covers nothing between its ends). A pass is a run whose valid fixes cover ``pass_share`` of the
-segment.
+``gap_slack_m`` of noise; a longer or faster gap covers nothing between its ends). A pass is a
+run whose valid fixes cover ``pass_share`` of the segment; one too fast (brushes down) or idle
+(brushes up, at sweeping speed) that covers as much counts apart.
 """
 
 from __future__ import annotations
