@@ -22,11 +22,12 @@ either side.
 **Coverage** (``coverage``): a vehicle's run is its consecutive fixes along one segment one way
 (a U-turn, another segment or a gap longer than ``max_gap_s`` ends it); it sweeps at its mean
 speed. A cell is covered by a valid fix (brushes down, its run no faster than the segment's
-``max_speed_kmh``, inside the plan's window) and by the cells between two consecutive valid
-fixes of a run whose gap implies no more than ``max_gap_speed_kmh`` (the distance less
-``gap_slack_m`` of noise; a longer or faster gap covers nothing between its ends). A pass is a
-run whose valid fixes cover ``pass_share`` of the segment; one too fast (brushes down) or idle
-(brushes up, at sweeping speed) that covers as much counts apart.
+``max_speed_kmh`` plus ``speed_margin_kmh`` of GPS noise, inside the plan's window) and by the
+cells between two consecutive valid fixes of a run whose gap implies no more than
+``max_gap_speed_kmh`` (the distance less ``gap_slack_m`` of noise; a longer or faster gap covers
+nothing between its ends). A pass is a run whose valid fixes cover ``pass_share`` of the
+segment; one too fast (brushes down) or idle (brushes up, at sweeping speed) that covers as much
+counts apart.
 """
 
 from __future__ import annotations
@@ -410,6 +411,7 @@ class Rules:
     max_gap_s: float = 30.0
     max_gap_speed_kmh: float = 18.0
     gap_slack_m: float = 10.0  # the noise in the distance between two fixes
+    speed_margin_kmh: float = 0.5  # a pass's mean speed may exceed the limit by this (GPS noise)
     pass_share: float = 0.8
 
 
@@ -442,7 +444,7 @@ def coverage(network: Network, track: Track, rules: Rules) -> Coverage:
     run_speed = np.bincount(run_id, weights=track.speed_kmh, minlength=runs) / np.maximum(
         np.bincount(run_id, minlength=runs), 1
     )
-    fast_run = run_speed[run_id] > rules.max_speed_kmh[np.maximum(seg, 0)]
+    fast_run = run_speed[run_id] > rules.max_speed_kmh[np.maximum(seg, 0)] + rules.speed_margin_kmh
     valid = on & track.brush_on & ~fast_run & rules.in_window
     fast = on & track.brush_on & fast_run
     idle = on & ~track.brush_on & ~fast_run & rules.in_window

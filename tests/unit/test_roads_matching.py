@@ -176,3 +176,18 @@ def test_fixes_far_from_every_road_match_nothing() -> None:
     network = roads.build([road("a", (0, 0), (300, 0))])
     _, lon, lat, heading = drive([(0, 100), (300, 100)], noise_m=1.0)
     assert set(matched_ids(network, lon, lat, heading)) == {"-"}
+
+
+@pytest.mark.parametrize(("speed_kmh", "valid"), [(8.3, True), (9.0, False)])
+def test_a_pass_at_the_limit_within_gps_noise_sweeps_and_one_beyond_does_not(
+    speed_kmh: float, valid: bool
+) -> None:
+    network = roads.build([road("a", (0, 0), (300, 0))])
+    ts, lon, lat, heading = drive([(0, 0), (300, 0)], speed_kmh=speed_kmh)
+    m = roads.match(network, lon, lat, heading, MatchRules())
+    swept = roads.coverage(
+        network, sweeping(ts, m, speed_kmh=speed_kmh), rules_for(network, len(ts))
+    )
+    assert (swept.passes.tolist(), swept.fast_passes.tolist()) == (
+        ([1], [0]) if valid else ([0], [1])
+    )
