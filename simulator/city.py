@@ -112,6 +112,7 @@ class RoadLine:
     road_class: str  # "main" or "secondary"
     coordinates: tuple[tuple[float, float], ...]
     line_id: str | None = None
+    oneway: bool = False  # traffic goes only the way it is drawn (a carriageway, a roundabout)
 
 
 #: A road segment in metres east/north of the centre: id, name, class, ends, is main.

@@ -23,6 +23,9 @@ _SWEPT = frozenset(
     }
 )
 _MAIN = frozenset({"trunk", "primary", "secondary"})
+#: Values of an "oneway" tag or property that make a road one way as drawn ("-1", drawn against
+#: its traffic, is rare and taken as two-way).
+_ONEWAY = frozenset({"yes", "true", "1", True})
 
 
 class RoadFileError(ValueError):
@@ -73,6 +76,7 @@ def _from_geojson(path: Path) -> list[RoadLine]:
                     road_class=_road_class(properties),
                     coordinates=tuple((float(p[0]), float(p[1])) for p in coordinates),
                     line_id=f"{line_id}" if len(parts) == 1 else f"{line_id}.{k}",
+                    oneway=properties.get("oneway") in _ONEWAY,
                 )
             )
     if not roads:
@@ -104,6 +108,8 @@ def _from_osm(path: Path) -> list[RoadLine]:
                     road_class="main" if highway in _MAIN else "secondary",
                     coordinates=coordinates,
                     line_id=f"osm{way.id}",
+                    oneway=way.tags.get("oneway") in _ONEWAY
+                    or way.tags.get("junction") in ("roundabout", "circular"),
                 )
             )
     except RuntimeError as exc:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from scenes import roads
 from scenes.roads import MatchRules, Rules, Segment, Track
+from simulator.roads import load_roads
 
 LON0, LAT0 = 123.43, 41.80
 M_PER_DEG = 111_320.0
@@ -191,3 +193,49 @@ def test_a_pass_at_the_limit_within_gps_noise_sweeps_and_one_beyond_does_not(
     assert (swept.passes.tolist(), swept.fast_passes.tolist()) == (
         ([1], [0]) if valid else ([0], [1])
     )
+
+
+HELSINKI = Path(__file__).resolve().parents[1] / "data" / "helsinki.osm.pbf"
+
+
+def test_tracks_along_a_real_city_s_streets_are_matched_to_them() -> None:
+    # central Helsinki from OpenStreetMap: curved streets, short links at junctions, one-way
+    # carriageways side by side, roundabouts; each way is a segment
+    lines = load_roads(HELSINKI)
+    network = roads.build(
+        [Segment(line.line_id or line.name, list(line.coordinates), line.oneway) for line in lines]
+    )
+    frame = network.frame
+    rng = np.random.default_rng(7)
+    right = judged = 0
+    for n in range(len(lines)):
+        line = lines[int(n)]
+        x, y = frame.to_metres(*(np.array(c) for c in zip(*line.coordinates, strict=True)))
+        path = list(zip(x.tolist(), y.tolist(), strict=True))
+        if line.oneway is False and rng.random() < 0.5:
+            path = path[::-1]  # a two-way street driven against the way it is drawn
+        _, lon, lat, heading = drive_metres(path, frame, seed=int(n))
+        m = roads.match(network, lon, lat, heading, MatchRules())
+        # judged where the street is the only one within 15 m of the true position: nearer a
+        # junction (or a way drawn over another) either street may be right
+        _, true_lon, true_lat, _ = drive_metres(path, frame, seed=int(n), noise_m=0.0)
+        tx, ty = frame.to_metres(true_lon, true_lat)
+        d, i = network.tree.query(np.column_stack((tx, ty)), k=32)
+        own = network.segment_ids.index(line.line_id or line.name)
+        other = network.cell_segment[np.minimum(i, len(network.cell_segment) - 1)] != own
+        clear = np.where(other, d, np.inf).min(axis=1) > 15
+        right += int((m.segment[clear] == own).sum())
+        judged += int(clear.sum())
+    assert judged > 5000
+    assert right / judged >= 0.98
+
+
+def drive_metres(
+    path: list[tuple[float, float]], frame: roads.Frame, seed: int, noise_m: float = NOISE_M
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``drive`` along a path in the frame's metres."""
+    ts, lon, lat, heading = drive(path, seed=seed, noise_m=noise_m)
+    # drive() places metres around (LON0, LAT0): move them to the frame's centre
+    lon = frame.lon0 + (lon - LON0) * COS / math.cos(math.radians(frame.lat0))
+    lat = frame.lat0 + (lat - LAT0)
+    return ts, lon, lat, heading
