@@ -92,7 +92,7 @@ class DemoScore:
     """The run's detections against its ground truth, as ``cityops scenes score`` scores them.
 
     ``scores`` covers the kinds some scene judges; ``unscored`` counts the faults of the others
-    (sweeping has no scene yet). ``cut_at``: the simulated time the fleet
+    (every kind the demo injects has one now). ``cut_at``: the simulated time the fleet
     had reached when the run was stopped before the hour's end (None: it published it all);
     faults still going on then count as undetectable (neither found nor missed).
     """

@@ -31,7 +31,7 @@ from cases.catalog import Catalog, Category
 from cases.lifecycle import Action
 from cases.service import CaseError, CaseService, Report
 from redaction import error_line
-from scenes import covers, health, lamps, lighting, nights
+from scenes import covers, health, lamps, lighting, nights, sweeping
 from scenes.episodes import Device, Episode, Judgement, blocks
 from scenes.settings import ScenesSettings, Tunable
 
@@ -200,13 +200,14 @@ def _run(
         for device_id, judgement in scene.judge_all(conn, since, known, settings, now):
             kept = []
             for episode in judgement.episodes:
+                device = known[device_id]
                 detection_id, opened = _record(
                     conn,
                     catalog,
                     scene=scene,
                     district=district,
                     device_id=device_id,
-                    device=known[device_id],
+                    place=(device.asset_code, device.limits),
                     episode=episode,
                 )
                 kept.append(detection_id)
@@ -217,7 +218,21 @@ def _run(
         _merge_explained(conn, scene, catalog, settings, district)
         verified = _verify_disposed(conn, scene, catalog, settings, district)
         if scene.tally is not None:
-            scene.tally(conn, settings, district, now)
+            limits = scene.thresholds(settings)
+
+            def record(device_id: str | None, episode: Episode) -> int:
+                """Record a finding of the tally (a road segment's); the cases it opened."""
+                return _record(
+                    conn,
+                    catalog,
+                    scene=scene,
+                    district=district,
+                    device_id=device_id,
+                    place=(None, limits),
+                    episode=episode,
+                )[1]
+
+            cases_opened += scene.tally(conn, settings, district, now, record)
         conn.execute(
             "insert into scene_watermarks (scene, district, xact_horizon) values (%s, %s, %s) "
             "on conflict (scene, district) do update set xact_horizon = excluded.xact_horizon, "
@@ -512,8 +527,16 @@ class Scene:
     companions: Callable[[psycopg.Connection, list[str]], list[str]] | None = None
     #: Kinds whose finding covers others' on its companions (a dark cabinet: its lamps out).
     explains: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
-    #: What the scene keeps besides detections, after each partition run (nightly indicators).
-    tally: Callable[[psycopg.Connection, ScenesSettings, str, float], None] | None = None
+    #: What the scene keeps besides detections, after each partition run (nightly indicators,
+    #: and the findings only a finished night shows, recorded by the callable it gets: the
+    #: cases opened).
+    tally: (
+        Callable[
+            [psycopg.Connection, ScenesSettings, str, float, Callable[[str | None, Episode], int]],
+            int,
+        ]
+        | None
+    ) = None
     #: Whether a disposed case's device has read normal long enough since a time to verify it.
     settled: Callable[[psycopg.Connection, Scene, str, datetime, ScenesSettings], bool] = (
         _normal_long_enough
@@ -577,7 +600,23 @@ LIGHTING: Final = Scene(
     tally=nights.tally,
     settled=lamps.settled,
 )
-SCENES: Final = (COVERS, HEALTH, LIGHTING)
+ROADS: Final = Scene(
+    "roads",
+    ("sweeper",),
+    ("sweeper_readings",),
+    {
+        sweeping.SKIPPED: "road_not_swept",
+        sweeping.TOO_FAST: "road_swept_improperly",
+        sweeping.BRUSHES_UP: "road_swept_improperly",
+        sweeping.GPS_GAP: "device_gps_gap",
+    },
+    sweeping.judge_all,
+    lambda s: s.roads,
+    subject_is_device=True,  # a GPS gap is the sweeper's; the segments' findings are theirs
+    tally=sweeping.tally,
+    settled=sweeping.settled,
+)
+SCENES: Final = (COVERS, HEALTH, LIGHTING, ROADS)
 
 
 def _record(
@@ -586,24 +625,34 @@ def _record(
     *,
     scene: Scene,
     district: str,
-    device_id: str,
-    device: Device,
+    device_id: str | None,
+    place: tuple[str | None, Tunable],
     episode: Episode,
 ) -> tuple[int, int]:
     """Upsert the episode's detection; open its case when it has none.
 
+    ``place``: the device's component (None: none) and the thresholds in force for it. The
+    subject is the episode's road segment, else the device (its own faults) or its component.
     An episode that overlaps the subject's active detection of its kind continues or ends it
     (the window reaches back over it, so its first seen is the spell's own: late readings may
     move it); any other is keyed by its first seen. Returns the
     detection's id and the cases opened (0 or 1).
     """
     category = catalog.get(scene.category_of[episode.kind])
-    asset_code = device.asset_code
+    asset_code, limits = place
+    # a segment's finding is the segment's; a device's own fault the device's; a cover's the
+    # cover's, whichever sensor; and its case on the segment or the component (the sensor's
+    # own when it has none)
+    if episode.segment_id is not None:
+        subject = case_subject = episode.segment_id
+    else:
+        assert device_id is not None  # a finding that is no segment's is a device's
+        subject = device_id if scene.subject_is_device else asset_code or device_id
+        case_subject = asset_code or device_id
     values = {
         "scene": scene.name,
         "kind": episode.kind,
-        # a device's own faults are the device's; a cover's are the cover's, whichever sensor
-        "subject": device_id if scene.subject_is_device else asset_code or device_id,
+        "subject": subject,
         "device": device_id,
         "district": district or None,
         "severity": category.severity,
@@ -615,7 +664,7 @@ def _record(
             {
                 "peak": episode.peak,
                 "readings": episode.count,
-                "thresholds": device.limits.in_force(),
+                "thresholds": limits.in_force(),
             }
         ),
     }
@@ -645,16 +694,19 @@ def _record(
     detection_id, case_id = row
     if case_id is not None:
         return detection_id, 0
-    # cases are on the component (the sensor's own when it has none), whoever's they are
-    on_site = _case_on_site(conn, catalog, asset_code or device_id, category)
+    description = f"{episode.kind} detected by scene {scene.name} (detection {detection_id})"
+    if episode.segment_id is not None:
+        report = Report(category.code, "sensor", segment_id=subject, description=description)
+    else:
+        report = Report(
+            category=category.code,
+            source="sensor",
+            asset_code=asset_code,
+            device_id=None if asset_code else device_id,
+            description=description,
+        )
+    on_site = _case_on_site(conn, catalog, case_subject, category)
     service = CaseService(conn, catalog)
-    report = Report(
-        category=category.code,
-        source="sensor",
-        asset_code=asset_code,
-        device_id=None if asset_code else device_id,
-        description=f"{episode.kind} detected by scene {scene.name} (detection {detection_id})",
-    )
     try:
         if on_site is not None:
             service.join(on_site, report)
@@ -668,7 +720,7 @@ def _record(
             "detection %d (%s on %s) has no case yet: %s",
             detection_id,
             episode.kind,
-            device_id,
+            subject,
             exc,
         )
         return detection_id, 0

@@ -31,6 +31,7 @@ class Episode:
     cleared_at: float | None
     count: int  # readings in the spell (spikes, for a loose cover)
     peak: float  # the largest tilt or water level seen
+    segment_id: str | None = None  # a road segment's finding: its subject, whoever drove it
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ share of lamp-time lit when it should be, over the night. Stored in ``lighting_n
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final
@@ -25,7 +25,7 @@ import numpy as np
 import psycopg
 
 from scenes import lighting, sky
-from scenes.episodes import Floats, blocks
+from scenes.episodes import Episode, Floats, blocks
 from scenes.lamps import places, plan_of
 from scenes.settings import ScenesSettings
 
@@ -198,8 +198,17 @@ def _merged(intervals: Floats) -> Floats:
     return np.array(merged, dtype=np.float64).reshape(-1, 2)
 
 
-def tally(conn: psycopg.Connection, settings: ScenesSettings, district: str, now: float) -> None:
-    """Store the district's last finished night once it is over (its day's end + ``hold_s``)."""
+def tally(
+    conn: psycopg.Connection,
+    settings: ScenesSettings,
+    district: str,
+    now: float,
+    _record: Callable[[str | None, Episode], int],
+) -> int:
+    """Store the district's last finished night once it is over (its day's end + ``hold_s``).
+
+    A night finds nothing of its own (its lamps were judged as they read): no case opened.
+    """
     local = datetime.fromtimestamp(now - settings.lighting.hold_s, tz=settings.zone)
     night = local.date() - timedelta(days=1 if local.hour >= 12 else 2)
     row = conn.execute(
@@ -209,3 +218,4 @@ def tally(conn: psycopg.Connection, settings: ScenesSettings, district: str, now
     ).fetchone()
     if row is not None and row[0] and not row[1]:
         store(conn, settings, night, district)
+    return 0

@@ -429,25 +429,32 @@ class Coverage:
 
 
 def coverage(network: Network, track: Track, rules: Rules) -> Coverage:
-    """The cells ``track`` swept validly, and its valid passes per segment."""
-    m = track.matched
-    seg, cell = m.segment, m.cell
-    on = seg >= 0
-    dt = np.diff(track.ts)
-    same = (seg[1:] == seg[:-1]) & on[1:]
+    """The cells ``track`` swept validly, and its passes per segment.
+
+    A fix that matches no segment (off the network, or a GPS outlier) is passed over: it
+    neither ends a run nor covers anything; it counts only in the distance driven.
+    """
+    driven_s = np.append(np.minimum(np.diff(track.ts), rules.max_gap_s), 0.0)
+    driven_m = float(np.nansum(track.speed_kmh / 3.6 * driven_s))
+    keep = track.matched.segment >= 0
+    ts, speed, brush = track.ts[keep], track.speed_kmh[keep], track.brush_on[keep]
+    seg, cell = track.matched.segment[keep], track.matched.cell[keep]
+    forward, in_window = track.matched.forward[keep], rules.in_window[keep]
+    dt = np.diff(ts)
+    same = seg[1:] == seg[:-1]
     # runs: consecutive fixes along one segment one way, broken by a change of segment or of
     # direction (a U-turn) or by a gap too long; a run sweeps at its mean speed (a valid pass
     # near the limit has fixes above it, a fast one below)
-    onward = m.forward[1:] == m.forward[:-1]
+    onward = forward[1:] == forward[:-1]
     run_id = np.cumsum(np.concatenate(([True], ~(same & onward & (dt <= rules.max_gap_s))))) - 1
     runs = int(run_id[-1]) + 1 if len(run_id) else 0
-    run_speed = np.bincount(run_id, weights=track.speed_kmh, minlength=runs) / np.maximum(
+    run_speed = np.bincount(run_id, weights=speed, minlength=runs) / np.maximum(
         np.bincount(run_id, minlength=runs), 1
     )
-    fast_run = run_speed[run_id] > rules.max_speed_kmh[np.maximum(seg, 0)] + rules.speed_margin_kmh
-    valid = on & track.brush_on & ~fast_run & rules.in_window
-    fast = on & track.brush_on & fast_run
-    idle = on & ~track.brush_on & ~fast_run & rules.in_window
+    fast_run = run_speed[run_id] > rules.max_speed_kmh[seg] + rules.speed_margin_kmh
+    valid = brush & ~fast_run & in_window
+    fast = brush & fast_run
+    idle = ~brush & ~fast_run & in_window
     # between consecutive fixes of a run: the cells in between, if the gap is sound
     step = np.abs(cell[1:] - cell[:-1])
     implied_m = np.maximum(step * network.cell_m - rules.gap_slack_m, 0.0)
@@ -478,7 +485,7 @@ def coverage(network: Network, track: Track, rules: Rules) -> Coverage:
         return counted.astype(np.int64)
 
     covered = np.unique(swept(valid)[1])
-    # time per fix: until the next one, at most max_gap_s
+    # time per fix: until the next matched one, at most max_gap_s
     hold = np.append(np.minimum(dt, rules.max_gap_s), 0.0)
     return Coverage(
         covered=covered,
@@ -487,7 +494,7 @@ def coverage(network: Network, track: Track, rules: Rules) -> Coverage:
         idle_passes=passes(idle),
         too_fast_s=float(hold[fast].sum()),
         swept_m=float(len(covered) * network.cell_m),
-        driven_m=float(np.nansum(track.speed_kmh / 3.6 * hold)),
+        driven_m=driven_m,
     )
 
 

@@ -90,11 +90,12 @@ def stored_detections(
     Either bound may be open (None).
     """
     rows = conn.execute(
-        "select kind, device_id, extract(epoch from first_seen)::float8, "
-        "extract(epoch from cleared_at)::float8 from detections where device_id is not null "
-        "and (%(since)s::timestamptz is null or first_seen >= %(since)s) "
+        # a road segment's findings are the segment's (no device), as its faults are
+        "select kind, coalesce(device_id, subject), extract(epoch from first_seen)::float8, "
+        "extract(epoch from cleared_at)::float8 from detections "
+        "where (%(since)s::timestamptz is null or first_seen >= %(since)s) "
         "and (%(until)s::timestamptz is null or first_seen < %(until)s) "
-        "and (%(devices)s::text[] is null or device_id = any(%(devices)s))",
+        "and (%(devices)s::text[] is null or coalesce(device_id, subject) = any(%(devices)s))",
         {
             "since": since,
             "until": until,

@@ -221,6 +221,42 @@ class LightingThresholds(Tunable):
         return self
 
 
+class RoadsThresholds(Tunable):
+    """When sweeper tracks make a road segment swept, and what is a finding (DOMAIN.md)."""
+
+    tolerance_m: float = Field(
+        default=20.0, gt=0, le=200, description="A fix farther from every segment matches none."
+    )
+    heading_tol_deg: float = Field(
+        default=45.0, gt=0, le=90, description="A fix's heading this far from a segment's: not it."
+    )
+    noise_m: float = Field(default=5.0, gt=0, le=100, description="The GPS noise (1 sigma).")
+    max_gap_s: float = Field(
+        default=30.0, gt=0, le=3600, description="A longer gap between fixes covers nothing."
+    )
+    max_gap_speed_kmh: float = Field(
+        default=18.0, gt=0, description="A gap implying a faster move covers nothing."
+    )
+    speed_margin_kmh: float = Field(
+        default=0.5, ge=0, description="A pass may exceed the segment's limit by this (GPS)."
+    )
+    pass_share: float = Field(
+        default=0.8, gt=0, le=1, description="A pass covers at least this share of its segment."
+    )
+    min_coverage: float = Field(
+        default=0.9, gt=0, le=1, description="Covered below this share after the window: skipped."
+    )
+    gps_gap_s: float = Field(
+        default=60.0, gt=0, description="A sweeper silent this long on its shift: a GPS gap."
+    )
+    shift_break_s: float = Field(
+        default=1800.0, gt=0, description="A longer silence is the shift's end, not a gap."
+    )
+    settle_s: float = Field(
+        default=600.0, ge=0, le=86_400, description="A night is judged this long after its windows."
+    )
+
+
 class ScenesSettings(Section):
     """The scene engine."""
 
@@ -249,6 +285,7 @@ class ScenesSettings(Section):
     covers: CoverThresholds = CoverThresholds()
     health: HealthThresholds = HealthThresholds()
     lighting: LightingThresholds = LightingThresholds()
+    roads: RoadsThresholds = RoadsThresholds()
     lighting_plans: dict[str, Plan] = Field(
         default={"default": Plan()},
         description="Switching plans by name; a lamp's comes from its component or cabinet.",

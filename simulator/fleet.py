@@ -11,9 +11,10 @@ give the same messages.
   they send a reading every 5 s.
 - Lamps follow the astronomical clock (on from sunset to sunrise, dimmed after midnight); each
   control cabinet publishes its lamps' readings as one gateway batch every ``lamp_report_s``.
-- Sweepers work their district's segments in the plan's window (from 00:00 local): brushes down
-  at 3-8 km/h along a segment, brushes up at ~20 km/h between segments, a GPS fix every
-  ``gps_interval_s`` with ~5 m of noise.
+- Sweepers work their district's segments in the plan's window (00:00-06:30 local): brushes
+  down at 3-8 km/h along a segment, brushes up at ~20 km/h between segments, a GPS fix every
+  ``gps_interval_s`` with ~5 m of noise; the segments their shift did not reach are skipped, in
+  the ground truth too.
 """
 
 from __future__ import annotations
@@ -437,46 +438,67 @@ def _sweeper(
         gaps=[f for f in by_subject.get(device["device_id"], []) if f.kind == "gps_gap"],
         cos_lat=math.cos(math.radians(city.spec.center_lat)),
         o=o,
-        t=_shift_start(o) + float(rng.uniform(0, 120)),
+        t=_shift(o)[0] + float(rng.uniform(0, 120)),
+        stop=min(o.start + o.duration_s, _shift(o)[1]),
     )
     truths = _sweep_route(driver, _route(city, device, sweepers), by_subject, o)
     # only the gaps that hid a fix can be detected
     return [g for g in driver.gaps if g in driver.hidden] + truths
 
 
-def _shift_start(o: RunOptions) -> float:
-    """When sweeping can begin: the run's start if in the 00:00-06:30 window, else next 00:00."""
+def _shift(o: RunOptions) -> tuple[float, float]:
+    """The shift: the sweeping window (00:00-06:30 local) the run begins in, else the next."""
     local_midnight = (
         math.floor((o.start / 3600 + o.utc_offset_h) / 24) * 86400 - o.utc_offset_h * 3600
     )
-    return max(
-        o.start, local_midnight + 86400 if o.start - local_midnight > 6.5 * 3600 else local_midnight
-    )
+    if o.start - local_midnight > _SHIFT_H * 3600:
+        local_midnight += 86400
+    return max(o.start, local_midnight), local_midnight + _SHIFT_H * 3600
+
+
+#: Hours of the sweeping window from local midnight (the simulated city's plans: 00:00-06:30).
+_SHIFT_H = 6.5
+#: A pass whose fixes a GPS gap hid for longer than this cannot be told from no pass (the
+#: scenes interpolate gaps up to 30 s).
+_UNSEEN_PASS_S = 30.0
 
 
 def _sweep_route(
     driver: _Driver, route: list[_Pass], by_subject: dict[str, list[Fault]], o: RunOptions
 ) -> list[Fault]:
-    """Sweep the passes in turn as their segments' faults say; return those faults' real times."""
-    end = o.start + o.duration_s
+    """Sweep the passes in turn as their segments' faults say; return those faults' real times.
+
+    The shift ends with the window (or the run): a segment whose passes were not all done when
+    the window ended was skipped, and is in the ground truth as such.
+    """
+    end = driver.stop
     truths: list[Fault] = []
     done: set[Fault] = set()  # a fast or brushes-up fault spoils the segment's first pass only
+    left: dict[str, int] = {}  # passes still to do (or spoiled), per segment
+    blinded: set[str] = set()  # segments a pass of which a GPS gap hid
     for step in route:
-        kinds = {f.kind: f for f in by_subject.get(step.segment_id, []) if f not in done}
-        if "segment_skipped" in kinds:  # every pass of the segment is left out
-            skipped = kinds["segment_skipped"]
+        left[step.segment_id] = left.get(step.segment_id, 0) + 1
+    for step in route:
+        if driver.t >= end:
+            break
+        faults = by_subject.get(step.segment_id, [])
+        skipped = next((f for f in faults if f.kind == "segment_skipped"), None)
+        if skipped is not None:  # every pass of the segment is left out
             if skipped not in done:
-                truths.append(replace(skipped, start=o.start, end=end))
+                truths.append(replace(skipped, start=o.start, end=o.start + o.duration_s))
                 done.add(skipped)
+            left.pop(step.segment_id, None)
             continue
+        kinds = {f.kind: f for f in faults if f not in done}
         driver.transit_to(step.a)
-        began = driver.t
+        began, unseen_s = driver.t, driver.unseen_s
         speed = (
             float(driver.rng.uniform(12, 15))
             if "sweeping_too_fast" in kinds
             else float(driver.rng.uniform(3, 8))
         )
         driver.sweep(step, speed, brush="brushes_up" not in kinds)
+        spoiled = False
         for kind in ("sweeping_too_fast", "brushes_up"):
             if kind in kinds and began < end:
                 # to the millisecond, as the messages are: its first fix is at its start
@@ -485,8 +507,30 @@ def _sweep_route(
                 )
                 truths.append(shown)
                 done.add(kinds[kind])
-        if driver.t >= end:
-            break
+                spoiled = True
+        if driver.unseen_s - unseen_s > _UNSEEN_PASS_S and step.segment_id in left:
+            # a GPS gap hid this pass: it cannot count, so the segment may look skipped
+            blinded.add(step.segment_id)
+        elif driver.t < end and step.segment_id in left:
+            left[step.segment_id] -= 1
+            if spoiled:  # its own finding stands for the segment: not also skipped
+                left.pop(step.segment_id)
+            elif left[step.segment_id] == 0:
+                del left[step.segment_id]
+    # not reached (or not finished) before the shift ended, within the run: skipped; where a
+    # GPS gap hid a pass, undetectable (a scene may rightly find it, as it may not)
+    run_end = o.start + o.duration_s
+    if _shift(o)[1] <= run_end:
+        truths += [
+            Fault(
+                "segment_skipped",
+                segment_id,
+                o.start,
+                run_end,
+                detectable=segment_id not in blinded,
+            )
+            for segment_id in left
+        ]
     return truths
 
 
@@ -501,7 +545,9 @@ class _Driver:
     cos_lat: float
     o: RunOptions
     t: float
+    stop: float  # the end of the shift (or of the run)
     here: tuple[float, float] | None = None  # where the last pass ended
+    unseen_s: float = 0.0  # driving time whose fixes a GPS gap hid
     hidden: set[Fault] = field(default_factory=set)  # the gaps that hid a fix
 
     def transit_to(self, point: tuple[float, float]) -> None:
@@ -525,7 +571,7 @@ class _Driver:
         brush: bool,
     ) -> None:
         """Drive from ``a`` to ``b`` until the run ends, a fix every GPS interval unless hidden."""
-        end = self.o.start + self.o.duration_s
+        end = self.stop
         duration = length_m / (speed_kmh / 3.6)
         steps = max(1, int(duration / self.o.gps_interval_s))
         heading = math.degrees(math.atan2((b[0] - a[0]) * self.cos_lat, b[1] - a[1])) % 360
@@ -537,6 +583,8 @@ class _Driver:
                 lon, lat = a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f
                 fix = self.fix(lon, lat, speed_kmh, heading=heading, brush=brush)
                 _pub(self.out, self.t, self.topic, fix)
+            else:
+                self.unseen_s += duration / steps
             self.t += duration / steps
 
     def fix(
