@@ -23,6 +23,7 @@ from cityops.casescli import cases_app, catalog_of, serve, units_app
 from cityops.demo import DemoScore, demo_settings, local_time, run_demo
 from cityops.lightingcli import lighting_app
 from cityops.quarantinecli import quarantine_app
+from cityops.roadscli import roads_app
 from cityops.scenescli import covers_app, print_scores, scenes_app
 from cityops.settings import Settings, SettingsError, load_settings, resolve_config_path
 from cityops.simulate import broker_protocol, sim_app
@@ -82,6 +83,7 @@ app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(scenes_app, name="scenes")
 app.add_typer(covers_app, name="covers")
 app.add_typer(lighting_app, name="lighting")
+app.add_typer(roads_app, name="roads")
 
 
 @config_app.command("check")

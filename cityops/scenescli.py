@@ -41,7 +41,7 @@ covers_app = typer.Typer(
 )
 scenes_app = typer.Typer(
     help="Scenes: telemetry into detections and cases (manhole covers, device health, street "
-    "lighting); "
+    "lighting, clean roads); "
     "the detections listed and acknowledged.",
     no_args_is_help=True,
 )

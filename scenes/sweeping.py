@@ -113,8 +113,8 @@ def tally(
     limits = settings.roads
     for days_back in range(3):
         night = datetime.fromtimestamp(now, tz=settings.zone).date() - timedelta(days=days_back)
-        plan = _plan(rows, night, settings)
-        if float(plan.ends.max()) + limits.settle_s <= now:
+        windows = _windows(rows, night, settings)
+        if float(windows[1].max()) + limits.settle_s <= now:
             break
     else:
         return 0
@@ -124,10 +124,31 @@ def tally(
     ).fetchone()
     if done and done[0]:
         return 0
-    return _judge_night(conn, settings, district, night, plan, record=record)
+    fixes = conn.execute(
+        "select r.device_id, extract(epoch from r.ts)::float8, r.lon, r.lat, r.speed_kmh, "
+        "r.heading_deg, r.brush_on::int::float8 from sweeper_readings r "
+        "join device_districts dd on dd.device_id = r.device_id "
+        "where dd.district = %s and dd.type = 'sweeper' and r.ts >= %s and r.ts < %s "
+        "order by r.device_id, r.ts",
+        (district, _at(float(windows[0].min())), _at(float(windows[1].max()))),
+    ).fetchall()
+    if not fixes:
+        return 0  # nobody reported: not judged (the module's docstring)
+    segments = [roads.Segment(row[0], [tuple(p) for p in row[1]["coordinates"]]) for row in rows]
+    plan = _Plan(
+        [row[0] for row in rows],
+        np.array([row[2] for row in rows]),
+        np.array([row[3] for row in rows], dtype=np.float64),
+        *windows,
+        roads.build(segments),
+    )
+    return _judge_night(conn, settings, (district, night), plan, fixes, record=record)
 
 
-def _plan(rows: list[tuple[Any, ...]], night: date, settings: ScenesSettings) -> _Plan:
+def _windows(
+    rows: list[tuple[Any, ...]], night: date, settings: ScenesSettings
+) -> tuple[Floats, Floats]:
+    """Each segment's window on ``night`` (epoch seconds): its plan's local times."""
     starts, ends = [], []
     for *_, window_start, window_end in rows:
         start, end = window_start or _NOON, window_end or _NOON
@@ -137,37 +158,20 @@ def _plan(rows: list[tuple[Any, ...]], night: date, settings: ScenesSettings) ->
         )
         starts.append(begins.replace(tzinfo=settings.zone).timestamp())
         ends.append(finishes.replace(tzinfo=settings.zone).timestamp())
-    segments = [roads.Segment(row[0], [tuple(p) for p in row[1]["coordinates"]]) for row in rows]
-    return _Plan(
-        [row[0] for row in rows],
-        np.array([row[2] for row in rows]),
-        np.array([row[3] for row in rows], dtype=np.float64),
-        np.array(starts),
-        np.array(ends),
-        roads.build(segments),
-    )
+    return np.array(starts), np.array(ends)
 
 
 def _judge_night(
     conn: psycopg.Connection,
     settings: ScenesSettings,
-    district: str,
-    night: date,
+    where: tuple[str, date],
     plan: _Plan,
+    fixes: list[tuple[Any, ...]],
     *,
     record: Callable[[str | None, Episode], int],
 ) -> int:
+    district, night = where
     limits = settings.roads
-    fixes = conn.execute(
-        "select r.device_id, extract(epoch from r.ts)::float8, r.lon, r.lat, r.speed_kmh, "
-        "r.heading_deg, r.brush_on::int::float8 from sweeper_readings r "
-        "join device_districts dd on dd.device_id = r.device_id "
-        "where dd.district = %s and dd.type = 'sweeper' and r.ts >= %s and r.ts < %s "
-        "order by r.device_id, r.ts",
-        (district, _at(float(plan.starts.min())), _at(float(plan.ends.max()))),
-    ).fetchall()
-    if not fixes:
-        return 0  # nobody reported: not judged (the module's docstring)
     network = plan.network
     match_rules = roads.MatchRules(limits.tolerance_m, limits.heading_tol_deg, limits.noise_m)
     covered, vehicles = [], []
@@ -290,3 +294,55 @@ def settled(
 
 def _at(epoch_s: float) -> datetime:
     return datetime.fromtimestamp(epoch_s, tz=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentNight:
+    """A road segment's night as judged."""
+
+    segment_id: str
+    name: str
+    district: str
+    length_m: float
+    coverage: float
+    passes: int
+    required: int
+    fast_passes: int
+    idle_passes: int
+
+
+@dataclass(frozen=True, slots=True)
+class SweeperNight:
+    """A sweeper's night as judged."""
+
+    device_id: str
+    district: str
+    swept_km: float
+    driven_km: float
+    sweeping_share: float | None  # swept over driven
+    over_limit_s: float
+
+
+def coverage_of(
+    conn: psycopg.Connection, night: date, district: str | None
+) -> tuple[list[SegmentNight], list[SweeperNight]]:
+    """The stored night: every judged segment (of ``district``) and every sweeper."""
+    segments = [
+        SegmentNight(*row)
+        for row in conn.execute(
+            "select n.segment_id, s.name, n.district, s.length_m, n.coverage, n.passes, "
+            "n.required, n.fast_passes, n.idle_passes from road_nights n "
+            "join road_segments s using (segment_id) "
+            "where n.night = %s and (%s::text is null or n.district = %s) order by 3, 1",
+            (night, district, district),
+        ).fetchall()
+    ]
+    sweepers = [
+        SweeperNight(d, where, swept, driven, swept / driven if driven else None, over)
+        for d, where, swept, driven, over in conn.execute(
+            "select device_id, district, swept_km, driven_km, over_limit_s from sweeper_nights "
+            "where night = %s and (%s::text is null or district = %s) order by 2, 1",
+            (night, district, district),
+        ).fetchall()
+    ]
+    return segments, sweepers

@@ -51,8 +51,8 @@ class RunOptions:
     #: default offline limit: 1.5 heartbeats).
     offline_limit_s: float = 5400.0
     lamp_report_s: float = 300.0
-    #: A lamp fault that showed in fewer reports than this, each judgeable (lamp out and day
-    #: burner: farther than ``lamp_switch_grace_s`` from sunset and sunrise), is marked
+    #: A lamp fault that showed in fewer reports in a row than this, each judgeable (lamp out
+    #: and day burner: farther than ``lamp_switch_grace_s`` from sunset and sunrise), is marked
     #: undetectable: the scenes' defaults (sustain 600 s at 300 s reports, grace 900 s).
     lamp_fault_min_reports: int = 2
     lamp_switch_grace_s: float = 900.0
@@ -317,6 +317,14 @@ def _sky(city: City, t: float, cache: dict[str, list[tuple[float, bool]]]) -> tu
     return dark, min(abs(t - at) for at, _ in events)
 
 
+def _showed(
+    fault: Fault, showings: dict[Fault, int], streaks: dict[Fault, int], *, told: bool
+) -> None:
+    """Count a report that showed ``fault`` (``told``: judgeably) into its best run."""
+    streaks[fault] = streaks.get(fault, 0) + told
+    showings[fault] = max(showings.get(fault, 0), streaks[fault])
+
+
 def _cabinets(
     out: list[Publication],
     city: City,
@@ -327,9 +335,10 @@ def _cabinets(
     """Publish every cabinet's lamp batches.
 
     Returns the faults that showed in some reading, and those of them that showed too little to
-    be told (``o.lamp_fault_min_reports``).
+    be told: fewer than ``o.lamp_fault_min_reports`` judgeable reports in a row.
     """
-    showings: dict[Fault, int] = {}  # the judgeable reports each fault showed in
+    showings: dict[Fault, int] = {}  # the most judgeable reports in a row each fault showed in
+    streaks: dict[Fault, int] = {}  # ... in the row going on
     rated = {a["code"]: a["properties"].get("rated_power_w", 150.0) for a in city.assets}
     members: dict[str, list[dict[str, Any]]] = {}
     for lamp in lamps:
@@ -349,7 +358,7 @@ def _cabinets(
             cuts = [f for f in outages if f.start <= t < f.end]
             cut = bool(cuts)
             for f in cuts:  # a cabinet without supply shows by day as by night
-                showings[f] = showings.get(f, 0) + 1
+                _showed(f, showings, streaks, told=True)
             batch = []
             for lamp in its_lamps:
                 faults = [f for f in by_subject.get(lamp["device_id"], []) if f.start <= t < f.end]
@@ -364,11 +373,15 @@ def _cabinets(
                 if "low_power_factor" in kinds and on:
                     pf = 0.55
                 # a lamp fault shows only while the lamp should be lit (a day burner by day);
-                # out or burning, only where the sky says clearly what the lamp should do
+                # out or burning, only where the sky says clearly what the lamp should do (near
+                # a switching time it is neither told nor broken off); a dark cabinet, or a
+                # sky that hides it, breaks its run of reports off
                 for f in faults:
                     if on and (f.kind == "day_burner") != dark:
                         told = clear_sky or f.kind not in ("lamp_out", "day_burner")
-                        showings[f] = showings.get(f, 0) + told
+                        _showed(f, showings, streaks, told=told)
+                    else:
+                        streaks[f] = 0
                 volts = 0.0 if cut else round(float(rng.normal(220, 2)), 1)
                 power = round(power * float(rng.normal(1, 0.01)), 1) if power else 0.0
                 energy[lamp["device_id"]] += power * o.lamp_report_s / 3.6e6
@@ -474,6 +487,7 @@ def _sweep_route(
     end = driver.stop
     truths: list[Fault] = []
     done: set[Fault] = set()  # a fast or brushes-up fault spoils the segment's first pass only
+    window_over = _shift(o)[1] <= o.start + o.duration_s
     left: dict[str, int] = {}  # passes still to do (or spoiled), per segment
     blinded: set[str] = set()  # segments a pass of which a GPS gap hid
     for step in route:
@@ -501,9 +515,13 @@ def _sweep_route(
         spoiled = False
         for kind in ("sweeping_too_fast", "brushes_up"):
             if kind in kinds and began < end:
-                # to the millisecond, as the messages are: its first fix is at its start
+                # to the millisecond, as the messages are: its first fix is at its start; a
+                # segment's night is judged once its window is over: within the run, or never
                 shown = replace(
-                    kinds[kind], start=round(began, 3), end=round(min(driver.t, end), 3)
+                    kinds[kind],
+                    start=round(began, 3),
+                    end=round(min(driver.t, end), 3),
+                    detectable=window_over,
                 )
                 truths.append(shown)
                 done.add(kinds[kind])
@@ -520,7 +538,7 @@ def _sweep_route(
     # not reached (or not finished) before the shift ended, within the run: skipped; where a
     # GPS gap hid a pass, undetectable (a scene may rightly find it, as it may not)
     run_end = o.start + o.duration_s
-    if _shift(o)[1] <= run_end:
+    if window_over:
         truths += [
             Fault(
                 "segment_skipped",

@@ -3,13 +3,16 @@ matched and scored once the plans' window is over, its findings and their cases.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 from datetime import UTC, date, datetime, time, timedelta
 
 import psycopg
 import pytest
+from typer.testing import CliRunner
 
+from cityops.cli import app
 from devices.codes import CodeScheme
 from devices.registry import import_bundle
 from scenes.engine import ROADS, run_once
@@ -136,3 +139,35 @@ def test_a_simulated_night_finds_each_road_fault_on_its_segment_with_one_case(
     # all segments alike (400 m): the night's coverage is their mean
     assert sum(swept) / len(swept) >= 0.99
     assert min(swept) >= ScenesSettings().roads.min_coverage
+    # the same night from the terminal
+    shown = CliRunner().invoke(
+        app,
+        ["roads", "coverage", "--night", NIGHT.isoformat(), "--district", "d0", "--format", "json"],
+        env={"CITYOPS_DATABASE_URL": database_url},
+    )
+    assert shown.exit_code == 0, shown.output
+    document = json.loads(shown.output)
+    by_segment = {s["segment_id"]: s for s in document["segments"]}
+    assert by_segment[segments[3]]["passes"] == 0
+    assert by_segment[segments[10]]["fast_passes"] >= 1
+    assert by_segment[segments[20]]["idle_passes"] >= 1
+    mine = {v["device_id"] for v in document["sweepers"]}
+    assert set(sweepers_of(city)) <= mine
+    assert all(
+        v["swept_km"] > 1 for v in document["sweepers"] if v["device_id"] in sweepers_of(city)
+    )
+
+
+def sweepers_of(city: City) -> list[str]:
+    return [d["device_id"] for d in city.devices if d["type"] == "sweeper"]
+
+
+def test_a_night_not_judged_is_refused_in_one_line(database_url) -> None:
+    shown = CliRunner().invoke(
+        app,
+        ["roads", "coverage", "--night", "2020-01-01"],
+        env={"CITYOPS_DATABASE_URL": database_url},
+    )
+    assert shown.exit_code == 2
+    assert "no coverage stored for the night of 2020-01-01" in shown.output
+    assert "Traceback" not in shown.output
