@@ -101,45 +101,52 @@ def tally(
     now: float,
     record: Callable[[str | None, Episode], int],
 ) -> int:
-    """Judge the district's latest night whose windows are over, once; return cases opened."""
+    """Judge the district's latest night whose windows are over, once; return cases opened.
+
+    Cheap until there is a night to judge (it runs with every partition run): the night from
+    the plans' distinct windows, then whether it is judged, then whether any sweeper reported.
+    """
+    plans = conn.execute("select distinct window_start, window_end from road_segments").fetchall()
+    if not plans:
+        return 0
+    limits = settings.roads
+    for days_back in range(3):
+        night = datetime.fromtimestamp(now, tz=settings.zone).date() - timedelta(days=days_back)
+        starts, ends = _windows(plans, night, settings)
+        if float(ends.max()) + limits.settle_s <= now:
+            break
+    else:
+        return 0
+    window = (_at(float(starts.min())), _at(float(ends.max())))
+    pending = conn.execute(
+        "select not exists (select from road_nights where night = %s and district = %s) "
+        "and exists (select from sweeper_readings where ts >= %s and ts < %s)",
+        (night, district, *window),
+    ).fetchone()
+    if not (pending and pending[0]):
+        return 0
     rows = conn.execute(
         "select s.segment_id, s.geometry, s.required_passes, s.max_speed_kmh, "
         "s.window_start, s.window_end from road_segments s "
         "join segment_districts sd using (segment_id) where sd.district = %s order by 1",
         (district,),
     ).fetchall()
-    if not rows:
-        return 0
-    limits = settings.roads
-    for days_back in range(3):
-        night = datetime.fromtimestamp(now, tz=settings.zone).date() - timedelta(days=days_back)
-        windows = _windows(rows, night, settings)
-        if float(windows[1].max()) + limits.settle_s <= now:
-            break
-    else:
-        return 0
-    done = conn.execute(
-        "select exists (select from road_nights where night = %s and district = %s)",
-        (night, district),
-    ).fetchone()
-    if done and done[0]:
-        return 0
     fixes = conn.execute(
         "select r.device_id, extract(epoch from r.ts)::float8, r.lon, r.lat, r.speed_kmh, "
         "r.heading_deg, r.brush_on::int::float8 from sweeper_readings r "
         "join device_districts dd on dd.device_id = r.device_id "
         "where dd.district = %s and dd.type = 'sweeper' and r.ts >= %s and r.ts < %s "
         "order by r.device_id, r.ts",
-        (district, _at(float(windows[0].min())), _at(float(windows[1].max()))),
+        (district, *window),
     ).fetchall()
-    if not fixes:
-        return 0  # nobody reported: not judged (the module's docstring)
+    if not rows or not fixes:
+        return 0  # no roads here, or nobody reported: not judged (the module's docstring)
     segments = [roads.Segment(row[0], [tuple(p) for p in row[1]["coordinates"]]) for row in rows]
     plan = _Plan(
         [row[0] for row in rows],
         np.array([row[2] for row in rows]),
         np.array([row[3] for row in rows], dtype=np.float64),
-        *windows,
+        *_windows(rows, night, settings),
         roads.build(segments),
     )
     return _judge_night(conn, settings, (district, night), plan, fixes, record=record)

@@ -171,3 +171,23 @@ def test_a_night_not_judged_is_refused_in_one_line(database_url) -> None:
     assert shown.exit_code == 2
     assert "no coverage stored for the night of 2020-01-01" in shown.output
     assert "Traceback" not in shown.output
+
+
+def test_a_night_no_sweeper_reported_in_is_not_judged(conn, database_url, swept_city) -> None:
+    quiet = date.today() - timedelta(days=10)
+    after = datetime.combine(quiet + timedelta(days=1), time(12), tzinfo=UTC).timestamp()
+    with psycopg.connect(database_url) as scenes_conn:
+        run_once(scenes_conn, ScenesSettings(), CATALOG, now=after, scenes=(ROADS,))
+    segments = [r["segment_id"] for r in swept_city.roads]
+    assert conn.execute(
+        "select count(*) from road_nights where night = %s", (quiet,)
+    ).fetchone() == (0,)
+    assert conn.execute(
+        "select count(*) from detections where subject = any(%s) "
+        "and first_seen >= %s and first_seen < %s",
+        (
+            segments,
+            datetime.combine(quiet, time(0), tzinfo=UTC),
+            datetime.fromtimestamp(after, UTC),
+        ),
+    ).fetchone() == (0,)
