@@ -8,11 +8,11 @@ import sys
 import time
 from dataclasses import asdict
 from datetime import date, datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
-from cityops.terminal import ConfigOption, fail, out, settings_from
+from cityops.terminal import ConfigOption, TableFormatOption, fail, out, settings_from
 from scenes import nights
 from store import db
 
@@ -35,9 +35,7 @@ def report_command(
     recompute: Annotated[
         bool, typer.Option(help="Compute it again from the readings (late readings came).")
     ] = False,
-    output: Annotated[
-        Literal["table", "csv", "json"], typer.Option("--format", help="table, csv or json")
-    ] = "table",
+    output: TableFormatOption = "table",
     config: ConfigOption = None,
 ) -> None:
     """The night's lighting rate, energy and day-burner waste, per district (or street).

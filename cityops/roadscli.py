@@ -7,11 +7,11 @@ import json
 import sys
 from dataclasses import asdict
 from datetime import date, datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
-from cityops.terminal import ConfigOption, fail, out, settings_from
+from cityops.terminal import ConfigOption, TableFormatOption, fail, out, settings_from
 from scenes.sweeping import coverage_of
 from store import db
 
@@ -31,9 +31,7 @@ def coverage_command(
         ),
     ],
     district: Annotated[str | None, typer.Option(help="Only this district.")] = None,
-    output: Annotated[
-        Literal["table", "csv", "json"], typer.Option("--format", help="table, csv or json")
-    ] = "table",
+    output: TableFormatOption = "table",
     config: ConfigOption = None,
 ) -> None:
     """A night's sweeping: per segment, district and sweeper.

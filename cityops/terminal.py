@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Literal, NoReturn
 
 import psycopg
 import typer
@@ -34,6 +34,12 @@ ConfigOption = Annotated[
         help="Settings file (TOML). Default: $CITYOPS_CONFIG, else ./config/cityops.toml.",
         dir_okay=False,
     ),
+]
+
+
+#: --format of a command that prints a table, or the same rows as CSV or JSON.
+TableFormatOption = Annotated[
+    Literal["table", "csv", "json"], typer.Option("--format", help="table, csv or json")
 ]
 
 
