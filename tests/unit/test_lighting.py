@@ -167,3 +167,11 @@ def test_any_readings_judge_without_failing_and_episodes_lie_within_them(n, data
             assert e.cleared_at is None or e.cleared_at > e.first_seen
     for e in cabinet.episodes:
         assert e.kind in (lighting.CABINET_OUTAGE, lighting.CIRCUIT_OUTAGE)
+
+
+def test_every_lighting_kind_has_its_fiware_status_or_is_the_cabinet_s() -> None:
+    from scenes.engine import LIGHTING
+    from scenes.streetlights import CABINET_KINDS, STATUS_OF
+
+    assert set(STATUS_OF) | set(CABINET_KINDS) == set(LIGHTING.category_of)
+    assert not set(STATUS_OF) & set(CABINET_KINDS)
