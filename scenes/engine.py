@@ -376,17 +376,13 @@ def _normal_long_enough(
     settings: ScenesSettings,
 ) -> bool:
     """Whether the device sent a message ``verify_s`` or more after ``normal_since``."""
-    return _latest(conn, scene, [device_id]) >= normal_since + timedelta(seconds=settings.verify_s)
-
-
-def _latest(conn: psycopg.Connection, scene: Scene, devices: list[str]) -> datetime:
-    """The newest reading of ``devices`` in the scene's tables (-infinity for none)."""
     newest = " union all ".join(
-        f"(select max(ts) from {table} where device_id = any(%(devices)s))"
-        for table in scene.readings
+        f"(select max(ts) from {table} where device_id = %(device)s)" for table in scene.readings
     )
-    row = conn.execute(f"select max(ts) from ({newest}) m(ts)", {"devices": devices}).fetchone()
-    return row[0] if row and row[0] is not None else datetime.min.replace(tzinfo=UTC)
+    row = conn.execute(f"select max(ts) from ({newest}) m(ts)", {"device": device_id}).fetchone()
+    return bool(
+        row and row[0] is not None and row[0] >= normal_since + timedelta(seconds=settings.verify_s)
+    )
 
 
 def _feed_window(conn: psycopg.Connection, scene: str, district: str) -> tuple[Any, Any]:

@@ -84,7 +84,6 @@ class Network:
     segment_ids: list[str]
     frame: Frame
     cell_m: float
-    length_m: Floats  # per segment
     oneway: Bools  # per segment
     first_cell: Ints  # per segment, then the total: cells of segment s are first[s]:first[s+1]
     cell_segment: Ints  # per cell
@@ -108,15 +107,14 @@ def build(
     lons = np.array([p[0] for s in segments for p in s.coordinates], dtype=np.float64)
     lats = np.array([p[1] for s in segments for p in s.coordinates], dtype=np.float64)
     frame = Frame(float(lons.mean()), float(lats.mean())) if len(lons) else Frame(0.0, 0.0)
-    xy_parts, dir_parts, counts, lengths, ends = [], [], [], [], []
+    xy_parts, dir_parts, counts, ends = [], [], [], []
     for segment in segments:
         line = np.array(segment.coordinates, dtype=np.float64)
         x, y = frame.to_metres(line[:, 0], line[:, 1])
-        centres, directions, length = _cells(np.column_stack((x, y)), cell_m)
+        centres, directions = _cells(np.column_stack((x, y)), cell_m)
         xy_parts.append(centres)
         dir_parts.append(directions)
         counts.append(len(centres))
-        lengths.append(length)
         ends.append((x[0], y[0], x[-1], y[-1]))
     cell_counts = np.array(counts, dtype=np.int64)
     first_cell = np.concatenate(([0], np.cumsum(cell_counts)))
@@ -129,7 +127,6 @@ def build(
         segment_ids=[s.segment_id for s in segments],
         frame=frame,
         cell_m=cell_m,
-        length_m=np.array(lengths, dtype=np.float64),
         oneway=np.array([s.oneway for s in segments], dtype=bool),
         first_cell=first_cell,
         cell_segment=cell_segment,
@@ -141,22 +138,22 @@ def build(
     )
 
 
-def _cells(line: Floats, cell_m: float) -> tuple[Floats, Floats, float]:
-    """Cell centres every ``cell_m`` along a polyline (metres), their directions, its length."""
+def _cells(line: Floats, cell_m: float) -> tuple[Floats, Floats]:
+    """Cell centres every ``cell_m`` along a polyline (metres), and their directions."""
     steps = np.diff(line, axis=0)
     step_m = np.hypot(steps[:, 0], steps[:, 1])
     keep = step_m > 0
     steps, step_m = steps[keep], step_m[keep]
     length = float(step_m.sum())
     if length == 0:
-        return line[:1], np.array([[1.0, 0.0]]), 0.0
+        return line[:1], np.array([[1.0, 0.0]])
     n = max(1, round(length / cell_m))
     at = (np.arange(n) + 0.5) * (length / n)  # arc length of each centre
     starts = np.concatenate(([0.0], np.cumsum(step_m)[:-1]))
     k = np.clip(np.searchsorted(starts, at, side="right") - 1, 0, len(steps) - 1)
     origin = line[:-1][keep][k]
     unit = steps[k] / step_m[k, None]
-    return origin + unit * (at - starts[k])[:, None], unit, length
+    return origin + unit * (at - starts[k])[:, None], unit
 
 
 def _ambiguous(

@@ -532,33 +532,47 @@ def running_scenes(
 
 
 def store_tilts(database_url: str, device_id: str, rows: list[tuple[float, float]]) -> None:
-    """Store (epoch seconds, tilt) readings of one cover's sensor as ingest does, in one batch.
+    """Store (epoch seconds, tilt) readings of one cover's sensor as ingest does, in one batch."""
+    store_readings(
+        database_url, "manhole", [(device_id, t, {"tilt_deg": tilt}) for t, tilt in rows], "event"
+    )
+
+
+def store_readings(
+    database_url: str,
+    device_type: str,
+    rows: list[tuple[str, float, dict[str, Any]]],
+    message: str = "telemetry",
+) -> None:
+    """Store (device, epoch seconds, values) readings of one device type as ingest does.
 
     No broker: each message is decoded against the registry and written, change feed included,
-    by ingest's own ``BatchWriter``, as if received at its own time; the batch is committed.
-    Returns once a scenes run can read it: when every transaction older than the batch's has
-    ended (the feed's horizon is the whole server's, so a test session of another database
-    can hold it back for a moment).
+    by ingest's own ``BatchWriter`` in one batch, as if received at its own time; the batch is
+    committed. Returns once a scenes run can read it: when every transaction older than the
+    batch's has ended (the feed's horizon is the whole server's, so a test session of another
+    database can hold it back for a moment).
     """
     limits = DecodeLimits.of(IngestSettings())
-    decoder = Decoder(limits=limits, device_type_of={device_id: "manhole"}.get)
-    topic = f"cityops/v1/manhole/{device_id}/event"
+    types = {device_id: device_type for device_id, _, _ in rows}
+    decoder = Decoder(limits=limits, device_type_of=types.get)
     with psycopg.connect(database_url) as conn:
         writer = BatchWriter(
             conn, raw_max_bytes=limits.max_payload_bytes, last_seen_resolution_s=10.0
         )
         batch = []
-        for n, (t, tilt) in enumerate(rows):
-            payload = json.dumps({"ts": int(t * 1000), "tilt_deg": tilt}).encode()
+        for n, (device_id, t, values) in enumerate(rows):
+            topic = f"cityops/v1/{device_type}/{device_id}/{message}"
+            payload = json.dumps({"ts": int(t * 1000), **values}).encode()
             received_us = int(t * 1e6)
             decoded = decoder.decode_message(topic, payload, received_us)
             batch.append(Message(n + 1, 0, topic, payload, received_us, decoded))
         result = writer.write(batch)
         conn.commit()
-    assert result.inserted["manhole"] == len(rows), result
+    assert result.inserted[device_type] == len(rows), result
     with psycopg.connect(database_url, autocommit=True) as conn:
         (xact,) = conn.execute(
-            "select max(xact) from reading_batches where %s = any(device_ids)", (device_id,)
+            "select max(xact) from reading_batches where device_ids && %s::text[]",
+            (sorted(types),),
         ).fetchone()
         wait_for(
             lambda: conn.execute(

@@ -22,9 +22,6 @@ from cases.service import CaseService
 from cityops.cli import app
 from devices.codes import CodeScheme
 from devices.registry import import_bundle
-from ingest.decode import DecodeLimits, Decoder
-from ingest.settings import IngestSettings
-from ingest.writer import BatchWriter, Message
 from scenes.engine import LIGHTING, run_once
 from scenes.score import Interval, score, stored_detections
 from scenes.settings import ScenesSettings
@@ -33,7 +30,7 @@ from simulator.city import City, CitySpec, generate, write_bundle
 from simulator.fleet import RunOptions, simulate
 from simulator.publish import PublishOptions, publish
 from simulator.scenario import Scenario
-from tests.plugin import CATALOG, wait_for
+from tests.plugin import CATALOG, store_readings, wait_for
 
 
 def recent(month: int, day: int) -> date:
@@ -59,39 +56,6 @@ TROMSO = (69.65, 18.96)  # polar night from late November to mid January; midnig
 WINTER = recent(12, 21)
 SUMMER = recent(6, 21)
 GUANGZHOU = (23.13, 113.26)  # sunset at the winter solstice about 17:48 local
-
-
-def store_lamp_readings(database_url: str, rows: list[tuple[str, float, dict]]) -> None:
-    """Store (device, epoch seconds, values) lamp readings as ingest does, in one batch.
-
-    Each message is decoded against the registry and written, change feed included, by ingest's
-    own ``BatchWriter``; returns once a scenes run can read it (the feed's horizon).
-    """
-    limits = DecodeLimits.of(IngestSettings())
-    decoder = Decoder(
-        limits=limits, device_type_of=dict.fromkeys({r[0] for r in rows}, "light").get
-    )
-    with psycopg.connect(database_url) as conn:
-        writer = BatchWriter(
-            conn, raw_max_bytes=limits.max_payload_bytes, last_seen_resolution_s=10.0
-        )
-        batch = []
-        for n, (device_id, t, values) in enumerate(rows):
-            topic = f"cityops/v1/light/{device_id}/telemetry"
-            payload = json.dumps({"ts": int(t * 1000), **values}).encode()
-            decoded = decoder.decode_message(topic, payload, int(t * 1e6))
-            batch.append(Message(n + 1, 0, topic, payload, int(t * 1e6), decoded))
-        result = writer.write(batch)
-        conn.commit()
-    assert result.inserted["light"] == len(rows), result
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        (xact,) = conn.execute("select max(xact) from reading_batches").fetchone()
-        wait_for(
-            lambda: conn.execute(
-                "select pg_snapshot_xmin(pg_current_snapshot()) > %s::xid8", (xact,)
-            ).fetchone()[0],
-            what="every transaction older than the batch to end (the scenes' horizon)",
-        )
 
 
 def lit(power_w: float = 100.0, dim: float = 100.0) -> dict:
@@ -257,7 +221,7 @@ def test_lamp_cases_a_dark_cabinet_explains_are_merged_into_its_case(
     rows += [(d, t, DARK) for d in members[1:] for t in every(t0 + 300, t0 + 1800)]
     # the others' controllers report late: the first run sees the first lamp dark alone
     first_seen = [r for r in rows if r[1] < t0 + 300 or r[0] == early]
-    store_lamp_readings(database_url, first_seen)
+    store_readings(database_url, "light", first_seen)
     settings = ScenesSettings()
     with psycopg.connect(database_url) as scenes_conn:
         run_once(scenes_conn, settings, CATALOG, now=t0 + 660, scenes=(LIGHTING,))
@@ -265,7 +229,7 @@ def test_lamp_cases_a_dark_cabinet_explains_are_merged_into_its_case(
             "select case_id from detections where device_id = %s and kind = 'lamp_out'", (early,)
         ).fetchone()
         assert lamp_case is not None  # alone in the dark for ten minutes: a lamp case
-        store_lamp_readings(database_url, [r for r in rows if r not in first_seen])
+        store_readings(database_url, "light", [r for r in rows if r not in first_seen])
         run_once(scenes_conn, settings, CATALOG, now=t0 + 1500, scenes=(LIGHTING,))
     (cabinet_case,) = conn.execute(
         "select case_id from detections where device_id = %s and kind = 'cabinet_outage'",
@@ -337,7 +301,7 @@ def test_lamps_follow_their_own_plan_and_their_own_sunset(conn, database_url, ci
         (summer_lamp, t, lit() if 10 * 3600 <= t - midsummer < 12 * 3600 else DARK)
         for t in every(midsummer, midsummer + 86_400)
     ]
-    store_lamp_readings(database_url, readings)
+    store_readings(database_url, "light", readings)
     settings = ScenesSettings(lighting_plans={"default": Plan(), "late": Plan(on_offset_min=30)})
     with psycopg.connect(database_url) as scenes_conn:
         run_once(scenes_conn, settings, CATALOG, now=midnight(date.today()), scenes=(LIGHTING,))
@@ -382,7 +346,7 @@ def test_the_lighting_rate_of_a_constructed_night_is_the_hand_computed_one(
         (burner, t, lit(power_w=80.0) if t < summer_noon + 3 * 3600 else DARK)
         for t in every(summer_noon, summer_noon + 86_400)
     ]
-    store_lamp_readings(database_url, readings)
+    store_readings(database_url, "light", readings)
     env = {"CITYOPS_DATABASE_URL": database_url}
 
     def report(night: str) -> list[dict]:
@@ -425,7 +389,7 @@ def test_a_disposed_lamp_case_closes_itself_once_the_lamp_behaved_through_the_ne
 ) -> None:
     lamp = add_lamp(conn, city, 21, lat=city.spec.center_lat, lon=city.spec.center_lon)
     night = SUNSET + 3600
-    store_lamp_readings(database_url, [(lamp, t, DARK) for t in every(night, night + 1800)])
+    store_readings(database_url, "light", [(lamp, t, DARK) for t in every(night, night + 1800)])
     with psycopg.connect(database_url) as scenes_conn:
         run_once(scenes_conn, ScenesSettings(), CATALOG, now=night + 1800, scenes=(LIGHTING,))
         (case_id,) = conn.execute(
@@ -442,12 +406,16 @@ def test_a_disposed_lamp_case_closes_itself_once_the_lamp_behaved_through_the_ne
             (lamp, t, lit() if t < SUNRISE or SUNSET + 86_400 <= t < next_sunrise else DARK)
             for t in every(fixed, next_sunrise + 3600)
         ]
-        store_lamp_readings(database_url, [r for r in behaving if r[1] < SUNSET + 86_400 + 7200])
+        store_readings(
+            database_url, "light", [r for r in behaving if r[1] < SUNSET + 86_400 + 7200]
+        )
         run_once(
             scenes_conn, ScenesSettings(), CATALOG, now=SUNSET + 86_400 + 7200, scenes=(LIGHTING,)
         )
         assert state_of(conn, case_id) == "disposed"  # the next night is not over yet
-        store_lamp_readings(database_url, [r for r in behaving if r[1] >= SUNSET + 86_400 + 7200])
+        store_readings(
+            database_url, "light", [r for r in behaving if r[1] >= SUNSET + 86_400 + 7200]
+        )
         run_once(
             scenes_conn, ScenesSettings(), CATALOG, now=next_sunrise + 3600, scenes=(LIGHTING,)
         )
