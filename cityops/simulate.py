@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 import typer
 from paho.mqtt.enums import MQTTProtocolVersion
 
+import roadmaps
 from cityops.terminal import ConfigOption, fail, out, settings_from, stop_on_signals
 from simulator.city import CitySpec, generate, read_bundle, write_bundle
 from simulator.fleet import Publication, Run, RunOptions, simulate
@@ -22,7 +23,6 @@ from simulator.publish import (
     abuse_messages,
     publish,
 )
-from simulator.roads import RoadFileError, load_roads
 from simulator.scenario import Scenario, ScenarioError, load_scenario
 from wire.mqtt import BrokerUnavailableError, MqttSettings, choose_protocol
 
@@ -55,8 +55,8 @@ def city(
         seed=seed, districts=districts, covers=covers, lamps=lamps, sweepers_per_district=sweepers
     )
     try:
-        lines = load_roads(roads) if roads else None
-    except RoadFileError as exc:
+        lines = roadmaps.read(roads) if roads else None
+    except roadmaps.RoadFileError as exc:
         fail(str(exc), 2)
     counts = write_bundle(generate(spec, lines), out_dir)
     summary = ", ".join(f"{n} {part}" for part, n in counts.items())

@@ -150,6 +150,7 @@ class RoadRow(_Row):
     window_end: time | None = None
     max_speed_kmh: float = Field(default=8, gt=0, le=30)
     working_width_m: float = Field(default=3, gt=0, le=10)
+    oneway: bool = False  # swept only in the direction it is drawn
 
     @field_validator("geometry")
     @classmethod
@@ -422,14 +423,21 @@ def import_units(conn: psycopg.Connection, path: Path) -> ImportReport:
 
 def import_roads(conn: psycopg.Connection, path: Path) -> ImportReport:
     """Import road segments with their sweeping plans, all rows or none."""
-    rows, problems = _validate(RoadRow, read_rows(path), "segment_id")
-    _check_references(conn, rows, {"region_id": ("regions", "region_id")}, problems)
+    return store_roads(conn, read_rows(path), path)
+
+
+def store_roads(
+    conn: psycopg.Connection, rows: Iterable[tuple[str, dict[str, Any]]], origin: Path
+) -> ImportReport:
+    """Store road segments (where, columns) read from ``origin``: all of them or none."""
+    good, problems = _validate(RoadRow, rows, "segment_id")
+    _check_references(conn, good, {"region_id": ("regions", "region_id")}, problems)
     if problems:
-        raise ImportRejectedError(path, problems)
+        raise ImportRejectedError(origin, problems)
     columns = tuple(RoadRow.model_fields)
     records = [
         tuple(Jsonb(v) if c == "geometry" else v for c, v in ((c, getattr(r, c)) for c in columns))
-        for _, r in rows
+        for _, r in good
     ]
     return _upsert(conn, "road_segments", "segment_id", columns, records)
 

@@ -127,7 +127,7 @@ def tally(
         return 0
     rows = conn.execute(
         "select s.segment_id, s.geometry, s.required_passes, s.max_speed_kmh, "
-        "s.window_start, s.window_end from road_segments s "
+        "s.oneway, s.window_start, s.window_end from road_segments s "
         "join segment_districts sd using (segment_id) where sd.district = %s order by 1",
         (district,),
     ).fetchall()
@@ -141,7 +141,9 @@ def tally(
     ).fetchall()
     if not rows or not fixes:
         return 0  # no roads here, or nobody reported: not judged (the module's docstring)
-    segments = [roads.Segment(row[0], [tuple(p) for p in row[1]["coordinates"]]) for row in rows]
+    segments = [
+        roads.Segment(row[0], [tuple(p) for p in row[1]["coordinates"]], row[4]) for row in rows
+    ]
     plan = _Plan(
         [row[0] for row in rows],
         np.array([row[2] for row in rows]),

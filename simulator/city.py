@@ -19,12 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import shapely
+
+import roadmaps
 
 #: Metres per degree of latitude (WGS-84 mean); longitude scales by cos(latitude).
 _M_PER_DEG = 111_320.0
 _DISTRICT_SIZE_M = 3_000.0
 _BLOCK_M = 400.0
-_MIN_SEGMENT_M = 5.0  # map vertices closer than this make no segment
+#: Map segments are split at junctions into pieces at least this long (``cityops roads import``
+#: does the same by default).
+_MIN_SEGMENT_M = 20.0
+#: Map road classes the simulated sweepers do not sweep, and those that are main roads.
+_UNSWEPT = frozenset({"motorway", "motorway_link", "pedestrian", "service"})
+_MAIN = frozenset({"main", "trunk", "primary", "secondary"})
 
 #: Cover categories (minor code under major 01) with their share and the kind of owner.
 COVER_CATEGORIES: tuple[tuple[str, str, float, str | None], ...] = (
@@ -105,19 +113,18 @@ def _rectangle(frame: _Frame, x0: float, y0: float, x1: float, y1: float) -> dic
 
 
 @dataclass(frozen=True, slots=True)
-class RoadLine:
-    """A road from a map (GeoJSON or OpenStreetMap): a polyline of (lon, lat) positions."""
+class _Segment:
+    """A road segment: a polyline in metres east/north of the centre."""
 
+    segment_id: str
     name: str
-    road_class: str  # "main" or "secondary"
-    coordinates: tuple[tuple[float, float], ...]
-    line_id: str | None = None
-    oneway: bool = False  # traffic goes only the way it is drawn (a carriageway, a roundabout)
+    road_class: str
+    points: tuple[tuple[float, float], ...]
+    main: bool
+    oneway: bool = False
 
 
-#: A road segment in metres east/north of the centre: id, name, class, ends, is main.
-_Segment = tuple[str, str, str, tuple[float, float], tuple[float, float], bool]
-#: What components are placed along: the two ends and whether it is a main road.
+#: What components are placed along: a straight piece's two ends and whether it is a main road.
 _Road = tuple[tuple[float, float], tuple[float, float], bool]
 
 
@@ -155,7 +162,7 @@ def _grid_layout(count: int, frame: _Frame, size_m: float, corner: tuple[float, 
     return _Layout(frame, size_m, origins)
 
 
-def generate(spec: CitySpec, roads: Sequence[RoadLine] | None = None) -> City:
+def generate(spec: CitySpec, roads: Sequence[roadmaps.RoadLine] | None = None) -> City:
     """Generate the city ``spec`` describes, on a lattice of streets or on ``roads`` from a map.
 
     The same spec (and roads) always give the same city.
@@ -189,27 +196,44 @@ def generate(spec: CitySpec, roads: Sequence[RoadLine] | None = None) -> City:
     return city
 
 
-def _map_layout(districts: int, roads: Sequence[RoadLine]) -> tuple[_Layout, list[list[_Segment]]]:
-    """Districts laid over the roads' extent; each road split at its vertices into segments."""
+def _map_layout(
+    districts: int, roads: Sequence[roadmaps.RoadLine]
+) -> tuple[_Layout, list[list[_Segment]]]:
+    """Districts laid over the roads' extent, and the roads split at junctions into segments.
+
+    Each segment lies in the district of its midpoint.
+    """
     lons = [p[0] for r in roads for p in r.coordinates]
     lats = [p[1] for r in roads for p in r.coordinates]
     frame = _Frame((min(lats) + max(lats)) / 2, (min(lons) + max(lons)) / 2)
-    points = [[frame.to_metres(lon, lat) for lon, lat in r.coordinates] for r in roads]
+    swept = [r for r in roads if r.road_class not in _UNSWEPT]
+    pieces = [
+        p
+        for p in roadmaps.split_at_junctions(swept, _MIN_SEGMENT_M)
+        if roadmaps.length_m(p.coordinates) >= _MIN_SEGMENT_M
+    ]
+    points = [tuple(frame.to_metres(lon, lat) for lon, lat in p.coordinates) for p in pieces]
     xs = [x for line in points for x, _ in line]
     ys = [y for line in points for _, y in line]
     side = math.ceil(math.sqrt(districts))
     size = max(max(xs) - min(xs), max(ys) - min(ys), 1.0) / side + 1.0
     layout = _grid_layout(districts, frame, size, (min(xs) - 0.5, min(ys) - 0.5))
     segments: list[list[_Segment]] = [[] for _ in range(districts)]
-    for n, (road, line) in enumerate(zip(roads, points, strict=True)):
-        base = road.line_id or f"r{n}"
-        for k, (p, q) in enumerate(itertools.pairwise(line)):
-            if math.dist(p, q) < _MIN_SEGMENT_M:
-                continue
-            d = layout.cell_of((p[0] + q[0]) / 2, (p[1] + q[1]) / 2)
-            if d is not None:
-                main = road.road_class == "main"
-                segments[d].append((f"{base}-{k}", road.name, road.road_class, p, q, main))
+    for piece, line in zip(pieces, points, strict=True):
+        lon, lat = shapely.LineString(piece.coordinates).interpolate(0.5, normalized=True).coords[0]
+        d = layout.cell_of(*frame.to_metres(lon, lat))
+        if d is not None:
+            main = piece.road_class in _MAIN
+            segments[d].append(
+                _Segment(
+                    piece.line_id,
+                    piece.name,
+                    "main" if main else "secondary",
+                    line,
+                    main,
+                    piece.oneway,
+                )
+            )
     return layout, segments
 
 
@@ -228,7 +252,7 @@ def _district(
     _district_regions(city, layout, d)
     _district_units(city, d)
     _district_roads(city, layout.frame, district_id, segments)
-    roads = [(p, q, main) for _, _, _, p, q, main in segments]
+    roads = [(p, q, s.main) for s in segments for p, q in itertools.pairwise(s.points)]
     place = _Place(layout, d, district_id, str(city.spec.division_base + d), roads)
     if roads:
         _covers(city, rng, place, n_covers)
@@ -319,23 +343,24 @@ def _district_units(city: City, d: int) -> None:
 
 def _district_roads(city: City, frame: _Frame, district_id: str, segments: list[_Segment]) -> None:
     """The district's road segments, each with its night sweeping plan."""
-    for segment_id, name, road_class, p, q, main in segments:
+    for s in segments:
         city.roads.append(
             {
-                "segment_id": segment_id,
-                "name": name,
-                "road_class": road_class,
+                "segment_id": s.segment_id,
+                "name": s.name,
+                "road_class": s.road_class,
                 "region_id": district_id,
                 "geometry": {
                     "type": "LineString",
-                    "coordinates": [frame.to_lonlat(*p), frame.to_lonlat(*q)],
+                    "coordinates": [frame.to_lonlat(*p) for p in s.points],
                 },
-                "length_m": round(math.dist(p, q), 1),
-                "required_passes": 2 if main else 1,
+                "length_m": round(sum(math.dist(p, q) for p, q in itertools.pairwise(s.points)), 1),
+                "required_passes": 2 if s.main else 1,
                 "window_start": "00:00",
                 "window_end": "06:30",
                 "max_speed_kmh": 8.0,
                 "working_width_m": 3.0,
+                "oneway": s.oneway,
             }
         )
 
@@ -368,15 +393,9 @@ def _lattice(layout: _Layout, d: int) -> list[_Segment]:
                     a, b = (a[1], a[0]), (b[1], b[0])
                 p, q = (x0 + a[0], y0 + a[1]), (x0 + b[0], y0 + b[1])
                 segment_id = f"d{d}-{'h' if horizontal else 'v'}{i}-{j}"
+                name = f"{road}, district {d}"
                 out.append(
-                    (
-                        segment_id,
-                        f"{road}, district {d}",
-                        "main" if main else "secondary",
-                        p,
-                        q,
-                        main,
-                    )
+                    _Segment(segment_id, name, "main" if main else "secondary", (p, q), main)
                 )
     return out
 

@@ -19,8 +19,10 @@ give the same messages.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -413,9 +415,7 @@ def _cabinets(
 @dataclass(frozen=True, slots=True)
 class _Pass:
     segment_id: str
-    a: tuple[float, float]  # lon, lat
-    b: tuple[float, float]
-    length_m: float
+    points: tuple[tuple[float, float], ...]  # lon, lat, in the direction swept
 
 
 def _route(city: City, device: dict[str, Any], sweepers: list[dict[str, Any]]) -> list[_Pass]:
@@ -426,10 +426,11 @@ def _route(city: City, device: dict[str, Any], sweepers: list[dict[str, Any]]) -
     for i, road in enumerate(roads):
         if i % len(mates) != k:
             continue
-        a, b = (tuple(p) for p in road["geometry"]["coordinates"][:2])
+        drawn = tuple((float(p[0]), float(p[1])) for p in road["geometry"]["coordinates"])
         for n in range(road["required_passes"]):
-            ends = (a, b) if n % 2 == 0 else (b, a)
-            passes.append(_Pass(road["segment_id"], *ends, road["length_m"]))
+            # back the other way on a two-way road; a one-way road is swept as drawn each time
+            way = drawn if n % 2 == 0 or road.get("oneway") else drawn[::-1]
+            passes.append(_Pass(road["segment_id"], way))
     return passes
 
 
@@ -504,7 +505,7 @@ def _sweep_route(
             left.pop(step.segment_id, None)
             continue
         kinds = {f.kind: f for f in faults if f not in done}
-        driver.transit_to(step.a)
+        driver.transit_to(step.points[0])
         began, unseen_s = driver.t, driver.unseen_s
         speed = (
             float(driver.rng.uniform(12, 15))
@@ -572,34 +573,38 @@ class _Driver:
         """Drive brushes up at 20 km/h from the end of the last pass to ``point``, if elsewhere."""
         here = self.here
         if here is not None and here != point:
-            gap_m = math.hypot((point[0] - here[0]) * self.cos_lat, point[1] - here[1]) * _M_PER_DEG
-            self.drive(here, point, gap_m, 20.0, brush=False)
+            self.drive((here, point), 20.0, brush=False)
 
     def sweep(self, step: _Pass, speed_kmh: float, *, brush: bool) -> None:
-        self.drive(step.a, step.b, step.length_m, speed_kmh, brush=brush)
-        self.here = step.b
+        self.drive(step.points, speed_kmh, brush=brush)
+        self.here = step.points[-1]
 
-    def drive(
-        self,
-        a: tuple[float, float],
-        b: tuple[float, float],
-        length_m: float,
-        speed_kmh: float,
-        *,
-        brush: bool,
-    ) -> None:
-        """Drive from ``a`` to ``b`` until the run ends, a fix every GPS interval unless hidden."""
-        end = self.stop
+    def drive(self, path: Sequence[tuple[float, float]], speed_kmh: float, *, brush: bool) -> None:
+        """Drive along ``path`` (lon, lat) until the run ends.
+
+        A fix every GPS interval unless hidden, heading along the piece of the path it is on.
+        """
+        pieces = [
+            (a, b, math.hypot((b[0] - a[0]) * self.cos_lat, b[1] - a[1]) * _M_PER_DEG)
+            for a, b in itertools.pairwise(path)
+        ]
+        length_m = sum(m for *_, m in pieces)
         duration = length_m / (speed_kmh / 3.6)
         steps = max(1, int(duration / self.o.gps_interval_s))
-        heading = math.degrees(math.atan2((b[0] - a[0]) * self.cos_lat, b[1] - a[1])) % 360
+        k, done_m = 0, 0.0  # the piece driven on, and the metres before it
         for s in range(steps):
-            if self.t >= end:
+            if self.t >= self.stop:
                 return
+            at_m = length_m * s / steps
+            while at_m > done_m + pieces[k][2] and k < len(pieces) - 1:
+                done_m += pieces[k][2]
+                k += 1
             if not _silenced(self.t, self.gaps, self.hidden):
-                f = s / steps
+                a, b, piece_m = pieces[k]
+                f = (at_m - done_m) / piece_m if piece_m > 0 else 0.0
                 lon, lat = a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f
-                fix = self.fix(lon, lat, speed_kmh, heading=heading, brush=brush)
+                heading = math.degrees(math.atan2((b[0] - a[0]) * self.cos_lat, b[1] - a[1]))
+                fix = self.fix(lon, lat, speed_kmh, heading=heading % 360, brush=brush)
                 _pub(self.out, self.t, self.topic, fix)
             else:
                 self.unseen_s += duration / steps

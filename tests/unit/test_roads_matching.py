@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import roadmaps
 from scenes import roads
 from scenes.roads import MatchRules, Rules, Segment, Track
-from simulator.roads import load_roads
 
 LON0, LAT0 = 123.43, 41.80
 M_PER_DEG = 111_320.0
@@ -201,7 +201,7 @@ HELSINKI = Path(__file__).resolve().parents[1] / "data" / "helsinki.osm.pbf"
 def test_tracks_along_a_real_city_s_streets_are_matched_to_them() -> None:
     # central Helsinki from OpenStreetMap: curved streets, short links at junctions, one-way
     # carriageways side by side, roundabouts; each way is a segment
-    lines = load_roads(HELSINKI)
+    lines = roadmaps.split_at_junctions(roadmaps.read(HELSINKI))
     network = roads.build(
         [Segment(line.line_id or line.name, list(line.coordinates), line.oneway) for line in lines]
     )
