@@ -31,6 +31,7 @@ from cityops.terminal import (
     ConfigOption,
     err,
     fail,
+    import_errors,
     out,
     run_cli,
     settings_from,
@@ -231,22 +232,9 @@ def contract() -> None:
     sys.stdout.write(json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n")
 
 
-@contextlib.contextmanager
-def _import_errors(prefix: str, consequence: str) -> Iterator[None]:
-    """Print every rejected row and exit 1; other import failures exit 1 with their message."""
-    try:
-        yield
-    except registry.ImportRejectedError as exc:
-        for where, message in exc.problems:
-            err.print(f"{prefix}{where}: {message}", highlight=False, markup=False)
-        fail(f"{len(exc.problems)} problems; {consequence}")
-    except (registry.RegistryError, OSError, ValueError, psycopg.OperationalError) as exc:
-        fail(str(exc))
-
-
 def _import(kind: str, file: Path, config: Path | None) -> None:
     settings = settings_from(config)
-    with _import_errors(f"{file}: ", "nothing imported"), db.connect(settings.database) as conn:
+    with import_errors(f"{file}: ", "nothing imported"), db.connect(settings.database) as conn:
         if kind == "assets":
             report = registry.import_assets(conn, file, settings.registry.scheme)
         else:
@@ -425,7 +413,7 @@ def city_import(
     """Import a city bundle in dependency order; each file all or nothing."""
     settings = settings_from(config)
     after = "that file and the ones after it were not imported"
-    with _import_errors("", after), db.connect(settings.database) as conn:
+    with import_errors("", after), db.connect(settings.database) as conn:
         reports = registry.import_bundle(conn, folder, settings.registry.scheme)
     for part, report in reports.items():
         out.print(

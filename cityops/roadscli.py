@@ -7,18 +7,76 @@ import json
 import sys
 from dataclasses import asdict
 from datetime import date, datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cityops.terminal import ConfigOption, TableFormatOption, fail, out, settings_from
+from cityops.terminal import (
+    ConfigOption,
+    TableFormatOption,
+    fail,
+    import_errors,
+    out,
+    settings_from,
+)
+from devices import roadmap
 from scenes.sweeping import coverage_of
 from store import db
 
 roads_app = typer.Typer(
-    help="Clean roads: each night's coverage of the road segments, and what each sweeper did.",
+    help="Clean roads: road segments from a street map, each night's coverage of them, and "
+    "what each sweeper did.",
     no_args_is_help=True,
 )
+
+
+@roads_app.command("import")
+def import_command(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="A street map: GeoJSON lines, or an OpenStreetMap extract (.osm, .osm.pbf).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    plans: Annotated[
+        Path,
+        typer.Option(
+            help="Sweep plans by road class (TOML; config/sweep-plans.toml is an example).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    min_length: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            help="Metres: shorter pieces between junctions stay with their neighbours, shorter "
+            "roads are left out.",
+        ),
+    ] = 20.0,
+    config: ConfigOption = None,
+) -> None:
+    """Import a street map's roads of the planned classes as road segments, all or none.
+
+    Lines are joined where a map splits one street and cut at junctions; each segment takes
+    its class's plan and the deepest region covering its midpoint (so its cases go to that
+    district's sanitation unit). Import the city's regions first (cityops city import).
+    """
+    settings = settings_from(config)
+    with import_errors(f"{file}: ", "nothing imported"):
+        chosen = roadmap.load_plans(plans)
+        with db.connect(settings.database) as conn:
+            report = roadmap.import_road_map(conn, file, chosen, min_length_m=min_length)
+    stored = report.stored
+    out.print(
+        f"{file}: {stored.rows} road segments ({stored.created} new, {stored.updated} updated)",
+        highlight=False,
+    )
+    for why, n in report.left_out.items():
+        out.print(f"left out: {n} {why}", highlight=False)
 
 
 @roads_app.command("coverage")

@@ -7,11 +7,12 @@ command or its logs print passes through ``redact``, so no password in a URL rea
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Literal, NoReturn
 
@@ -21,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from cityops.settings import Settings, SettingsError, load_settings
+from devices import registry
 from redaction import error_line, redact
 
 out = Console(soft_wrap=True)
@@ -110,3 +112,16 @@ def setup_logging(level: int) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+@contextlib.contextmanager
+def import_errors(prefix: str, consequence: str) -> Iterator[None]:
+    """Print every rejected row and exit 2; other import failures exit 2 with their message."""
+    try:
+        yield
+    except registry.ImportRejectedError as exc:
+        for where, message in exc.problems:
+            err.print(f"{prefix}{where}: {message}", highlight=False, markup=False)
+        fail(f"{len(exc.problems)} problems; {consequence}")
+    except (registry.RegistryError, OSError, ValueError, psycopg.OperationalError) as exc:
+        fail(str(exc))

@@ -90,7 +90,8 @@ class Network:
     cell_xy: Floats  # (cells, 2)
     cell_dir: Floats  # (cells, 2) unit direction of the segment at the cell
     ambiguous: Bools  # per cell: another segment's cell within ambiguity_m
-    touching: frozenset[tuple[int, int]]  # pairs of segments whose ends meet
+    joints: Ints  # (i, j, end of i, end of j) rows, ordered by i: the ends that meet
+    first_joint: Ints  # per segment, then the total: its rows of joints are first[i]:first[i+1]
     tree: cKDTree
 
     @property
@@ -98,6 +99,15 @@ class Network:
         """How many cells each segment has."""
         cells: Ints = np.diff(self.first_cell)
         return cells
+
+    @property
+    def judged_cells(self) -> Ints:
+        """How many cells of each segment a pass or the coverage must cover.
+
+        All but its two end cells, which lie within GPS noise of the next segment (at least one).
+        """
+        judged: Ints = np.maximum(self.cells_of - 2, 1)
+        return judged
 
 
 def build(
@@ -121,7 +131,8 @@ def build(
     cell_xy = np.concatenate(xy_parts) if xy_parts else np.empty((0, 2))
     cell_segment = np.repeat(np.arange(len(segments)), cell_counts)
     cell_dir = np.concatenate(dir_parts) if dir_parts else np.empty((0, 2))
-    touching = _touching(np.array(ends, dtype=np.float64).reshape(-1, 4))
+    joints = _joints(np.array(ends, dtype=np.float64).reshape(-1, 4))
+    first_joint = np.searchsorted(joints[:, 0], np.arange(len(segments) + 1))
     tree = cKDTree(cell_xy)
     return Network(
         segment_ids=[s.segment_id for s in segments],
@@ -132,8 +143,9 @@ def build(
         cell_segment=cell_segment,
         cell_xy=cell_xy,
         cell_dir=cell_dir,
-        ambiguous=_ambiguous(tree, cell_segment, cell_dir, touching, ambiguity_m),
-        touching=touching,
+        ambiguous=_ambiguous(tree, cell_segment, (cell_xy, cell_dir), ambiguity_m),
+        joints=joints,
+        first_joint=first_joint,
         tree=tree,
     )
 
@@ -157,49 +169,53 @@ def _cells(line: Floats, cell_m: float) -> tuple[Floats, Floats]:
 
 
 def _ambiguous(
-    tree: cKDTree,
-    cell_segment: Ints,
-    cell_dir: Floats,
-    touching: frozenset[tuple[int, int]],
-    radius_m: float,
+    tree: cKDTree, cell_segment: Ints, cells: tuple[Floats, Floats], radius_m: float
 ) -> Bools:
     """Cells with a cell of another segment within ``radius_m`` that runs alongside.
 
-    Alongside: about parallel (within 45 degrees, either way) and not joined to it, as a
-    parallel road or the other carriageway; the road going on across a junction is the same
-    road, and a crossing one has another heading.
+    Alongside: about parallel (within 45 degrees, either way) and off to one side by more than
+    ``_LATERAL_M``, as a parallel road, the other carriageway or the other branch of a fork;
+    the road going on straight across a junction is in line, and a crossing one has another
+    heading.
     """
+    cell_xy, cell_dir = cells
     flag = np.zeros(len(cell_segment), dtype=bool)
     pairs = tree.query_pairs(radius_m, output_type="ndarray")
     if not len(pairs):
         return flag
     a, b = pairs[:, 0], pairs[:, 1]
-    sa, sb = cell_segment[a], cell_segment[b]
     cos = np.abs((cell_dir[a] * cell_dir[b]).sum(axis=1))
-    n = len(cell_segment)
-    joined = np.isin(sa * n + sb, np.array([i * n + j for i, j in touching], dtype=np.int64))
-    alongside = (sa != sb) & (cos >= math.cos(math.radians(45))) & ~joined
+    offset = cell_xy[b] - cell_xy[a]
+    lateral = np.abs(cell_dir[a, 0] * offset[:, 1] - cell_dir[a, 1] * offset[:, 0])
+    alongside = (
+        (cell_segment[a] != cell_segment[b])
+        & (cos >= math.cos(math.radians(45)))
+        & (lateral > _LATERAL_M)
+    )
     flag[pairs[alongside].ravel()] = True
     return flag
 
 
-def _touching(ends: Floats) -> frozenset[tuple[int, int]]:
-    """Pairs of segments (both orders) with an end within ``_TOUCH_M`` of the other's."""
-    if not len(ends):
-        return frozenset()
+#: Another segment's cell less than this to one side is in line with a cell (metres).
+_LATERAL_M: Final = 2.0
+
+
+def _joints(ends: Floats) -> Ints:
+    """Ends of two segments within ``_TOUCH_M`` of each other: (i, j, end of i, end of j).
+
+    In both orders; an end is 0 (the segment's first position) or 1 (its last).
+    """
     points = np.concatenate((ends[:, :2], ends[:, 2:]))
-    owner = np.concatenate((np.arange(len(ends)), np.arange(len(ends))))
+    n = len(ends)
+    owner = np.concatenate((np.arange(n), np.arange(n)))
+    which = np.repeat([0, 1], n)
     pairs = cKDTree(points).query_pairs(_TOUCH_M, output_type="ndarray")
-    a, b = owner[pairs[:, 0]], owner[pairs[:, 1]]
-    distinct = a != b
-    return frozenset(
-        (int(i), int(j))
-        for i, j in zip(
-            np.concatenate((a[distinct], b[distinct])),
-            np.concatenate((b[distinct], a[distinct])),
-            strict=True,
-        )
-    )
+    a, b = pairs[:, 0], pairs[:, 1]
+    distinct = owner[a] != owner[b]
+    p, q = np.concatenate((a[distinct], b[distinct])), np.concatenate((b[distinct], a[distinct]))
+    rows = np.column_stack((owner[p], owner[q], which[p], which[q])).astype(np.int64)
+    joints: Ints = rows[np.lexsort(rows.T[::-1])].reshape(-1, 4)
+    return joints
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +331,10 @@ def _match_hard(
     out.cell[hard[ok]], out.distance_m[hard[ok]] = best_cell[ok], best_cost[ok]
     unsure = ok & np.isfinite(second)
     if unsure.any():
-        _Stretches(network, hard[unsure], safe[unsure], cost[unsure], rules.noise_m).decide(out)
+        unsure_fixes = hard[unsure]
+        _Stretches(network, points, unsure_fixes, safe[unsure], cost[unsure], rules.noise_m).decide(
+            out
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +342,7 @@ class _Stretches:
     """Unsure fixes (in time order) with their candidate cells and distances."""
 
     network: Network
+    points: Floats  # every fix of the track (metres)
     fixes: Ints
     candidates: Ints  # (fixes, K) cells
     costs: Floats  # (fixes, K) metres; inf: not a candidate
@@ -343,50 +363,90 @@ class _Stretches:
 
     def _viterbi(self, stretch: Ints, before: int, after: int) -> list[int]:
         """The most likely candidate per fix of ``stretch`` (column indices)."""
-        network = self.network
-        seg = network.cell_segment[self.candidates[stretch]]  # (fixes, K)
-        anchors = [network.cell_segment[c] for c in (before, after) if c != NO_MATCH]
-        moves = _Moves(network, np.unique(np.concatenate((seg.ravel(), anchors))))
+        cells = self.candidates[stretch]  # (fixes, K)
+        fixes = self.fixes[stretch]
+        anchors = np.array([c for c in (before, after) if c != NO_MATCH], dtype=np.int64)
+        segments = self.network.cell_segment[np.concatenate((cells.ravel(), anchors))]
+        moves = _Moves(self.network, segments, self.noise_m)
         costs = self.costs[stretch]
         emission = np.where(np.isfinite(costs), -0.5 * (costs / self.noise_m) ** 2, -np.inf)
         score = emission[0].copy()
         if before != NO_MATCH:
-            score += moves.between(network.cell_segment[[before]], seg[0])[0]
+            score += moves.between(np.array([before]), cells[0], self._travelled(fixes[0]))[0]
         back = []
-        for t in range(1, len(seg)):
-            step = score[:, None] + moves.between(seg[t - 1], seg[t])
+        for t in range(1, len(cells)):
+            step = score[:, None] + moves.between(cells[t - 1], cells[t], self._travelled(fixes[t]))
             back.append(np.argmax(step, axis=0))
             score = step.max(axis=0) + emission[t]
         if after != NO_MATCH:
-            score += moves.between(seg[-1], network.cell_segment[[after]])[:, 0]
+            travelled = self._travelled(fixes[-1] + 1)
+            score += moves.between(cells[-1], np.array([after]), travelled)[:, 0]
         path = [int(np.argmax(score))]
         for pointers in reversed(back):
             path.append(int(pointers[path[-1]]))
         return path[::-1]
 
+    def _travelled(self, fix: int) -> float:
+        """The distance between fix ``fix`` and the one before it (metres)."""
+        step = self.points[fix] - self.points[fix - 1]
+        return float(np.hypot(step[0], step[1]))
 
-#: Log-probability of moving to a touching segment between two fixes (staying: 0).
+
+#: Log-probability of moving to a touching segment between two fixes (staying: 0), less one
+#: per noise_m that the way round by the joint is longer than the fixes are apart.
 _SWITCH: Final = math.log(0.05)
 
 
 class _Moves:
-    """Log-probabilities of moving between the segments of a stretch, from a table of them."""
+    """Log-probabilities of moving between candidate cells (Newson & Krumm's transitions).
 
-    def __init__(self, network: Network, segments: Ints) -> None:
-        self._segments = segments
-        touch = np.array(
-            [[(int(i), int(j)) in network.touching for j in segments] for i in segments],
-            dtype=bool,
-        ).reshape(len(segments), len(segments))
-        same = np.eye(len(segments), dtype=bool)
-        self._table: Floats = np.where(same, 0.0, np.where(touch, _SWITCH, -1e6))
+    Along one segment: free. To a segment it touches: ``_SWITCH``, less the metres by which the
+    way along both to the ends where they meet (the joint) is longer than the straight distance
+    between the fixes (plus a cell), per ``noise_m``: at a fork, the other branch a few metres
+    to the side is far by road. To any other segment: impossible.
+    """
 
-    def between(self, a: Ints, b: Ints) -> Floats:
-        """From segments ``a`` (rows) to ``b`` (columns)."""
-        ia = np.searchsorted(self._segments, a)
-        ib = np.searchsorted(self._segments, b)
-        moves: Floats = self._table[np.ix_(ia, ib)]
+    def __init__(self, network: Network, segments: Ints, noise_m: float) -> None:
+        self._network = network
+        self._noise_m = noise_m
+        self._segments = np.unique(segments)
+        n = len(self._segments)
+        first = network.first_joint
+        rows = network.joints[
+            np.concatenate([np.arange(first[s], first[s + 1]) for s in self._segments])
+        ]
+        rows = rows[np.isin(rows[:, 1], self._segments)]
+        # joint[i, j, end of i, end of j]: those ends meet
+        self._joint = np.zeros((n, n, 2, 2), dtype=bool)
+        i, j = (
+            np.searchsorted(self._segments, rows[:, 0]),
+            np.searchsorted(self._segments, rows[:, 1]),
+        )
+        self._joint[i, j, rows[:, 2], rows[:, 3]] = True
+
+    def between(self, a: Ints, b: Ints, travelled_m: float) -> Floats:
+        """From cells ``a`` (rows) to cells ``b`` (columns), ``travelled_m`` apart."""
+        network = self._network
+        sa, sb = network.cell_segment[a], network.cell_segment[b]
+        ia = np.searchsorted(self._segments, sa)
+        ib = np.searchsorted(self._segments, sb)
+        to_ends_a, to_ends_b = self._to_ends(a, sa), self._to_ends(b, sb)
+        # (a, b, end of a, end of b): the way from a to b through those ends, where they meet
+        way = to_ends_a[:, None, :, None] + to_ends_b[None, :, None, :]
+        way = np.where(self._joint[np.ix_(ia, ib)], way, np.inf).min(axis=(2, 3))
+        detour = np.maximum(way - travelled_m - network.cell_m, 0.0) / self._noise_m
+        moves: Floats = np.where(
+            sa[:, None] == sb[None, :], 0.0, np.where(np.isfinite(way), _SWITCH - detour, -1e6)
+        )
         return moves
+
+    def _to_ends(self, cells: Ints, segments: Ints) -> Floats:
+        """Metres along its segment from each cell to the segment's first and last positions."""
+        network = self._network
+        k = cells - network.first_cell[segments]
+        n = network.first_cell[segments + 1] - network.first_cell[segments]
+        ends: Floats = np.column_stack((k + 0.5, n - k - 0.5)) * network.cell_m
+        return ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,6 +470,7 @@ class Rules:
     gap_slack_m: float = 10.0  # the noise in the distance between two fixes
     speed_margin_kmh: float = 0.5  # a pass's mean speed may exceed the limit by this (GPS noise)
     pass_share: float = 0.8
+    max_unmatched: int = 2  # more fixes in a row off every segment: the vehicle left the road
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,21 +490,25 @@ def coverage(network: Network, track: Track, rules: Rules) -> Coverage:
     """The cells ``track`` swept validly, and its passes per segment.
 
     A fix that matches no segment (off the network, or a GPS outlier) is passed over: it
-    neither ends a run nor covers anything; it counts only in the distance driven.
+    covers nothing and counts only in the distance driven. More than ``max_unmatched`` of them
+    in a row end a run: the vehicle left the segment (and a second pass of a one-way segment
+    after coming back to its start is a pass of its own).
     """
     driven_s = np.append(np.minimum(np.diff(track.ts), rules.max_gap_s), 0.0)
     driven_m = float(np.nansum(track.speed_kmh / 3.6 * driven_s))
     keep = track.matched.segment >= 0
+    stayed = np.diff(np.flatnonzero(keep)) <= rules.max_unmatched + 1
     ts, speed, brush = track.ts[keep], track.speed_kmh[keep], track.brush_on[keep]
     seg, cell = track.matched.segment[keep], track.matched.cell[keep]
     forward, in_window = track.matched.forward[keep], rules.in_window[keep]
     dt = np.diff(ts)
     same = seg[1:] == seg[:-1]
-    # runs: consecutive fixes along one segment one way, broken by a change of segment or of
-    # direction (a U-turn) or by a gap too long; a run sweeps at its mean speed (a valid pass
-    # near the limit has fixes above it, a fast one below)
+    # runs: consecutive fixes along one segment one way, broken by a change of segment, of
+    # direction (a U-turn) or of the brushes, by a gap too long or by leaving the road; a run
+    # sweeps at its mean speed (a valid pass near the limit has fixes above it, a fast one below)
     onward = forward[1:] == forward[:-1]
-    run_id = np.cumsum(np.concatenate(([True], ~(same & onward & (dt <= rules.max_gap_s))))) - 1
+    carry_on = same & onward & (brush[1:] == brush[:-1]) & stayed & (dt <= rules.max_gap_s)
+    run_id = np.cumsum(np.concatenate(([True], ~carry_on))) - 1
     runs = int(run_id[-1]) + 1 if len(run_id) else 0
     run_speed = np.bincount(run_id, weights=speed, minlength=runs) / np.maximum(
         np.bincount(run_id, minlength=runs), 1
@@ -476,7 +541,7 @@ def coverage(network: Network, track: Track, rules: Rules) -> Coverage:
         total = len(network.cell_segment)
         per_run = np.bincount(np.unique(runs_of * total + cells_of) // total, minlength=runs)
         enough = (run_segment >= 0) & (
-            per_run >= rules.pass_share * network.cells_of[np.maximum(run_segment, 0)]
+            per_run >= rules.pass_share * network.judged_cells[np.maximum(run_segment, 0)]
         )
         counted: Ints = np.bincount(run_segment[enough], minlength=len(network.segment_ids))
         return counted.astype(np.int64)
@@ -505,9 +570,9 @@ def _ranges(lo: Ints, hi: Ints) -> Ints:
 
 
 def segment_coverage(network: Network, covered: Ints) -> Floats:
-    """Each segment's covered share of its cells."""
+    """Each segment's covered share of its judged cells (``Network.judged_cells``), at most 1."""
     per_segment = np.bincount(
         network.cell_segment[covered], minlength=len(network.segment_ids)
     ).astype(np.float64)
-    share: Floats = per_segment / np.maximum(network.cells_of, 1)
+    share: Floats = np.minimum(per_segment / network.judged_cells, 1.0)
     return share

@@ -30,8 +30,12 @@ _BLOCK_M = 400.0
 #: Map segments are split at junctions into pieces at least this long (``cityops roads import``
 #: does the same by default).
 _MIN_SEGMENT_M = 20.0
-#: Map road classes the simulated sweepers do not sweep, and those that are main roads.
-_UNSWEPT = frozenset({"motorway", "motorway_link", "pedestrian", "service"})
+#: Map road classes the simulated sweepers sweep (those config/sweep-plans.toml plans, so that
+#: ``cityops roads import`` of the same map gives the same segments), and the main roads.
+#: Lines of a class no map uses (a GeoJSON's own) are swept too.
+_SWEPT = frozenset(
+    {"trunk", "primary", "secondary", "tertiary", "unclassified", "residential", "living_street"}
+)
 _MAIN = frozenset({"main", "trunk", "primary", "secondary"})
 
 #: Cover categories (minor code under major 01) with their share and the kind of owner.
@@ -76,6 +80,7 @@ class CitySpec:
     center_lon: float = 123.4315
     division_base: int = 210102  # administrative division code of the first district
     name: str = "Shenyang (simulated)"
+    district_prefix: str = "d"  # district ids: d0, d1, ... (their streets, grids, units follow)
 
 
 @dataclass(slots=True)
@@ -184,7 +189,7 @@ def generate(spec: CitySpec, roads: Sequence[roadmaps.RoadLine] | None = None) -
         frame = _Frame(spec.center_lat, spec.center_lon)
         half = math.ceil(math.sqrt(spec.districts)) * _DISTRICT_SIZE_M / 2
         layout = _grid_layout(spec.districts, frame, _DISTRICT_SIZE_M, (-half, -half))
-        segments = [_lattice(layout, d) for d in range(spec.districts)]
+        segments = [_lattice(layout, d, spec.district_prefix) for d in range(spec.districts)]
     covers_left, lamps_left = spec.covers, spec.lamps
     for d in range(spec.districts):
         districts_left = spec.districts - d
@@ -206,7 +211,7 @@ def _map_layout(
     lons = [p[0] for r in roads for p in r.coordinates]
     lats = [p[1] for r in roads for p in r.coordinates]
     frame = _Frame((min(lats) + max(lats)) / 2, (min(lons) + max(lons)) / 2)
-    swept = [r for r in roads if r.road_class not in _UNSWEPT]
+    swept = [r for r in roads if r.road_class in _SWEPT or r.road_class not in roadmaps.DRIVEN]
     pieces = [
         p
         for p in roadmaps.split_at_junctions(swept, _MIN_SEGMENT_M)
@@ -248,24 +253,23 @@ def _district(
     n_lamps: int,
 ) -> None:
     """Add district ``d``: its regions, units, roads, the components along them and sweepers."""
-    district_id = f"d{d}"
-    _district_regions(city, layout, d)
-    _district_units(city, d)
+    district_id = f"{city.spec.district_prefix}{d}"
+    _district_regions(city, layout, d, district_id)
+    _district_units(city, d, district_id)
     _district_roads(city, layout.frame, district_id, segments)
     roads = [(p, q, s.main) for s in segments for p, q in itertools.pairwise(s.points)]
     place = _Place(layout, d, district_id, str(city.spec.division_base + d), roads)
     if roads:
         _covers(city, rng, place, n_covers)
         _lamps(city, rng, place, n_lamps)
-    _district_sweepers(city, d)
+    _district_sweepers(city, district_id)
 
 
-def _district_regions(city: City, layout: _Layout, d: int) -> None:
+def _district_regions(city: City, layout: _Layout, d: int, district_id: str) -> None:
     """The district's square and its four streets (quarters), each split into four grids."""
     frame = layout.frame
     size = layout.size_m
     x0, y0 = layout.origins[d]
-    district_id = f"d{d}"
     city.regions.append(
         {
             "region_id": district_id,
@@ -277,21 +281,28 @@ def _district_regions(city: City, layout: _Layout, d: int) -> None:
     half = size / 2
     for s in range(4):
         corner = (x0 + s % 2 * half, y0 + s // 2 * half)
-        _street_regions(city, frame, d, s, corner=corner, side=half)
+        _street_regions(city, frame, (d, district_id), s, corner=corner, side=half)
 
 
 def _street_regions(
-    city: City, frame: _Frame, d: int, s: int, *, corner: tuple[float, float], side: float
+    city: City,
+    frame: _Frame,
+    district: tuple[int, str],
+    s: int,
+    *,
+    corner: tuple[float, float],
+    side: float,
 ) -> None:
-    """Street ``s`` of district ``d`` (a square of ``side`` from ``corner``) and its four grids."""
+    """Street ``s`` of a district (a square of ``side`` from ``corner``) and its four grids."""
     sx, sy = corner
-    street_id = f"d{d}-s{s}"
+    d, district_id = district
+    street_id = f"{district_id}-s{s}"
     city.regions.append(
         {
             "region_id": street_id,
             "name": f"District {d} street {s}",
             "level": "street",
-            "parent_id": f"d{d}",
+            "parent_id": district_id,
             "geometry": _rectangle(frame, sx, sy, sx + side, sy + side),
         }
     )
@@ -309,9 +320,8 @@ def _street_regions(
         )
 
 
-def _district_units(city: City, d: int) -> None:
+def _district_units(city: City, d: int, district_id: str) -> None:
     """The district's four street offices and its units of every kind, units kept by level."""
-    district_id = f"d{d}"
     for s in range(4):
         street_id = f"{district_id}-s{s}"
         city.units.append(
@@ -365,19 +375,19 @@ def _district_roads(city: City, frame: _Frame, district_id: str, segments: list[
         )
 
 
-def _district_sweepers(city: City, d: int) -> None:
+def _district_sweepers(city: City, district_id: str) -> None:
     for k in range(city.spec.sweepers_per_district):
         city.devices.append(
             {
-                "device_id": f"sw-{d}-{k}",
+                "device_id": f"sw-{district_id}-{k}",
                 "type": "sweeper",
-                "region_id": f"d{d}",
+                "region_id": district_id,
                 "firmware": "3.2.0",
             }
         )
 
 
-def _lattice(layout: _Layout, d: int) -> list[_Segment]:
+def _lattice(layout: _Layout, d: int, prefix: str) -> list[_Segment]:
     """A lattice of 400 m segments between intersections; every other line is a main road."""
     x0, y0 = layout.origins[d]
     lines = int(layout.size_m // _BLOCK_M)
@@ -392,7 +402,7 @@ def _lattice(layout: _Layout, d: int) -> list[_Segment]:
                 if not horizontal:
                     a, b = (a[1], a[0]), (b[1], b[0])
                 p, q = (x0 + a[0], y0 + a[1]), (x0 + b[0], y0 + b[1])
-                segment_id = f"d{d}-{'h' if horizontal else 'v'}{i}-{j}"
+                segment_id = f"{prefix}{d}-{'h' if horizontal else 'v'}{i}-{j}"
                 name = f"{road}, district {d}"
                 out.append(
                     _Segment(segment_id, name, "main" if main else "secondary", (p, q), main)
@@ -446,7 +456,7 @@ def _covers(city: City, rng: np.random.Generator, place: _Place, count: int) -> 
                 "lat": lat,
                 "lon": lon,
                 "accuracy_class": "B",
-                "region_id": _grid_of(place.layout, place.district, float(xs[n]), float(ys[n])),
+                "region_id": _grid_of(place, float(xs[n]), float(ys[n])),
                 "properties": {"installed_angle_deg": float(angles[n])},
             }
         )
@@ -509,7 +519,7 @@ def _lamps(city: City, rng: np.random.Generator, place: _Place, count: int) -> N
                 "lat": lat,
                 "lon": lon,
                 "accuracy_class": "B",
-                "region_id": _grid_of(place.layout, place.district, float(xs[i]), float(ys[i])),
+                "region_id": _grid_of(place, float(xs[i]), float(ys[i])),
                 "properties": {
                     "cabinet_id": gateway,
                     "circuit": int(n % CIRCUITS_PER_CABINET) + 1,
@@ -529,16 +539,16 @@ def _lamps(city: City, rng: np.random.Generator, place: _Place, count: int) -> N
         )
 
 
-def _grid_of(layout: _Layout, d: int, x: float, y: float) -> str:
-    """The grid cell of a point of district ``d`` (four streets of four grids)."""
-    x0, y0 = layout.origins[d]
-    size = layout.size_m
+def _grid_of(place: _Place, x: float, y: float) -> str:
+    """The grid cell of a point of the district (four streets of four grids)."""
+    x0, y0 = place.layout.origins[place.district]
+    size = place.layout.size_m
     half, quarter = size / 2, size / 4
     rx = min(max(x - x0, 0.0), size - 1e-6)
     ry = min(max(y - y0, 0.0), size - 1e-6)
     street = int(rx // half) + 2 * int(ry // half)
     grid = int((rx % half) // quarter) + 2 * int((ry % half) // quarter)
-    return f"d{d}-s{street}-g{grid}"
+    return f"{place.district_id}-s{street}-g{grid}"
 
 
 def write_bundle(city: City, folder: Path) -> dict[str, int]:

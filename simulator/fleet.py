@@ -419,19 +419,30 @@ class _Pass:
 
 
 def _route(city: City, device: dict[str, Any], sweepers: list[dict[str, Any]]) -> list[_Pass]:
+    """The sweeper's share of its district's passes, in order.
+
+    A two-way road's passes go back and forth; a one-way road is swept as drawn each time, its
+    next pass after the next road's (a sweeper goes round, not back against the traffic).
+    """
     mates = sorted(s["device_id"] for s in sweepers if s["region_id"] == device["region_id"])
     k = mates.index(device["device_id"])
     roads = [r for r in city.roads if r["region_id"] == device["region_id"]]
-    passes = []
+    passes: list[_Pass] = []
+    waiting: list[_Pass] = []
     for i, road in enumerate(roads):
         if i % len(mates) != k:
             continue
         drawn = tuple((float(p[0]), float(p[1])) for p in road["geometry"]["coordinates"])
-        for n in range(road["required_passes"]):
-            # back the other way on a two-way road; a one-way road is swept as drawn each time
-            way = drawn if n % 2 == 0 or road.get("oneway") else drawn[::-1]
-            passes.append(_Pass(road["segment_id"], way))
-    return passes
+        if road.get("oneway"):
+            now = [_Pass(road["segment_id"], drawn)]
+            later = [_Pass(road["segment_id"], drawn)] * (road["required_passes"] - 1)
+        else:
+            ways = (drawn, drawn[::-1])
+            now = [_Pass(road["segment_id"], ways[n % 2]) for n in range(road["required_passes"])]
+            later = []
+        passes += now[: road["required_passes"]] + waiting
+        waiting = later
+    return passes + waiting
 
 
 def _sweeper(
