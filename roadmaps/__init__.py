@@ -18,7 +18,7 @@ import itertools
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -168,10 +168,8 @@ def _distances_m(coordinates: Sequence[Position]) -> list[float]:
     return out
 
 
-def _oriented(
-    coordinates: Iterable[Sequence[float]], oneway: object
-) -> tuple[tuple[Position, ...], bool]:
-    positions = tuple((float(p[0]), float(p[1])) for p in coordinates)
+def _oriented(positions: tuple[Position, ...], oneway: object) -> tuple[tuple[Position, ...], bool]:
+    """The positions in the way traffic runs, and whether it runs only that way."""
     if oneway in _AGAINST:
         return positions[::-1], True
     return positions, oneway in _ONEWAY
@@ -191,22 +189,19 @@ def _from_geojson(path: Path) -> list[RoadLine]:
     features = document.get("features") if isinstance(document, dict) else None
     roads = []
     for number, feature in enumerate(features if isinstance(features, list) else [], start=1):
-        geometry = (feature.get("geometry") if isinstance(feature, dict) else None) or {}
-        properties = (feature.get("properties") if isinstance(feature, dict) else None) or {}
+        geometry = _member(feature, "geometry")
+        properties = _member(feature, "properties")
         kind, drawn = geometry.get("type"), geometry.get("coordinates")
         if kind not in ("LineString", "MultiLineString"):
             continue
-        if not isinstance(drawn, list):
-            msg = f"{path}: feature {number}: coordinates must be a list"
+        parts = [drawn] if kind == "LineString" else drawn
+        if not isinstance(parts, list) or not all(_is_line(part) for part in parts):
+            msg = f"{path}: feature {number}: a {kind} needs lists of [lon, lat] positions"
             raise RoadFileError(msg)
-        parts: list[Any] = [drawn] if kind == "LineString" else drawn
         line_id = str(properties.get("segment_id") or properties.get("id") or f"f{number}")
         for k, part in enumerate(parts):
-            try:
-                coordinates, oneway = _oriented(part, properties.get("oneway"))
-            except (TypeError, ValueError, IndexError):
-                msg = f"{path}: feature {number}: positions must be [lon, lat] numbers"
-                raise RoadFileError(msg) from None
+            drawn_positions = tuple((float(p[0]), float(p[1])) for p in part)
+            coordinates, oneway = _oriented(drawn_positions, properties.get("oneway"))
             coordinates = _distinct(coordinates)
             if len(coordinates) < 2:
                 continue
@@ -223,6 +218,24 @@ def _from_geojson(path: Path) -> list[RoadLine]:
         msg = f"{path}: no LineString features"
         raise RoadFileError(msg)
     return roads
+
+
+def _member(feature: object, key: str) -> dict[str, Any]:
+    """A feature's geometry or properties object ({} when missing or not an object)."""
+    value = feature.get(key) if isinstance(feature, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
+def _is_line(part: object) -> bool:
+    """Whether ``part`` is a list of [lon, lat, ...] positions of numbers on the globe."""
+    return isinstance(part, list) and all(
+        isinstance(p, list)
+        and len(p) >= 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in p[:2])
+        and -180 <= p[0] <= 180
+        and -90 <= p[1] <= 90
+        for p in part
+    )
 
 
 def _class(properties: dict[str, Any]) -> object:
@@ -247,7 +260,7 @@ def _from_osm(path: Path) -> list[RoadLine]:
             highway = way.tags.get("highway")
             if highway not in DRIVEN or way.tags.get("area") == "yes":
                 continue
-            located = ((n.lon, n.lat) for n in way.nodes if n.location.valid())
+            located = tuple((n.lon, n.lat) for n in way.nodes if n.location.valid())
             roundabout = way.tags.get("junction") in ("roundabout", "circular")
             coordinates, oneway = _oriented(
                 located, "yes" if roundabout else way.tags.get("oneway")

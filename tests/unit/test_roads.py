@@ -12,34 +12,13 @@ from simulator.city import CitySpec, generate, read_bundle, write_bundle
 from simulator.fleet import RunOptions, simulate
 from simulator.scenario import Scenario
 
-OSM = """<?xml version="1.0" encoding="UTF-8"?>
-<osm version="0.6" generator="cityops test">
-  <node id="1" lat="41.8000" lon="123.4000"/>
-  <node id="2" lat="41.8000" lon="123.4060"/>
-  <node id="3" lat="41.8000" lon="123.4120"/>
-  <node id="4" lat="41.8040" lon="123.4000"/>
-  <node id="5" lat="41.8080" lon="123.4000"/>
-  <node id="6" lat="41.8040" lon="123.4120"/>
-  <node id="7" lat="41.8000" lon="123.4180"/>
-  <node id="8" lat="41.7960" lon="123.4060"/>
-  <way id="10"><nd ref="1"/><nd ref="2"/><nd ref="3"/>
-    <tag k="highway" v="primary"/><tag k="name" v="Shifu Road"/></way>
-  <way id="11"><nd ref="1"/><nd ref="4"/><nd ref="5"/>
-    <tag k="highway" v="residential"/></way>
-  <way id="12"><nd ref="4"/><nd ref="6"/><tag k="highway" v="footway"/></way>
-  <way id="13"><nd ref="3"/><nd ref="6"/><tag k="waterway" v="canal"/></way>
-  <way id="14"><nd ref="3"/><nd ref="7"/>
-    <tag k="highway" v="primary"/><tag k="name" v="Shifu Road"/><tag k="bridge" v="yes"/></way>
-  <way id="15"><nd ref="8"/><nd ref="2"/>
-    <tag k="highway" v="residential"/><tag k="oneway" v="-1"/></way>
-</osm>
-"""
+#: Shifu Road (ways 10 and 14, one street over a bridge), a residential street (11), a one-way
+#: lane drawn against its traffic (15), a footway and a canal.
+TINY = Path(__file__).resolve().parents[1] / "data" / "tiny.osm"
 
 
-def test_openstreetmap_extract_gives_the_roads_vehicles_drive(tmp_path: Path) -> None:
-    path = tmp_path / "tiny.osm"
-    path.write_text(OSM)
-    roads = roadmaps.read(path)
+def test_openstreetmap_extract_gives_the_roads_vehicles_drive() -> None:
+    roads = roadmaps.read(TINY)
     assert [(r.line_id, r.road_class, len(r.coordinates), r.oneway) for r in roads] == [
         ("osm10", "primary", 3, False),
         ("osm11", "residential", 3, False),
@@ -51,10 +30,8 @@ def test_openstreetmap_extract_gives_the_roads_vehicles_drive(tmp_path: Path) ->
     assert roads[3].coordinates == ((123.406, 41.8), (123.406, 41.796))
 
 
-def test_roads_are_joined_through_tag_changes_and_cut_at_junctions(tmp_path: Path) -> None:
-    path = tmp_path / "tiny.osm"
-    path.write_text(OSM)
-    segments = roadmaps.split_at_junctions(roadmaps.read(path))
+def test_roads_are_joined_through_tag_changes_and_cut_at_junctions() -> None:
+    segments = roadmaps.split_at_junctions(roadmaps.read(TINY))
     # Shifu Road is one street over its bridge (ways 10 and 14 meet where nothing else does)
     # and is cut where the one-way lane 15 joins it (node 2); way 11 meets it at node 1, an end
     # of both, and has another class: it stays a segment of its own
@@ -67,7 +44,7 @@ def test_roads_are_joined_through_tag_changes_and_cut_at_junctions(tmp_path: Pat
     # a cut that would leave less than the minimum is not made: node 2 is ~500 m along
     lengths = {s.line_id: round(roadmaps.length_m(s.coordinates)) for s in segments}
     assert lengths["osm10-0"] == pytest.approx(498, abs=2)
-    kept = roadmaps.split_at_junctions(roadmaps.read(path), min_length_m=600)
+    kept = roadmaps.split_at_junctions(roadmaps.read(TINY), min_length_m=600)
     assert {s.line_id for s in kept} == {"osm10", "osm11", "osm15"}
 
 
