@@ -90,8 +90,7 @@ class Network:
     cell_xy: Floats  # (cells, 2)
     cell_dir: Floats  # (cells, 2) unit direction of the segment at the cell
     ambiguous: Bools  # per cell: another segment's cell within ambiguity_m
-    joints: Ints  # (i, j, end of i, end of j) rows, ordered by i: the ends that meet
-    first_joint: Ints  # per segment, then the total: its rows of joints are first[i]:first[i+1]
+    joints: Ints  # sorted keys ((i * segments + j) * 4 + end of i * 2 + end of j): ends that meet
     tree: cKDTree
 
     @property
@@ -132,7 +131,6 @@ def build(
     cell_segment = np.repeat(np.arange(len(segments)), cell_counts)
     cell_dir = np.concatenate(dir_parts) if dir_parts else np.empty((0, 2))
     joints = _joints(np.array(ends, dtype=np.float64).reshape(-1, 4))
-    first_joint = np.searchsorted(joints[:, 0], np.arange(len(segments) + 1))
     tree = cKDTree(cell_xy)
     return Network(
         segment_ids=[s.segment_id for s in segments],
@@ -145,7 +143,6 @@ def build(
         cell_dir=cell_dir,
         ambiguous=_ambiguous(tree, cell_segment, (cell_xy, cell_dir), ambiguity_m),
         joints=joints,
-        first_joint=first_joint,
         tree=tree,
     )
 
@@ -201,9 +198,10 @@ _LATERAL_M: Final = 2.0
 
 
 def _joints(ends: Floats) -> Ints:
-    """Ends of two segments within ``_TOUCH_M`` of each other: (i, j, end of i, end of j).
+    """Ends of two segments within ``_TOUCH_M`` of each other, as sorted keys.
 
-    In both orders; an end is 0 (the segment's first position) or 1 (its last).
+    The key of segment i's end meeting segment j's: ``(i * segments + j) * 4 + end of i * 2 +
+    end of j``, in both orders; an end is 0 (the segment's first position) or 1 (its last).
     """
     points = np.concatenate((ends[:, :2], ends[:, 2:]))
     n = len(ends)
@@ -213,8 +211,7 @@ def _joints(ends: Floats) -> Ints:
     a, b = pairs[:, 0], pairs[:, 1]
     distinct = owner[a] != owner[b]
     p, q = np.concatenate((a[distinct], b[distinct])), np.concatenate((b[distinct], a[distinct]))
-    rows = np.column_stack((owner[p], owner[q], which[p], which[q])).astype(np.int64)
-    joints: Ints = rows[np.lexsort(rows.T[::-1])].reshape(-1, 4)
+    joints: Ints = np.sort((owner[p] * n + owner[q]) * 4 + which[p] * 2 + which[q]).astype(np.int64)
     return joints
 
 
@@ -349,54 +346,72 @@ class _Stretches:
     noise_m: float
 
     def decide(self, out: Matched) -> None:
-        """Decide each stretch of consecutive unsure fixes together (Newson & Krumm)."""
-        breaks = np.flatnonzero(np.diff(self.fixes) != 1) + 1
-        for stretch in np.split(np.arange(len(self.fixes)), breaks):
-            first, last = int(self.fixes[stretch[0]]), int(self.fixes[stretch[-1]])
-            # anchors: the decided fixes either side
-            before = int(out.cell[first - 1]) if first > 0 else NO_MATCH
-            after = int(out.cell[last + 1]) if last + 1 < len(out.cell) else NO_MATCH
-            path = self._viterbi(stretch, before, after)
-            for row, chosen in zip(stretch, path, strict=True):
-                out.cell[self.fixes[row]] = self.candidates[row, chosen]
-                out.distance_m[self.fixes[row]] = self.costs[row, chosen]
+        """Decide each stretch of consecutive unsure fixes together (Newson & Krumm).
 
-    def _viterbi(self, stretch: Ints, before: int, after: int) -> list[int]:
-        """The most likely candidate per fix of ``stretch`` (column indices)."""
-        cells = self.candidates[stretch]  # (fixes, K)
-        fixes = self.fixes[stretch]
-        anchors = np.array([c for c in (before, after) if c != NO_MATCH], dtype=np.int64)
-        segments = self.network.cell_segment[np.concatenate((cells.ravel(), anchors))]
-        moves = _Moves(self.network, segments, self.noise_m)
-        costs = self.costs[stretch]
-        emission = np.where(np.isfinite(costs), -0.5 * (costs / self.noise_m) ** 2, -np.inf)
-        score = emission[0].copy()
-        if before != NO_MATCH:
-            score += moves.between(np.array([before]), cells[0], self._travelled(fixes[0]))[0]
+        Anchored by the decided fixes either side (a stretch's neighbours are never unsure, so
+        the stretches are independent): stretches of one length are decided at once, one
+        Viterbi step for all of them at a time.
+        """
+        starts = np.flatnonzero(np.diff(self.fixes, prepend=-2) != 1)
+        lengths = np.diff(np.append(starts, len(self.fixes)))
+        for length in np.unique(lengths).tolist():
+            rows = starts[lengths == length][:, None] + np.arange(length)  # (stretches, length)
+            path = self._viterbi(rows, out)
+            chosen = np.take_along_axis(self.candidates[rows], path[..., None], axis=2)[..., 0]
+            out.cell[self.fixes[rows]] = chosen
+            out.distance_m[self.fixes[rows]] = np.take_along_axis(
+                self.costs[rows], path[..., None], axis=2
+            )[..., 0]
+
+    def _viterbi(self, rows: Ints, out: Matched) -> Ints:
+        """(stretches, length): the most likely candidate (column) per fix of each stretch."""
+        cells, fixes = self.candidates[rows], self.fixes[rows]  # (S, L, K), (S, L)
+        s, length, k = cells.shape
+        n = len(out.cell)
+        # each fix's distance from the one before it, and the next fix's from the last
+        to = np.clip(np.concatenate((fixes, fixes[:, -1:] + 1), axis=1), 1, n - 1)
+        step = self.points[to] - self.points[to - 1]
+        travelled = np.hypot(step[..., 0], step[..., 1])  # (S, L + 1)
+        moves = _Moves(self.network, self.noise_m)
+        before = np.where(fixes[:, 0] > 0, out.cell[np.maximum(fixes[:, 0] - 1, 0)], NO_MATCH)
+        after = np.where(
+            fixes[:, -1] + 1 < n, out.cell[np.minimum(fixes[:, -1] + 1, n - 1)], NO_MATCH
+        )
+        into = moves.between(np.maximum(before, 0)[:, None], cells[:, 0], travelled[:, 0])
+        onto = moves.between(cells[:, -1], np.maximum(after, 0)[:, None], travelled[:, -1])
+        emission = np.where(
+            np.isfinite(self.costs[rows]), -0.5 * (self.costs[rows] / self.noise_m) ** 2, -np.inf
+        )
+        score = emission[:, 0] + np.where(before[:, None] >= 0, into[:, 0, :], 0.0)  # (S, K)
+        if length > 1:
+            inner = moves.between(
+                cells[:, :-1].reshape(-1, k),
+                cells[:, 1:].reshape(-1, k),
+                travelled[:, 1:-1].reshape(-1),
+            ).reshape(s, length - 1, k, k)
         back = []
-        for t in range(1, len(cells)):
-            step = score[:, None] + moves.between(cells[t - 1], cells[t], self._travelled(fixes[t]))
-            back.append(np.argmax(step, axis=0))
-            score = step.max(axis=0) + emission[t]
-        if after != NO_MATCH:
-            travelled = self._travelled(fixes[-1] + 1)
-            score += moves.between(cells[-1], np.array([after]), travelled)[:, 0]
-        path = [int(np.argmax(score))]
-        for pointers in reversed(back):
-            path.append(int(pointers[path[-1]]))
-        return path[::-1]
-
-    def _travelled(self, fix: int) -> float:
-        """The distance between fix ``fix`` and the one before it (metres)."""
-        step = self.points[fix] - self.points[fix - 1]
-        return float(np.hypot(step[0], step[1]))
+        for t in range(1, length):
+            step_scores = score[:, :, None] + inner[:, t - 1]  # (S, from, to)
+            back.append(np.argmax(step_scores, axis=1))
+            score = step_scores.max(axis=1) + emission[:, t]
+        score += np.where(after[:, None] >= 0, onto[:, :, 0], 0.0)
+        path = np.empty((s, length), dtype=np.int64)
+        path[:, -1] = np.argmax(score, axis=1)
+        every = np.arange(s)
+        for t in range(length - 1, 0, -1):
+            path[:, t - 1] = back[t - 1][every, path[:, t]]
+        return path
 
 
 #: Log-probability of moving to a touching segment between two fixes (staying: 0), less one
 #: per noise_m that the way round by the joint is longer than the fixes are apart.
 _SWITCH: Final = math.log(0.05)
+#: The four pairs of ends two segments may meet by (end of the one, end of the other).
+_END_A: Final = np.array([0, 0, 1, 1])
+_END_B: Final = np.array([0, 1, 0, 1])
 
 
+@dataclass(frozen=True, slots=True)
 class _Moves:
     """Log-probabilities of moving between candidate cells (Newson & Krumm's transitions).
 
@@ -406,46 +421,38 @@ class _Moves:
     to the side is far by road. To any other segment: impossible.
     """
 
-    def __init__(self, network: Network, segments: Ints, noise_m: float) -> None:
-        self._network = network
-        self._noise_m = noise_m
-        self._segments = np.unique(segments)
-        n = len(self._segments)
-        first = network.first_joint
-        rows = network.joints[
-            np.concatenate([np.arange(first[s], first[s + 1]) for s in self._segments])
-        ]
-        rows = rows[np.isin(rows[:, 1], self._segments)]
-        # joint[i, j, end of i, end of j]: those ends meet
-        self._joint = np.zeros((n, n, 2, 2), dtype=bool)
-        i, j = (
-            np.searchsorted(self._segments, rows[:, 0]),
-            np.searchsorted(self._segments, rows[:, 1]),
-        )
-        self._joint[i, j, rows[:, 2], rows[:, 3]] = True
+    network: Network
+    noise_m: float
 
-    def between(self, a: Ints, b: Ints, travelled_m: float) -> Floats:
-        """From cells ``a`` (rows) to cells ``b`` (columns), ``travelled_m`` apart."""
-        network = self._network
+    def between(self, a: Ints, b: Ints, travelled_m: Floats) -> Floats:
+        """(steps, A, B): from cells ``a`` (steps, A) to cells ``b`` (steps, B).
+
+        Each step's fixes are ``travelled_m`` (steps) apart.
+        """
+        network = self.network
         sa, sb = network.cell_segment[a], network.cell_segment[b]
-        ia = np.searchsorted(self._segments, sa)
-        ib = np.searchsorted(self._segments, sb)
-        to_ends_a, to_ends_b = self._to_ends(a, sa), self._to_ends(b, sb)
-        # (a, b, end of a, end of b): the way from a to b through those ends, where they meet
-        way = to_ends_a[:, None, :, None] + to_ends_b[None, :, None, :]
-        way = np.where(self._joint[np.ix_(ia, ib)], way, np.inf).min(axis=(2, 3))
-        detour = np.maximum(way - travelled_m - network.cell_m, 0.0) / self._noise_m
+        pair = (sa[:, :, None] * len(network.segment_ids) + sb[:, None, :]) * 4
+        keys = pair[..., None] + _END_A * 2 + _END_B  # (steps, A, B, 4)
+        found = np.minimum(np.searchsorted(network.joints, keys), len(network.joints) - 1)
+        meet = network.joints[found] == keys if len(network.joints) else np.zeros_like(keys, bool)
+        # the way from a to b through each pair of ends, where they meet
+        ends_a, ends_b = self._to_ends(a, sa), self._to_ends(b, sb)
+        way = ends_a[:, :, None, _END_A] + ends_b[:, None, :, _END_B]
+        way = np.where(meet, way, np.inf).min(axis=3)
+        detour = np.maximum(way - travelled_m[:, None, None] - network.cell_m, 0.0) / self.noise_m
         moves: Floats = np.where(
-            sa[:, None] == sb[None, :], 0.0, np.where(np.isfinite(way), _SWITCH - detour, -1e6)
+            sa[:, :, None] == sb[:, None, :],
+            0.0,
+            np.where(np.isfinite(way), _SWITCH - detour, -1e6),
         )
         return moves
 
     def _to_ends(self, cells: Ints, segments: Ints) -> Floats:
         """Metres along its segment from each cell to the segment's first and last positions."""
-        network = self._network
-        k = cells - network.first_cell[segments]
-        n = network.first_cell[segments + 1] - network.first_cell[segments]
-        ends: Floats = np.column_stack((k + 0.5, n - k - 0.5)) * network.cell_m
+        first = self.network.first_cell
+        k = cells - first[segments]
+        n = first[segments + 1] - first[segments]
+        ends: Floats = np.stack((k + 0.5, n - k - 0.5), axis=-1) * self.network.cell_m
         return ends
 
 

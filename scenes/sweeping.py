@@ -253,6 +253,35 @@ def _store(
     )
 
 
+def verdicts(
+    figures: tuple[Floats, np.ndarray, np.ndarray, np.ndarray],
+    required: np.ndarray,
+    min_coverage: float,
+) -> list[str | None]:
+    """Per segment, its night's finding (the module's docstring), else None.
+
+    ``figures``: each segment's coverage, valid, fast and idle passes. None: swept as planned,
+    or not planned tonight.
+    """
+    share, passes, fast, idle = (f.tolist() for f in figures)
+    rows = zip(share, passes, fast, idle, required.tolist(), strict=True)
+    return [_verdict(c, p, f, i, r, min_coverage=min_coverage) for c, p, f, i, r in rows]
+
+
+def _verdict(
+    share: float, passes: int, fast: int, idle: int, required: int, *, min_coverage: float
+) -> str | None:
+    if required < 1:
+        return None
+    if fast:
+        return TOO_FAST
+    if idle:
+        return BRUSHES_UP
+    if share < min_coverage or passes < required:
+        return SKIPPED
+    return None
+
+
 def _findings(
     conn: psycopg.Connection,
     limits: RoadsThresholds,
@@ -260,7 +289,7 @@ def _findings(
     figures: tuple[Floats, np.ndarray, np.ndarray, np.ndarray],
     record: Callable[[str | None, Episode], int],
 ) -> int:
-    share, passes, fast, idle = figures
+    share, _, fast, idle = figures
     skipped_since: dict[str, float] = dict(
         conn.execute(
             "select subject, extract(epoch from first_seen)::float8 from detections "
@@ -268,22 +297,21 @@ def _findings(
             (SKIPPED, plan.segment_ids),
         ).fetchall()
     )
+    kinds = verdicts(figures, plan.required, limits.min_coverage)
     opened = 0
     for k, segment_id in enumerate(plan.segment_ids):
         if plan.required[k] < 1:
             continue  # not planned tonight
         start, end = float(plan.starts[k]), float(plan.ends[k])
-        short = share[k] < limits.min_coverage or passes[k] < plan.required[k]
-        if fast[k]:
-            episode = Episode(TOO_FAST, start, end, end, int(fast[k]), float(fast[k]), segment_id)
-        elif idle[k]:
-            episode = Episode(BRUSHES_UP, start, end, end, int(idle[k]), float(idle[k]), segment_id)
-        elif short or segment_id in skipped_since:
+        kind = kinds[k]
+        if kind in (TOO_FAST, BRUSHES_UP):
+            count = int(fast[k] if kind == TOO_FAST else idle[k])
+            episode = Episode(kind, start, end, end, count, float(count), segment_id)
+        elif kind == SKIPPED or segment_id in skipped_since:
             # still skipped, or swept at last: the episode that began when it was first missed
             first = skipped_since.get(segment_id, start)
-            episode = Episode(
-                SKIPPED, first, end, None if short else end, 1, float(share[k]), segment_id
-            )
+            cleared = None if kind == SKIPPED else end
+            episode = Episode(SKIPPED, first, end, cleared, 1, float(share[k]), segment_id)
         else:
             continue
         opened += record(None, episode)
