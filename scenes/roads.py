@@ -7,27 +7,30 @@ is cut into cells of ``cell_m`` along its length; a cell knows its segment, its 
 and the segment's direction there. A KD-tree (scipy's ``cKDTree``, chosen by measurement:
 1.1 M nearest queries per second against 0.2 M for shapely's ``STRtree.query_nearest``, in
 ``bench/clean_road.py``) holds the cells' centres in metres. Cells with a cell of another segment
-within ``ambiguity_m`` that runs alongside (a parallel road, the other carriageway) are marked.
+within ``ambiguity_m`` that runs alongside (a parallel road, the other carriageway, the other
+branch of a fork: parallel, and more than 2 m to the side) are marked.
 
 **Matching** (``match``): each fix goes to its nearest cell within ``tolerance_m``. A fix whose
 nearest cell is marked, or whose heading disagrees with the cell's direction (beyond
 ``heading_tol_deg``; both ways on a two-way segment, one way on a one-way carriageway), takes the
 best of its ``_CANDIDATES`` nearest cells that agree with its heading. Where a cell of another
-segment that agrees is a candidate too (parallel roads 15 m apart under 5-10 m of noise), the
-stretch of such fixes is decided together by a hidden-Markov matcher
-(Newson & Krumm 2009): Gaussian emission on the distance, transitions that keep to a segment or
-move to one that touches it; a Viterbi pass over the stretch only, anchored by the fixes on
-either side.
+segment that agrees is a candidate too (parallel roads 15 m apart under 5-10 m of noise, a
+fork), the stretch of such fixes is decided together by a hidden-Markov matcher (Newson & Krumm
+2009) over each segment's nearest agreeing cell: Gaussian emission on the distance; transitions
+that keep to a segment, or move to one whose end meets it at a cost growing with how much
+longer the way round by those ends is than the fixes are apart; a Viterbi pass over the stretch
+only, anchored by the fixes on either side, all stretches of one length at once.
 
 **Coverage** (``coverage``): a vehicle's run is its consecutive fixes along one segment one way
-(a U-turn, another segment or a gap longer than ``max_gap_s`` ends it); it sweeps at its mean
+(a U-turn, another segment, the brushes going up or down, a gap longer than ``max_gap_s`` or
+more than ``max_unmatched`` fixes in a row off every segment end it); it sweeps at its mean
 speed. A cell is covered by a valid fix (brushes down, its run no faster than the segment's
 ``max_speed_kmh`` plus ``speed_margin_kmh`` of GPS noise, inside the plan's window) and by the
 cells between two consecutive valid fixes of a run whose gap implies no more than
 ``max_gap_speed_kmh`` (the distance less ``gap_slack_m`` of noise; a longer or faster gap covers
 nothing between its ends). A pass is a run whose valid fixes cover ``pass_share`` of the
-segment; one too fast (brushes down) or idle (brushes up, at sweeping speed) that covers as much
-counts apart.
+segment's judged cells (all but its two end cells, within GPS noise of the next segment); one
+too fast (brushes down) or idle (brushes up, at sweeping speed) that covers as much counts apart.
 """
 
 from __future__ import annotations
@@ -48,8 +51,10 @@ Bools = npt.NDArray[np.bool_]
 
 #: Metres per degree of latitude (and of longitude at the equator).
 _M_PER_DEG: Final = 111_320.0
-#: Nearest cells looked at for a fix that is not plain.
-_CANDIDATES: Final = 8
+#: Nearest cells looked at for a fix that is not plain (at a busy junction, 8 can all be of
+#: crossing roads and miss the right one), and the segments of them the matcher weighs.
+_CANDIDATES: Final = 16
+_SEGMENTS: Final = 6
 #: Segment ends closer than this (metres) touch: a vehicle may move from one to the other.
 _TOUCH_M: Final = 3.0
 NO_MATCH: Final = -1
@@ -328,10 +333,24 @@ def _match_hard(
     out.cell[hard[ok]], out.distance_m[hard[ok]] = best_cell[ok], best_cost[ok]
     unsure = ok & np.isfinite(second)
     if unsure.any():
-        unsure_fixes = hard[unsure]
-        _Stretches(network, points, unsure_fixes, safe[unsure], cost[unsure], rules.noise_m).decide(
-            out
-        )
+        cells, costs = _per_segment(network, safe[unsure], cost[unsure])
+        _Stretches(network, points, hard[unsure], cells, costs, rules.noise_m).decide(out)
+
+
+def _per_segment(network: Network, cells: Ints, costs: Floats) -> tuple[Ints, Floats]:
+    """Each fix's candidates cut to the nearest agreeing cell of each segment.
+
+    Nearest first, at most ``_SEGMENTS`` of them: along one segment the hidden-Markov moves are
+    free, so a segment's farther cells add nothing but work.
+    """
+    segment = network.cell_segment[cells]
+    # an agreeing cell is its segment's nearest when no nearer agreeing one is of its segment
+    earlier = np.tril(np.ones((cells.shape[1], cells.shape[1]), dtype=bool), k=-1)
+    same = (segment[:, :, None] == segment[:, None, :]) & np.isfinite(costs)[:, None, :]
+    repeat = (same & earlier).any(axis=2)
+    kept = np.where(repeat, np.inf, costs)
+    order = np.argsort(kept, axis=1, kind="stable")[:, :_SEGMENTS]
+    return np.take_along_axis(cells, order, axis=1), np.take_along_axis(kept, order, axis=1)
 
 
 @dataclass(frozen=True, slots=True)
