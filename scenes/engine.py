@@ -216,7 +216,6 @@ def _run(
             _clear_superseded(conn, scene, device_id, kept)
             _keep_deadline(conn, scene.name, device_id, judgement.due_at)
         _merge_explained(conn, scene, catalog, settings, district)
-        verified = _verify_disposed(conn, scene, catalog, settings, district)
         if scene.tally is not None:
             limits = scene.thresholds(settings)
 
@@ -233,6 +232,8 @@ def _run(
                 )[1]
 
             cases_opened += scene.tally(conn, settings, district, now, record)
+        # after the tally, whose findings (a segment swept at last) may clear a case's
+        verified = _verify_disposed(conn, scene, catalog, settings, district)
         conn.execute(
             "insert into scene_watermarks (scene, district, xact_horizon) values (%s, %s, %s) "
             "on conflict (scene, district) do update set xact_horizon = excluded.xact_horizon, "

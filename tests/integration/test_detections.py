@@ -241,7 +241,10 @@ def cli(database_url: str):
 def test_cli_lists_and_acknowledges_detections(cli, scene: Scene) -> None:
     import json
 
-    listed = cli("scenes", "detections", "--district", "d0", "--format", "json")
+    # other tests' detections share district d0: all of them, not the newest page
+    listed = cli(
+        "scenes", "detections", "--district", "d0", "--limit", "100000", "--format", "json"
+    )
     assert listed.exit_code == 0, listed.output
     ids = {d["detection_id"] for d in json.loads(listed.stdout)}
     assert {scene.drainage.detection_id, scene.water.detection_id} <= ids

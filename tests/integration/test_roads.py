@@ -15,6 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 import roadmaps
+from cases.access import Caller
+from cases.lifecycle import Action
+from cases.service import CaseService
 from cityops.cli import app
 from devices.codes import CodeScheme
 from devices.registry import import_bundle, import_regions
@@ -25,7 +28,7 @@ from simulator.city import City, CitySpec, generate, write_bundle
 from simulator.fleet import RunOptions, simulate
 from simulator.publish import PublishOptions, publish
 from simulator.scenario import Scenario
-from tests.plugin import CATALOG, wait_for
+from tests.plugin import CATALOG, store_readings, wait_for
 
 #: The night before last but one: inside the readings' retention; in the city (UTC+8) its
 #: sweeping window is 00:00-06:30 of the next day.
@@ -390,3 +393,66 @@ def test_a_night_on_a_real_city_s_streets_finds_each_road_fault_and_nothing_else
     clean = [shares[s] for s in segments if s not in {segments[i] for i in picked}]
     assert len(clean) == len(segments) - 12
     assert sum(clean) / len(clean) >= 0.99
+
+
+def test_a_skipped_segment_s_case_verifies_itself_by_a_later_valid_pass(
+    conn, database_url, tmp_path
+) -> None:
+    spec = CitySpec(
+        seed=4,
+        covers=10,
+        lamps=0,
+        sweepers_per_district=3,
+        division_base=random.randrange(300_000, 900_000),
+        district_prefix="vr",
+    )
+    city = generate(spec)
+    write_bundle(city, tmp_path / "city")
+    import_bundle(conn, tmp_path / "city", CodeScheme.parse("6+2+2+6"))
+    segment = city.roads[7]["segment_id"]
+    first = date.today() - timedelta(days=5)
+
+    def night(day: date, scenario: Scenario) -> float:
+        """The night's fixes stored as ingest stores them, then the scenes run after it."""
+        start = datetime.combine(day, time(15, 55), tzinfo=UTC).timestamp()
+        run = simulate(city, scenario, RunOptions(start=start, duration_s=HOURS * 3600, seed=5))
+        fixes = [json.loads(p.payload) for p in run.publications if "/sweeper/" in p.topic]
+        devices = [p.topic.split("/")[3] for p in run.publications if "/sweeper/" in p.topic]
+        store_readings(
+            database_url,
+            "sweeper",
+            [(d, f.pop("ts") / 1000, f) for d, f in zip(devices, fixes, strict=True)],
+        )
+        with psycopg.connect(database_url) as scenes_conn:
+            run_once(
+                scenes_conn, ScenesSettings(), CATALOG, now=start + HOURS * 3600, scenes=(ROADS,)
+            )
+        return start + HOURS * 3600
+
+    skipped = Scenario.model_validate(
+        {"fault": [{"kind": "segment_skipped", "subject": segment, "start_min": 0}]}
+    )
+    morning = night(first, skipped)
+    (case_id, unit) = conn.execute(
+        "select c.case_id, c.unit_id from detections x join cases c on c.case_id = x.case_id "
+        "where x.subject = %s and x.kind = 'segment_skipped' and x.cleared_at is null",
+        (segment,),
+    ).fetchone()
+    assert unit == "vr0-sanitation"
+    crew = CaseService(conn, CATALOG, clock=lambda: datetime.fromtimestamp(morning, tz=UTC))
+    crew.act(case_id, Action.ACCEPT, Caller(unit, "unit"))
+    crew.act(case_id, Action.DISPOSE, Caller(unit, "unit"), note="swept by hand")
+    assert state_of(conn, case_id) == "disposed"
+    night(first + timedelta(days=1), Scenario())  # swept as planned
+    assert state_of(conn, case_id) == "closed"
+    assert conn.execute(
+        "select actor from case_events where case_id = %s and action = 'verify'", (case_id,)
+    ).fetchone() == ("scene:roads",)
+    assert conn.execute(
+        "select passes >= required from road_nights where night = %s and segment_id = %s",
+        (first + timedelta(days=1), segment),
+    ).fetchone() == (True,)
+
+
+def state_of(conn: psycopg.Connection, case_id: int) -> str:
+    return conn.execute("select state from cases where case_id = %s", (case_id,)).fetchone()[0]
