@@ -69,14 +69,16 @@ DEMO_FAULTS = Scenario.model_validate(
         },
         # One the newcomer sees at once, whatever the rates drew: a storm-water cover open in
         # the hour's second minute (a second at the default speed), a case for its owner, the
-        # drainage company.
+        # drainage company. And a sweeper's GPS gap on its shift (the rate's may fall before
+        # the shift begins at midnight, where no fix is there to hide), so every kind is scored.
         "fault": [
             {
                 "kind": "cover_open",
                 "subject": "mh-2101020103000001",
                 "start_min": 1,
                 "duration_min": 4,
-            }
+            },
+            {"kind": "gps_gap", "subject": "sw-d0-0", "start_min": 20, "duration_min": 3},
         ],
     }
 )

@@ -65,6 +65,26 @@ def night_of(
     return run
 
 
+def night_scores(
+    conn: psycopg.Connection, truth: list[Interval], subjects: list[str]
+) -> dict[str, tuple[float | None, float | None]]:
+    """Precision and recall per kind of the night's stored detections on ``subjects``."""
+    found = stored_detections(
+        conn, datetime.fromtimestamp(START - 3600, tz=UTC), None, devices=subjects
+    )
+    return {s.kind: (s.precision, s.recall) for s in score(truth, found, allowed_delay_s=7 * 3600)}
+
+
+def night_cases(conn: psycopg.Connection, subjects: list[str]) -> list[tuple[str, ...]]:
+    """(kind, subject, category, unit) of each case the night's detections on ``subjects`` have."""
+    return conn.execute(
+        "select x.kind, x.subject, c.category, c.unit_id from detections x "
+        "join cases c on c.case_id = x.case_id where x.scene = 'roads' and x.first_seen >= %s "
+        "and x.subject = any(%s) order by 1, 2",
+        (datetime.fromtimestamp(START - 3600, tz=UTC), subjects),
+    ).fetchall()
+
+
 @pytest.fixture
 def swept_city(conn: psycopg.Connection, tmp_path) -> City:
     """A district of 84 road segments (20 km) and three sweepers, with codes of its own."""
@@ -107,18 +127,8 @@ def test_a_simulated_night_finds_each_road_fault_on_its_segment_with_one_case(
     assert sorted(f.kind for f in run.faults if f.detectable) == sorted(k for k, *_ in faults)
     truth = [Interval(f.kind, f.subject, f.start, f.end) for f in run.faults]
     subjects = [*segments, *(d["device_id"] for d in city.devices if d["type"] == "sweeper")]
-    found = stored_detections(
-        conn, datetime.fromtimestamp(START - 3600, tz=UTC), None, devices=subjects
-    )
-    assert {
-        s.kind: (s.precision, s.recall) for s in score(truth, found, allowed_delay_s=7 * 3600)
-    } == {k: (1.0, 1.0) for k, *_ in faults}
-    cases = conn.execute(
-        "select x.kind, x.subject, c.category, c.unit_id from detections x "
-        "join cases c on c.case_id = x.case_id where x.scene = 'roads' and x.first_seen >= %s "
-        "and x.subject = any(%s) order by 1",
-        (datetime.fromtimestamp(START - 3600, tz=UTC), subjects),
-    ).fetchall()
+    assert night_scores(conn, truth, subjects) == {k: (1.0, 1.0) for k, *_ in faults}
+    cases = night_cases(conn, subjects)
     # a segment one of whose passes a GPS gap hid may rightly look skipped (the ground truth
     # has it as an undetectable skip); nothing else opens a case
     hidden = {f.subject for f in run.faults if not f.detectable}
@@ -367,21 +377,9 @@ def test_a_night_on_a_real_city_s_streets_finds_each_road_fault_and_nothing_else
     )
     run = night_of(city, scenario, conn, database_url, broker_url, start_worker, make_settings)
     truth = [Interval(f.kind, f.subject, f.start, f.end) for f in run.faults]
-    found = stored_detections(
-        conn, datetime.fromtimestamp(START - 3600, tz=UTC), None, devices=segments
-    )
-    assert {
-        s.kind: (s.precision, s.recall) for s in score(truth, found, allowed_delay_s=7 * 3600)
-    } == dict.fromkeys(kinds, (1.0, 1.0))
-    cases = conn.execute(
-        "select x.kind, x.subject, c.unit_id from detections x "
-        "join cases c on c.case_id = x.case_id where x.scene = 'roads' and x.first_seen >= %s "
-        "and x.subject = any(%s) order by 2",
-        (datetime.fromtimestamp(START - 3600, tz=UTC), segments),
-    ).fetchall()
-    assert cases == sorted(
-        ((kinds[n % 3], segments[i], f"{district}0-sanitation") for n, i in enumerate(picked)),
-        key=lambda c: c[1],
+    assert night_scores(conn, truth, segments) == dict.fromkeys(kinds, (1.0, 1.0))
+    assert [(k, s, u) for k, s, _, u in night_cases(conn, segments)] == sorted(
+        (kinds[n % 3], segments[i], f"{district}0-sanitation") for n, i in enumerate(picked)
     )
     shares = dict(
         conn.execute(
