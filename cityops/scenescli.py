@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from prometheus_client import CollectorRegistry, start_http_server
 
 from cityops.casescli import catalog_of
 from cityops.terminal import ConfigOption, fail, out, settings_from, stop_on_signals
@@ -22,6 +23,7 @@ from scenes.detections import (
 )
 from scenes.dictionary import covers_summary
 from scenes.engine import PartitionResult, run_once
+from scenes.metrics import CityState, ScenesMetrics
 from scenes.score import (
     ALLOWED_DELAY_S,
     KindScore,
@@ -53,6 +55,10 @@ def run_command(
         bool,
         typer.Option("--once", help="Process everything pending once, then exit (cron, tests)."),
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Prometheus port (overrides metrics.scenes_port; 0 disables)."),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Run the scene partitions this process can claim until stopped (or once, with --once).
@@ -60,11 +66,29 @@ def run_command(
     A run starts at once when ingest commits an alarm, when a deadline comes, and every
     scenes.interval_s. The service also publishes every detection change and case transition
     on cityops/v1/out/... (retained current state; docs/scenes.md); --once does not publish.
+    It serves Prometheus metrics (its runs, and the city's state read at each scrape: devices
+    online, active detections, open and overdue cases, last night's lighting and sweeping).
     """
     settings = settings_from(config)
     catalog = catalog_of(settings)
     if not once:
-        serve(settings.database, settings.mqtt, settings.scenes, catalog, stop_on_signals())
+        registry = CollectorRegistry()
+        metrics = ScenesMetrics(registry)
+        registry.register(CityState(lambda: db.connect(settings.database)))
+        port = settings.metrics.scenes_port if metrics_port is None else metrics_port
+        server = start_http_server(port, settings.metrics.host, registry) if port else None
+        try:
+            serve(
+                settings.database,
+                settings.mqtt,
+                settings.scenes,
+                catalog,
+                stop_on_signals(),
+                metrics=metrics,
+            )
+        finally:
+            if server is not None:
+                server[0].shutdown()
         return
     with db.connect(settings.database) as conn:
         _report(run_once(conn, settings.scenes, catalog))

@@ -37,7 +37,12 @@ class MetricsSettings(Section):
     """The Prometheus endpoint."""
 
     host: str = Field(default="127.0.0.1")
-    port: int = Field(default=9108, ge=0, le=65535, description="0 disables the endpoint.")
+    port: int = Field(
+        default=9108, ge=0, le=65535, description="cityops ingest's port; 0 disables it."
+    )
+    scenes_port: int = Field(
+        default=9109, ge=0, le=65535, description="cityops scenes run's port; 0 disables it."
+    )
 
 
 class Settings(BaseSettings):

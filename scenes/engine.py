@@ -55,6 +55,7 @@ class PartitionResult:
     detections: int
     cases_opened: int
     cases_verified: int
+    seconds: float = 0.0  # how long the run took
 
 
 def partitions(
@@ -89,8 +90,10 @@ def run_once(
             if not claimed:
                 continue
             at = time.time() if now is None else now
+            began = time.perf_counter()
             try:
-                results.append(_run(conn, scene, settings, catalog, district=district, now=at))
+                result = _run(conn, scene, settings, catalog, district=district, now=at)
+                results.append(dataclasses.replace(result, seconds=time.perf_counter() - began))
             except Exception as exc:  # one failing scene or partition must not stop the others
                 if conn.broken:
                     raise  # the database is gone: every partition would fail; the caller decides

@@ -34,6 +34,7 @@ from psycopg import sql
 from cases.catalog import Catalog
 from redaction import error_line, redact
 from scenes.engine import next_run_in, partitions, run_once
+from scenes.metrics import ScenesMetrics
 from scenes.outbound import PASS_ROWS, PUBLISHER_LOCK, publish_pending
 from scenes.settings import ScenesSettings
 from store import db
@@ -56,6 +57,7 @@ def serve(
     stop: threading.Event,
     *,
     clock: Callable[[], float] | None = None,
+    metrics: ScenesMetrics | None = None,
 ) -> None:
     """Run the service until ``stop`` is set (by a signal handler, or the demo).
 
@@ -63,9 +65,11 @@ def serve(
     past hour many times faster, passes the time of the newest reading it stored, so a device is
     offline when the replay says so, not because last night is long ago. ``clock`` is called
     in the worker thread of each partition run. A failure no task retries (not an outage: a
-    schema that is missing, say) ends the service, raised as itself.
+    schema that is missing, say) ends the service, raised as itself. ``metrics`` counts the
+    partition runs.
     """
-    asyncio.run(_Service(database, mqtt, settings, catalog, stop, clock=clock).run())
+    service = _Service(database, mqtt, settings, catalog, stop, clock=clock, metrics=metrics)
+    asyncio.run(service.run())
 
 
 class _Service:
@@ -78,6 +82,7 @@ class _Service:
         stop: threading.Event,
         *,
         clock: Callable[[], float] | None,
+        metrics: ScenesMetrics | None,
     ) -> None:
         self.database = database
         self.mqtt = mqtt
@@ -85,6 +90,7 @@ class _Service:
         self.catalog = catalog
         self.stop = stop
         self.clock = clock
+        self.metrics = metrics
         self.stopping = asyncio.Event()
         self.failure: Exception | None = None  # what ended the service, if not a stop
         self.wake = asyncio.Event()  # run the partitions now
@@ -177,7 +183,9 @@ class _Service:
     def _run_partitions(self, conn: psycopg.Connection) -> float:
         """Run the partitions once (in a worker thread); the seconds until the next run."""
         now = None if self.clock is None else self.clock()
-        run_once(conn, self.settings, self.catalog, now=now, stop=self.stop)
+        results = run_once(conn, self.settings, self.catalog, now=now, stop=self.stop)
+        if self.metrics is not None:
+            self.metrics.observe(results)
         now = None if self.clock is None else self.clock()
         return next_run_in(conn, self.settings.interval_s, now=now)
 

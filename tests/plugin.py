@@ -512,6 +512,7 @@ def running_scenes(
         "CITYOPS_MQTT_URL": broker_url,
         "CITYOPS_SCENES_INTERVAL_S": "3600",
         "CITYOPS_MQTT_TOPIC_PREFIX": f"scenes-{uuid.uuid4().hex[:8]}",
+        "CITYOPS_METRICS_SCENES_PORT": "0",  # processes side by side: no port unless asked
         **env,
     }
     with (
