@@ -170,6 +170,8 @@ def _distances_m(coordinates: Sequence[Position]) -> list[float]:
 
 def _oriented(positions: tuple[Position, ...], oneway: object) -> tuple[tuple[Position, ...], bool]:
     """The positions in the way traffic runs, and whether it runs only that way."""
+    if not isinstance(oneway, str | int):  # a map's list or object: not a one-way tag
+        return positions, False
     if oneway in _AGAINST:
         return positions[::-1], True
     return positions, oneway in _ONEWAY

@@ -38,7 +38,9 @@ features = st.fixed_dictionaries(
             st.fixed_dictionaries(
                 {},
                 optional={
-                    "oneway": st.sampled_from(["yes", "-1", "no", 1, True, None]),
+                    "oneway": st.one_of(
+                        st.sampled_from(["yes", "-1", "no", 1, True, None]), json_values
+                    ),
                     "highway": st.sampled_from(["primary", "residential", 3]),
                     "id": json_values,
                     "name": json_values,
