@@ -223,12 +223,16 @@ def rectangle(west: float, south: float, east: float, north: float) -> dict:
 def test_a_street_map_is_imported_with_plans_by_class_into_its_regions(
     conn, database_url, tmp_path
 ) -> None:
-    # two districts split at lon 123.409, and a grid in the western one
+    # the tiny map moved 100 degrees west, where no other test's city lies (their regions, in
+    # the session's database, would cover its roads too): lengths stay as they are
+    tiny = tmp_path / "tiny.osm"
+    tiny.write_text((DATA / "tiny.osm").read_text().replace('lon="123.', 'lon="23.'))
+    # two districts split at lon 23.409, and a grid in the western one
     regions = tmp_path / "regions.geojson"
     features = [
-        ("tm-w", "district", None, rectangle(123.39, 41.79, 123.409, 41.81)),
-        ("tm-e", "district", None, rectangle(123.409, 41.79, 123.43, 41.81)),
-        ("tm-w-g", "grid", "tm-w", rectangle(123.39, 41.79, 123.409, 41.801)),
+        ("tm-w", "district", None, rectangle(23.39, 41.79, 23.409, 41.81)),
+        ("tm-e", "district", None, rectangle(23.409, 41.79, 23.43, 41.81)),
+        ("tm-w-g", "grid", "tm-w", rectangle(23.39, 41.79, 23.409, 41.801)),
     ]
     regions.write_text(
         json.dumps(
@@ -253,7 +257,7 @@ def test_a_street_map_is_imported_with_plans_by_class_into_its_regions(
         "[classes.residential]\n"
     )
     env = {"CITYOPS_DATABASE_URL": database_url}
-    command = ["roads", "import", str(DATA / "tiny.osm"), "--plans", str(plans)]
+    command = ["roads", "import", str(tiny), "--plans", str(plans)]
     first = CliRunner().invoke(app, command, env=env)
     assert first.exit_code == 0, first.output
     assert "4 road segments (4 new, 0 updated)" in first.output
