@@ -407,6 +407,8 @@ def test_a_skipped_segment_s_case_verifies_itself_by_a_later_valid_pass(
         sweepers_per_district=3,
         division_base=random.randrange(300_000, 900_000),
         district_prefix="vr",
+        center_lat=45.75,  # Harbin: its regions cover no other test city's
+        center_lon=126.65,
     )
     city = generate(spec)
     write_bundle(city, tmp_path / "city")
