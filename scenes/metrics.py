@@ -107,7 +107,9 @@ _FAMILIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         "cityops_scene_watermark_age_seconds",
         "Seconds since each partition (scene, district) last finished a run.",
         ("scene", "district"),
-        "select scene, district, extract(epoch from now() - updated_at) from scene_watermarks",
+        # the clock, not now(): a run may commit after this scrape's transaction began
+        "select scene, district, greatest(0, extract(epoch from clock_timestamp() - updated_at)) "
+        "from scene_watermarks",
     ),
     (
         "cityops_lighting_rate_ratio",
