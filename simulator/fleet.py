@@ -430,17 +430,18 @@ def _route(city: City, device: dict[str, Any], sweepers: list[dict[str, Any]]) -
     passes: list[_Pass] = []
     waiting: list[_Pass] = []
     for i, road in enumerate(roads):
-        if i % len(mates) != k:
+        required = road["required_passes"]
+        if i % len(mates) != k or required < 1:
             continue
         drawn = tuple((float(p[0]), float(p[1])) for p in road["geometry"]["coordinates"])
         if road.get("oneway"):
             now = [_Pass(road["segment_id"], drawn)]
-            later = [_Pass(road["segment_id"], drawn)] * (road["required_passes"] - 1)
+            later = now * (required - 1)
         else:
             ways = (drawn, drawn[::-1])
-            now = [_Pass(road["segment_id"], ways[n % 2]) for n in range(road["required_passes"])]
+            now = [_Pass(road["segment_id"], ways[n % 2]) for n in range(required)]
             later = []
-        passes += now[: road["required_passes"]] + waiting
+        passes += now + waiting
         waiting = later
     return passes + waiting
 

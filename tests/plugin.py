@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry
 
+import roadmaps
 from cases.catalog import load_catalog
 from cityops.services import broker_service, database_service, is_listening, start_mosquitto
 from cityops.settings import Settings
@@ -250,8 +251,19 @@ def city(conn: psycopg.Connection, tmp_path: Path) -> City:
     The seed is fixed: it decides which covers there are, and some seeds leave a category out.
     """
     division = random.randrange(300_000, 900_000)
-    spec = CitySpec(seed=1, covers=120, lamps=40, division_base=division)
-    built = generate(spec)
+    return import_city(
+        conn, tmp_path, CitySpec(seed=1, covers=120, lamps=40, division_base=division)
+    )
+
+
+def import_city(
+    conn: psycopg.Connection,
+    tmp_path: Path,
+    spec: CitySpec,
+    roads: Sequence[roadmaps.RoadLine] | None = None,
+) -> City:
+    """The city ``spec`` (on ``roads`` from a map, if given), generated and imported as a bundle."""
+    built = generate(spec, roads)
     write_bundle(built, tmp_path / "city")
     import_bundle(conn, tmp_path / "city", CodeScheme.parse("6+2+2+6"))
     return built

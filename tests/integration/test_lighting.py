@@ -20,17 +20,15 @@ from cases.access import Caller
 from cases.lifecycle import Action
 from cases.service import CaseService
 from cityops.cli import app
-from devices.codes import CodeScheme
-from devices.registry import import_bundle
 from scenes.engine import LIGHTING, run_once
 from scenes.score import Interval, score, stored_detections
 from scenes.settings import ScenesSettings
 from scenes.sky import Plan
-from simulator.city import City, CitySpec, generate, write_bundle
+from simulator.city import City, CitySpec
 from simulator.fleet import RunOptions, simulate
 from simulator.publish import PublishOptions, publish
 from simulator.scenario import Scenario
-from tests.plugin import CATALOG, store_readings, wait_for
+from tests.plugin import CATALOG, import_city, store_readings, wait_for
 
 
 def recent(month: int, day: int) -> date:
@@ -127,10 +125,7 @@ def lighting_detections(conn: psycopg.Connection, devices: list[str]) -> list[tu
 def two_cabinets(conn: psycopg.Connection, tmp_path) -> City:
     """A city of 80 lamps in two cabinets of 40, with component codes of its own."""
     spec = CitySpec(seed=1, covers=0, lamps=80, division_base=random.randrange(300_000, 900_000))
-    built = generate(spec)
-    write_bundle(built, tmp_path / "city")
-    import_bundle(conn, tmp_path / "city", CodeScheme.parse("6+2+2+6"))
-    return built
+    return import_city(conn, tmp_path, spec)
 
 
 def test_a_simulated_night_finds_every_lighting_fault_once_with_one_case_on_the_lighting_desk(

@@ -11,13 +11,11 @@ import urllib.request
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
-from devices.codes import CodeScheme
-from devices.registry import import_bundle
 from scenes.metrics import CityState
-from simulator.city import CitySpec, generate, write_bundle
+from simulator.city import CitySpec
 from store.db import SCENES_CHANNEL
 from tests.integration.test_scenes import covers_of
-from tests.plugin import running_scenes, scenes_listening, store_tilts, wait_for
+from tests.plugin import import_city, running_scenes, scenes_listening, store_tilts, wait_for
 
 
 def free_port() -> int:
@@ -126,9 +124,7 @@ def test_the_city_s_state_has_as_many_series_for_ten_thousand_more_devices_as_fo
         center_lat=-33.92,
         center_lon=18.42,
     )
-    big = generate(spec)
-    write_bundle(big, tmp_path / "city")
-    import_bundle(conn, tmp_path / "city", CodeScheme.parse("6+2+2+6"))
+    big = import_city(conn, tmp_path, spec)
     assert sum(1 for d in big.devices if d["type"] in ("manhole", "light")) == 10_000
     # four new districts: at most their device types (manhole, light, gateway, sweeper) in
     # two states each; nothing per device

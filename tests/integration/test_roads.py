@@ -19,16 +19,15 @@ from cases.access import Caller
 from cases.lifecycle import Action
 from cases.service import CaseService
 from cityops.cli import app
-from devices.codes import CodeScheme
-from devices.registry import import_bundle, import_regions
+from devices.registry import import_regions
 from scenes.engine import ROADS, run_once
 from scenes.score import Interval, score, stored_detections
 from scenes.settings import ScenesSettings
-from simulator.city import City, CitySpec, generate, write_bundle
+from simulator.city import City, CitySpec
 from simulator.fleet import RunOptions, simulate
 from simulator.publish import PublishOptions, publish
 from simulator.scenario import Scenario
-from tests.plugin import CATALOG, store_readings, wait_for
+from tests.plugin import CATALOG, import_city, store_readings, wait_for
 
 #: The night before last but one: inside the readings' retention; in the city (UTC+8) its
 #: sweeping window is 00:00-06:30 of the next day.
@@ -95,10 +94,7 @@ def swept_city(conn: psycopg.Connection, tmp_path) -> City:
         sweepers_per_district=3,
         division_base=random.randrange(300_000, 900_000),
     )
-    built = generate(spec)
-    write_bundle(built, tmp_path / "city")
-    import_bundle(conn, tmp_path / "city", CodeScheme.parse("6+2+2+6"))
-    return built
+    return import_city(conn, tmp_path, spec)
 
 
 def test_a_simulated_night_finds_each_road_fault_on_its_segment_with_one_case(
@@ -350,9 +346,7 @@ def test_a_night_on_a_real_city_s_streets_finds_each_road_fault_and_nothing_else
         division_base=random.randrange(300_000, 900_000),
         district_prefix=district,
     )
-    city = generate(spec, roadmaps.read(DATA / extract))
-    write_bundle(city, tmp_path / "city")
-    import_bundle(conn, tmp_path / "city", CodeScheme.parse("6+2+2+6"))
+    city = import_city(conn, tmp_path, spec, roadmaps.read(DATA / extract))
     imported = CliRunner().invoke(
         app,
         [
@@ -410,9 +404,7 @@ def test_a_skipped_segment_s_case_verifies_itself_by_a_later_valid_pass(
         center_lat=45.75,  # Harbin: its regions cover no other test city's
         center_lon=126.65,
     )
-    city = generate(spec)
-    write_bundle(city, tmp_path / "city")
-    import_bundle(conn, tmp_path / "city", CodeScheme.parse("6+2+2+6"))
+    city = import_city(conn, tmp_path, spec)
     segment = city.roads[7]["segment_id"]
     first = date.today() - timedelta(days=5)
 
