@@ -47,7 +47,7 @@ from simulator.city import City, CitySpec, generate, write_bundle
 from simulator.fleet import Publication, Run, RunOptions, simulate
 from simulator.publish import PublishError, PublishOptions, publish
 from simulator.scenario import Scenario
-from store import db
+from store import db, rollups
 from store.settings import DatabaseSettings
 from wire.mqtt import MqttSettings
 
@@ -397,6 +397,7 @@ def run_demo(
         with db.connect(settings.database) as conn:  # what ingest committed before it stopped
             # a last pass over what the scenes had not judged yet, so the score sees it all
             run_once(conn, settings.scenes, catalog, now=clock())
+            rollups.refresh(conn)
             total, _, q_total = _counts(conn)
             scenes = _scenes(conn)
             sent = progress.sent or 0

@@ -33,7 +33,7 @@ from scenes.score import (
     stored_detections,
 )
 from scenes.service import serve
-from store import db
+from store import db, rollups
 
 FormatOption = Annotated[Literal["table", "json"], typer.Option("--format", help="table or json")]
 
@@ -66,6 +66,8 @@ def run_command(
     A run starts at once when ingest commits an alarm, when a deadline comes, and every
     scenes.interval_s. The service also publishes every detection change and case transition
     on cityops/v1/out/... (retained current state; docs/scenes.md); --once does not publish.
+    On plain PostgreSQL it keeps the hourly rollups the dashboards read (TimescaleDB keeps
+    them itself).
     It serves Prometheus metrics (its runs, and the city's state read at each scrape: devices
     online, active detections, open and overdue cases, last night's lighting and sweeping).
     """
@@ -92,6 +94,7 @@ def run_command(
         return
     with db.connect(settings.database) as conn:
         _report(run_once(conn, settings.scenes, catalog))
+        rollups.refresh(conn)
 
 
 def _report(results: list[PartitionResult]) -> None:

@@ -3,8 +3,9 @@
 It runs on a thread and a database connection of its own, so that neither holds up the writer:
 every ``ingest.registry_refresh_s`` it reads the registry's changes into the device map the
 decoder uses (``DeviceTypes``); at start and then hourly, on the plain PostgreSQL path, it
-creates the readings tables' partitions ahead and drops the expired ones (store/partitions.py;
-TimescaleDB's own policies do that on the other path). Rounds are counted by task and result
+creates the readings tables' partitions ahead and drops the expired ones (store/partitions.py),
+and deletes the hourly rollups' expired rows (store/rollups.py); TimescaleDB's own policies do
+that on the other path. Rounds are counted by task and result
 (``cityops_ingest_housekeeping_rounds_total``); a failed one is logged and tried again in the
 next round, and never stops ingest.
 """
@@ -23,6 +24,7 @@ from ingest.device_types import DeviceTypes
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
 from redaction import error_line
+from store import rollups
 from store.db import StoragePath, connect, storage_path
 from store.partitions import maintain
 from store.settings import DatabaseSettings
@@ -113,7 +115,11 @@ class Housekeeping:
     def _maintain_partitions(self, conn: psycopg.Connection) -> str:
         if storage_path(conn) is not StoragePath.POSTGRESQL:
             return "skipped"
-        report = maintain(conn, retention_days=self._database.retention_days)
+        retention_days = self._database.retention_days
+        expired_hours = rollups.expire(conn, retention_days=retention_days)
+        if expired_hours:
+            logger.info("rollups: %d expired hourly rows deleted", expired_hours)
+        report = maintain(conn, retention_days=retention_days)
         if report is None:
             logger.info("partitions: another process is maintaining them; skipped this round")
             return "skipped"

@@ -7,7 +7,8 @@ Three tasks share one event loop:
 - partitions: runs every partition this process can claim (``engine.run_once``) at once when
   woken, at the earliest deadline, and every ``scenes.interval_s``. A partition run is
   synchronous work on a connection of its own in a worker thread: it opens cases through
-  ``cases.service``, which the case API and the CLI share;
+  ``cases.service``, which the case API and the CLI share; then, on the plain PostgreSQL path,
+  it brings the hourly rollups up to date (``store.rollups``);
 - publish: publishes the outbound queue with aiomqtt (``scenes.outbound``) while this process
   holds the publisher lock; another process takes over within ``_CLAIM_EVERY_S`` of its death.
 
@@ -37,7 +38,7 @@ from scenes.engine import next_run_in, partitions, run_once
 from scenes.metrics import ScenesMetrics
 from scenes.outbound import PASS_ROWS, PUBLISHER_LOCK, publish_pending
 from scenes.settings import ScenesSettings
-from store import db
+from store import db, rollups
 from store.db import OUTBOUND_CHANNEL, SCENES_CHANNEL
 from store.settings import DatabaseSettings
 from wire.mqtt import MqttSettings
@@ -186,6 +187,7 @@ class _Service:
         results = run_once(conn, self.settings, self.catalog, now=now, stop=self.stop)
         if self.metrics is not None:
             self.metrics.observe(results)
+        rollups.refresh(conn)
         now = None if self.clock is None else self.clock()
         return next_run_in(conn, self.settings.interval_s, now=now)
 

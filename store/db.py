@@ -1,10 +1,12 @@
 """Database connections, schema migrations and the storage path (TimescaleDB or plain PostgreSQL).
 
-The two paths differ only here: the TimescaleDB path turns each readings table into a hypertable
-with compression and retention policies (statements checked in shared/design/TIMESCALEDB.md);
-the plain path partitions each readings table by week (migrations named ``*.postgresql.sql``,
-which only that path runs) and the ingest service creates and drops the partitions
-(store/partitions.py).
+The two paths differ only here and in migrations named ``*.<path>.sql``, which only that path
+runs: the TimescaleDB path turns each readings table into a hypertable with compression and
+retention policies right after the migration that creates them (statements checked in
+shared/design/TIMESCALEDB.md), and keeps hourly rollups as continuous aggregates; the plain path
+partitions each readings table by week (the ingest service creates and drops the partitions,
+store/partitions.py) and keeps the same rollups as tables that the scenes service refreshes
+(store/rollups.py).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 # Any constant works; it only has to be the same for every process running migrations.
 _MIGRATION_LOCK_KEY = 0x0C17_0975
+#: The migration that creates the readings tables: a new schema takes its storage path after it.
+_READINGS_CREATED: Final = "0001_base"
 
 
 #: The notification channel on which ingest wakes the scenes when it commits an alarm (the
@@ -241,17 +245,20 @@ def migrate(settings: DatabaseSettings) -> MigrationReport:
             path = new_path = choose_storage_path(settings.timescaledb, state)
         done = {row[0] for row in conn.execute("select name from cityops_migrations")}
         pending = [(name, text) for name, text in _migration_files(path) if name not in done]
-        applied = [name for name, _ in pending]
+        applied = []
         for name, text in pending:
             logger.info("applying migration %s", name)
             _execute(conn, name, text.encode())
             conn.execute("insert into cityops_migrations (name) values (%s)", (name,))
-        if new_path is not None:
-            if new_path is StoragePath.TIMESCALEDB:
-                for statement in timescaledb_statements(settings):
-                    _execute(conn, "storage:timescaledb", statement)
-            conn.execute("insert into cityops_storage (path) values (%s)", (new_path.value,))
-            applied.append(f"storage:{new_path.value}")
+            applied.append(name)
+            if new_path is not None and name == _READINGS_CREATED:
+                # before the migrations after it: the rollups are continuous aggregates of
+                # hypertables (0012)
+                if new_path is StoragePath.TIMESCALEDB:
+                    for statement in timescaledb_statements(settings):
+                        _execute(conn, "storage:timescaledb", statement)
+                conn.execute("insert into cityops_storage (path) values (%s)", (new_path.value,))
+                applied.append(f"storage:{new_path.value}")
         if path is StoragePath.POSTGRESQL:
             try:
                 applied.extend(f"partition:{name}" for name in create_ahead(conn))

@@ -1,5 +1,6 @@
 """What only the TimescaleDB path does, on a real TimescaleDB: hypertables with compression and
-retention policies, a backfill into a compressed chunk, retention by the policy's job.
+retention policies, hourly rollups as continuous aggregates, a backfill into a compressed chunk,
+retention by the policy's job.
 
 These tests get their server from ``timescaledb_server_url`` (tests/plugin.py), so they run on
 both of .ci/run's passes and wherever TimescaleDB can be had, not only when the suite runs on it.
@@ -24,6 +25,7 @@ from typer.testing import CliRunner
 from cityops.cli import app
 from cityops.services import free_port
 from store import db
+from store.rollups import ROLLUPS
 from store.settings import DatabaseSettings
 from tests.plugin import Publisher, create_database, drop_database, register, wait_for
 from wire.contract import READING_KINDS
@@ -55,9 +57,14 @@ def migrate(url: str, **settings: int) -> None:
 
 
 def policies(conn: psycopg.Connection) -> list[tuple[object, ...]]:
+    """The readings tables' policies, and the continuous aggregates' (by the aggregate's name)."""
     return conn.execute(
-        "select hypertable_name, proc_name, config - 'hypertable_id', scheduled "
-        "from timescaledb_information.jobs where hypertable_name is not null order by 1, 2"
+        "select coalesce(c.view_name, j.hypertable_name), j.proc_name, "
+        "j.config - 'hypertable_id' - 'mat_hypertable_id', j.scheduled "
+        "from timescaledb_information.jobs j "
+        "left join timescaledb_information.continuous_aggregates c "
+        "on c.materialization_hypertable_name = j.hypertable_name "
+        "where j.hypertable_name is not null order by 1, 2"
     ).fetchall()
 
 
@@ -93,20 +100,32 @@ def test_migrate_makes_each_readings_table_a_compressed_hypertable_with_policies
         assert set(
             conn.execute(
                 "select hypertable_name, column_name, time_interval "
-                "from timescaledb_information.dimensions"
+                "from timescaledb_information.dimensions where hypertable_name = any(%s)",
+                (sorted(TABLES),),
             ).fetchall()
         ) == {(t, "ts", timedelta(days=1)) for t in TABLES}
         assert set(
             conn.execute(
                 "select hypertable::text, segmentby, orderby "
-                "from timescaledb_information.hypertable_compression_settings"
+                "from timescaledb_information.hypertable_compression_settings "
+                "where hypertable::text = any(%s)",
+                (sorted(TABLES),),
             ).fetchall()
         ) == {(t, "device_id", "ts DESC") for t in TABLES}
+        refresh = {"start_offset": "3 days", "end_offset": "01:00:00"}
         expected = sorted(
             [(t, "policy_compression", {"compress_after": "3 days"}, True) for t in TABLES]
             + [(t, "policy_retention", {"drop_after": "30 days"}, True) for t in TABLES]
+            + [(rollup, "policy_refresh_continuous_aggregate", refresh, True) for rollup in ROLLUPS]
         )
         assert policies(conn) == expected
+        # The hourly rollups are real-time continuous aggregates of the readings tables.
+        assert set(
+            conn.execute(
+                "select view_name, hypertable_name, materialized_only "
+                "from timescaledb_information.continuous_aggregates"
+            ).fetchall()
+        ) == {(rollup, readings, False) for rollup, readings in ROLLUPS.items()}
         # The plain path's partitioning migration did not run: its readings tables are hypertables.
         assert conn.execute(
             "select count(*) from cityops_migrations where name like '%.postgresql'"
