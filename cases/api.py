@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import psycopg
@@ -28,12 +29,14 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CollectorRegistry, Counter, make_asgi_app
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_asgi_app
 from psycopg_pool import ConnectionPool
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cases import evaluation
 from cases.access import Caller, caller_for_token
 from cases.api_document import (
     ActionIn,
@@ -60,6 +63,8 @@ from cases.service import (
 logger = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False)
 _TOKEN_CACHE_S = 60.0  # a deleted token keeps working this long in a running API
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 def _error(status: int, reason: str, **extra: Any) -> JSONResponse:
@@ -99,13 +104,16 @@ def create_app(
     *,
     pool_size: int = 8,
     escalate_every_s: float = 60.0,
+    evaluate_every_s: float = 3600.0,
     registry: CollectorRegistry | None = None,
     routes: Sequence[RouteInstaller] = (),
 ) -> FastAPI:
     """The API over a connection pool to ``database_url``, with the endpoints of ``routes``.
 
-    While it runs it also escalates overdue cases every ``escalate_every_s`` and serves
-    Prometheus metrics at /metrics.
+    While it runs it also escalates overdue cases every ``escalate_every_s``, stores the
+    monthly evaluation of the last and the current month at start and every
+    ``evaluate_every_s`` (the dashboards read it), and serves Prometheus metrics at /metrics,
+    request times included.
     """
     pool = ConnectionPool(
         database_url, min_size=1, max_size=pool_size, open=False, kwargs={"autocommit": True}
@@ -116,25 +124,32 @@ def create_app(
     )
     stop = threading.Event()
 
-    def escalate_periodically() -> None:
-        while not stop.wait(escalate_every_s):
-            try:
-                with case_service() as cases:
-                    escalated.inc(len(cases.escalate_overdue()))
-            except psycopg.Error as exc:
-                logger.warning("escalation skipped: %s", exc)
-
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> Any:
         pool.open(wait=True, timeout=30)
-        escalator = threading.Thread(target=escalate_periodically, name="escalation")
-        escalator.start()
+        worker = threading.Thread(
+            target=_duties,
+            args=(pool, case_service, escalated, stop),
+            kwargs={"escalate_every_s": escalate_every_s, "evaluate_every_s": evaluate_every_s},
+            name="escalation and evaluation",
+        )
+        worker.start()
         yield
         stop.set()
-        escalator.join()
+        worker.join()
         pool.close()
 
     app = FastAPI(title="cityops cases", version="1", lifespan=lifespan)
+    app.add_middleware(
+        _Timed,
+        seconds=Histogram(
+            "cityops_api_request_seconds",
+            "Time to answer a request, by method, route (its template) and status.",
+            ["method", "route", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=metrics,
+        ),
+    )
     app.mount("/metrics", make_asgi_app(registry=metrics))
 
     @contextmanager
@@ -169,6 +184,69 @@ def create_app(
     for install in routes:
         install(app, RouteContext(pool.connection, caller))
     return app
+
+
+def _duties(
+    pool: ConnectionPool,
+    case_service: Callable[[], AbstractContextManager[CaseService]],
+    escalated: Counter,
+    stop: threading.Event,
+    *,
+    escalate_every_s: float,
+    evaluate_every_s: float,
+) -> None:
+    """The API's periodic work, until ``stop``: escalation, and storing the evaluation."""
+    next_evaluation = time.monotonic()
+    while True:
+        if time.monotonic() >= next_evaluation:
+            next_evaluation = time.monotonic() + evaluate_every_s
+            try:
+                with pool.connection() as conn:
+                    for month in evaluation.months_to_store(datetime.now(UTC)):
+                        evaluation.store(conn, month)
+            except psycopg.Error as exc:
+                logger.warning("evaluation skipped: %s", exc)
+        if stop.wait(escalate_every_s):
+            return
+        try:
+            with case_service() as cases:
+                escalated.inc(len(cases.escalate_overdue()))
+        except psycopg.Error as exc:
+            logger.warning("escalation skipped: %s", exc)
+
+
+class _Timed:
+    """ASGI middleware: each HTTP request's time into a histogram, labelled by route template.
+
+    The route is the template (``/cases/{case_id}``), never the path, and a method outside
+    HTTP's own is ``other``: the label sets stay bounded whatever clients send.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: Histogram) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            if route is None:  # a mount (/metrics), or no route matched
+                route = "/metrics" if scope["path"].startswith("/metrics") else "unmatched"
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            self.seconds.labels(method, route, str(status)).observe(time.perf_counter() - began)
 
 
 def _install_routes(

@@ -22,7 +22,7 @@ import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 
@@ -58,6 +58,10 @@ class Indicators:
     rank: int = 0
 
 
+#: Evaluation months are the city's (UTC+8).
+_CITY_OFFSET: Final = timedelta(hours=8)
+
+
 def _ratio(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
@@ -65,12 +69,12 @@ def _ratio(part: int, whole: int) -> float | None:
 def month_bounds(month: str) -> tuple[datetime, datetime]:
     """[first instant, first instant of the next month) of ``YYYY-MM``, in UTC+8."""
     try:
-        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC) - timedelta(hours=8)
+        start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC) - _CITY_OFFSET
     except ValueError:
         msg = f"month {month!r} is not YYYY-MM"
         raise ValueError(msg) from None
-    next_month = (start + timedelta(hours=8) + timedelta(days=32)).replace(day=1)
-    return start, next_month.replace(tzinfo=UTC) - timedelta(hours=8)
+    next_month = (start + _CITY_OFFSET + timedelta(days=32)).replace(day=1)
+    return start, next_month.replace(tzinfo=UTC) - _CITY_OFFSET
 
 
 def evaluate(conn: psycopg.Connection, month: str) -> list[Indicators]:
@@ -152,6 +156,34 @@ def _ranked(results: list[Indicators]) -> list[Indicators]:
         of_scope = sorted((r for r in results if r.scope == scope), key=key)
         ranked += [Indicators(**{**asdict(r), "rank": n}) for n, r in enumerate(of_scope, start=1)]
     return ranked
+
+
+def store(conn: psycopg.Connection, month: str) -> list[Indicators]:
+    """Evaluate ``month`` and replace its stored results (table ``evaluations``) in one go.
+
+    Several processes may store the same month at once: the last to commit wins, each with a
+    whole month.
+    """
+    results = evaluate(conn, month)
+    with conn.transaction():
+        conn.execute(
+            "select pg_advisory_xact_lock(hashtext('evaluations'), hashtext(%s))", (month,)
+        )
+        conn.execute("delete from evaluations where month = %s", (month,))
+        fields = list(Indicators.__dataclass_fields__)
+        with conn.cursor().copy(
+            f"copy evaluations (month, {', '.join(fields)}) from stdin"
+        ) as copy:
+            for r in results:
+                copy.write_row((month, *(getattr(r, name) for name in fields)))
+    return results
+
+
+def months_to_store(now: datetime) -> tuple[str, str]:
+    """The months a periodic refresh keeps current at ``now``: the last one and this one."""
+    city_now = now.astimezone(UTC) + _CITY_OFFSET
+    last = city_now.replace(day=1) - timedelta(days=1)
+    return last.strftime("%Y-%m"), city_now.strftime("%Y-%m")
 
 
 def as_csv(results: list[Indicators]) -> str:

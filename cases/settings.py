@@ -23,6 +23,12 @@ class CasesSettings(Section):
     escalate_every_s: float = Field(
         default=60.0, gt=0, le=3600, description="How often the API escalates overdue cases."
     )
+    evaluate_every_s: float = Field(
+        default=3600.0,
+        gt=0,
+        le=86400,
+        description="How often the API stores the last and the current month's evaluation.",
+    )
     api_pool_size: int = Field(
         default=24,
         ge=1,

@@ -29,4 +29,5 @@ def app_from_settings() -> FastAPI:
         catalog,
         pool_size=settings.cases.api_pool_size,
         escalate_every_s=settings.cases.escalate_every_s,
+        evaluate_every_s=settings.cases.evaluate_every_s,
     )

@@ -12,9 +12,10 @@ import psycopg
 import typer
 from rich.table import Table
 
+from cases import evaluation
 from cases.access import CALLER_ACTIONS, OPERATOR, Caller, caller_for_unit, create_token
 from cases.catalog import Catalog, CatalogError, load_catalog
-from cases.evaluation import as_csv, as_json, evaluate
+from cases.evaluation import as_csv, as_json
 from cases.lifecycle import Action
 from cases.service import CaseError, CaseService, IllegalActionError, Report
 from cityops.settings import Settings
@@ -205,13 +206,19 @@ def escalate_command(config: ConfigOption = None) -> None:
 def evaluate_command(
     month: Annotated[str, typer.Option(help="YYYY-MM (city time).")],
     output: Annotated[str, typer.Option("--format", help="table, csv or json")] = "table",
+    store: Annotated[
+        bool,
+        typer.Option(
+            "--store", help="Also store them for the dashboards (as `cityops api` does hourly)."
+        ),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Monthly indicators and ranking of every unit and district."""
     settings = settings_from(config)
     try:
         with db.connect(settings.database) as conn:
-            results = evaluate(conn, month)
+            results = evaluation.store(conn, month) if store else evaluation.evaluate(conn, month)
     except ValueError as exc:
         fail(str(exc), 2)
     if output == "csv":

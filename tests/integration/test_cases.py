@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from cases.access import CALLER_ACTIONS, OPERATOR, create_token
 from cases.api import create_app
-from cases.evaluation import evaluate
+from cases.evaluation import evaluate, months_to_store, store
 from cases.lifecycle import Action, State, rebuild
 from cases.service import CaseService, ForbiddenActionError, Receipt, Report
 from cityops.cli import app as cli_app
@@ -420,14 +420,26 @@ def test_overdue_cases_are_escalated_once(conn, city) -> None:
     assert case_id in [c["case_id"] for c in listed]
 
 
-def test_the_api_escalates_overdue_cases_by_itself_and_counts_them(
+def test_the_api_escalates_overdue_cases_stores_the_evaluation_and_times_requests(
     database_url, conn, city
 ) -> None:
+    started = conn.execute("select clock_timestamp()").fetchone()[0]
+    conn.commit()
     old = CaseService(conn, CATALOG, clock=lambda: datetime.now(UTC) - timedelta(hours=5))
     case_id = old.report(
         Report("cover_missing", "sensor", asset_code=cover(city, "power")["code"])
     ).case_id
+    (unit_id,) = conn.execute("select unit_id from cases where case_id = %s", (case_id,)).fetchone()
     with TestClient(create_app(database_url, CATALOG, escalate_every_s=0.05)) as client:
+        # the months it stores at start: the case's month among them, with its unit
+        wait_for(
+            lambda: conn.execute(
+                "select cases from evaluations where scope = 'unit' and name = %s "
+                "and month = any(%s) and computed_at >= %s",
+                (unit_id, list(months_to_store(datetime.now(UTC))), started),
+            ).fetchone(),
+            what="the API's stored evaluation",
+        )
         wait_for(
             lambda: (
                 conn.execute(
@@ -437,10 +449,17 @@ def test_the_api_escalates_overdue_cases_by_itself_and_counts_them(
             ),
             what="the API's escalation of the overdue case",
         )
+        assert client.get("/health").status_code == 200
+        assert client.get("/cases/12345678901").status_code == 401
         exposition = client.get("/metrics/").text
     escalated = re.search(r"^cityops_cases_escalated_total (\S+)$", exposition, re.M)
     assert escalated is not None
     assert float(escalated.group(1)) >= 1
+    # by route template, never the path
+    timed = 'cityops_api_request_seconds_count{method="%s",route="%s",status="%s"} 1.0'
+    assert timed % ("GET", "/health", "200") in exposition
+    assert timed % ("GET", "/cases/{case_id}", "401") in exposition
+    assert "12345678901" not in exposition
 
 
 def test_cli_walks_a_case_through_its_life(database_url, conn, city) -> None:
@@ -546,3 +565,13 @@ def test_evaluation_figures_equal_the_ones_worked_out_by_hand(conn, city) -> Non
     assert district.accurate_dispatch_rate == round(4 / 5, 4)
     ranks = [r.name for r in evaluate(conn, "2025-03") if r.scope == "unit"]
     assert ranks.index("d0-drainage") < ranks.index("d0-water")
+    # stored for the dashboards: the same figures; storing again replaces the month
+    store(conn, "2025-03")
+    stored = store(conn, "2025-03")
+    assert conn.execute("select count(*) from evaluations where month = '2025-03'").fetchone() == (
+        len(stored),
+    )
+    assert conn.execute(
+        "select cases, closure_rate, on_time_closure_rate, rework_rate, mean_disposal_hours "
+        "from evaluations where month = '2025-03' and scope = 'unit' and name = 'd0-drainage'"
+    ).fetchone() == (3, round(2 / 3, 4), round(2 / 3, 4), 0.5, 3.5)
