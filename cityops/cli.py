@@ -21,6 +21,7 @@ from rich.table import Table
 from cityops import demo_database, services
 from cityops.casescli import cases_app, catalog_of, serve, units_app
 from cityops.demo import DemoScore, demo_settings, local_time, run_demo
+from cityops.grafanacli import grafana_app
 from cityops.lightingcli import lighting_app
 from cityops.quarantinecli import quarantine_app
 from cityops.roadscli import roads_app
@@ -82,6 +83,7 @@ app.add_typer(cases_app, name="cases")
 app.add_typer(units_app, name="units")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(scenes_app, name="scenes")
+app.add_typer(grafana_app, name="grafana")
 app.add_typer(covers_app, name="covers")
 app.add_typer(lighting_app, name="lighting")
 app.add_typer(roads_app, name="roads")

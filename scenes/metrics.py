@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from redaction import error_line
 from scenes.engine import PartitionResult
+from scenes.indicators import LIGHTING_RATE, OFFLINE, OPEN_CASE, ROAD_COVERAGE, ROAD_NIGHTS
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +79,8 @@ _FAMILIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         "Registered devices by type, district and state (offline: an active sensor_offline "
         "detection).",
         ("type", "district", "state"),
-        "select dd.type, dd.district, case when exists (select from detections x "
-        "where x.device_id = dd.device_id and x.kind = 'sensor_offline' "
-        "and x.cleared_at is null) then 'offline' else 'online' end as state, count(*) "
-        "from device_districts dd group by 1, 2, 3",
+        f"select dd.type, dd.district, case when {OFFLINE} then 'offline' else 'online' end, "
+        "count(*) from device_districts dd group by 1, 2, 3",
     ),
     (
         "cityops_detections_active",
@@ -94,14 +93,14 @@ _FAMILIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         "Open cases (not closed nor cancelled) by category, district and severity.",
         ("category", "district", "severity"),
         "select category, coalesce(district_id, ''), severity, count(*) from cases "
-        "where state not in ('closed', 'cancelled') group by 1, 2, 3",
+        f"where {OPEN_CASE} group by 1, 2, 3",
     ),
     (
         "cityops_cases_overdue",
         "Open cases past their deadline by category, district and severity.",
         ("category", "district", "severity"),
         "select category, coalesce(district_id, ''), severity, count(*) from cases "
-        "where state not in ('closed', 'cancelled') and deadline < now() group by 1, 2, 3",
+        f"where {OPEN_CASE} and deadline < now() group by 1, 2, 3",
     ),
     (
         "cityops_scene_watermark_age_seconds",
@@ -116,7 +115,7 @@ _FAMILIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         "The last stored lighting night's lighting rate per district: lamp-time lit while the "
         "plan wanted it lit, of the time observed.",
         ("district",),
-        "select district, sum(lit_s) / nullif(sum(expected_s), 0) from lighting_nights "
+        f"select district, {LIGHTING_RATE} from lighting_nights "
         "where night = (select max(night) from lighting_nights) group by 1 "
         "having sum(expected_s) > 0",
     ),
@@ -124,8 +123,7 @@ _FAMILIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
         "cityops_road_coverage_ratio",
         "The last judged sweeping night's coverage per district: the planned length swept.",
         ("district",),
-        "select n.district, sum(n.coverage * s.length_m) / nullif(sum(s.length_m), 0) "
-        "from road_nights n join road_segments s using (segment_id) "
+        f"select n.district, {ROAD_COVERAGE} from {ROAD_NIGHTS} "
         "where n.night = (select max(night) from road_nights) and n.required > 0 "
         "group by 1 having sum(s.length_m) > 0",
     ),
