@@ -838,7 +838,13 @@ def _panel(spec: PanelSpec) -> Any:
         first = spec.queries[0]
         assert isinstance(first, Sql)
         return (
-            barchart.Panel().x_field(first.columns[0]).stacking(common_models.StackingMode.NORMAL)
+            barchart.Panel()
+            .x_field(first.columns[0])
+            .stacking(common_models.StackingMode.NORMAL)
+            # the defaults, written out: the dashboard read back equals the one written
+            .fill_opacity(80)
+            .gradient_mode(common_models.GraphGradientMode.NONE)
+            .line_width(1)
         )
     if spec.kind == "geomap":
         markers = (

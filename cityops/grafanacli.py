@@ -40,7 +40,15 @@ def build_command(
         written = grafana.build(out_dir, rules)
     except OSError as exc:
         fail(f"cannot build the Grafana files: {exc.strerror}: {exc.filename}", 2)
-    except (yaml.YAMLError, KeyError, TypeError) as exc:
-        fail(f"{rules} is not a Prometheus rules file: {exc}", 2)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        fail(f"{rules} is not a Prometheus rules file: {exc.problem}{where}", 2)
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
+        fail(
+            f"{rules} is not a Prometheus rules file: groups of name and rules, each rule with "
+            f"alert and expr ({type(exc).__name__}: {exc})",
+            2,
+        )
     for path in written:
         out.print(str(path), highlight=False)
