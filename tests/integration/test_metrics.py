@@ -1,21 +1,49 @@
-"""Prometheus metrics scraped from a running ``cityops scenes run``: its runs and the city's
-state, with labels that never name a single device."""
+"""Prometheus metrics scraped from running processes: ``cityops scenes run`` (its runs and the
+city's state, with labels that never name a single device), and with ``cityops ingest`` and
+``cityops api`` every metric the dashboards and alerting rules query."""
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import re
+import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import psycopg
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from cases.access import OPERATOR
+from cases.lifecycle import Action
+from cases.service import CaseService, Report
+from cityops import grafana
+from cityops.services import is_listening
 from scenes.metrics import CityState
 from simulator.city import CitySpec
 from store.db import SCENES_CHANNEL
 from tests.integration.test_scenes import covers_of
-from tests.plugin import import_city, running_scenes, scenes_listening, store_tilts, wait_for
+from tests.plugin import (
+    CATALOG,
+    Publisher,
+    forget_session,
+    import_city,
+    register,
+    running_scenes,
+    scenes_listening,
+    store_tilts,
+    wait_for,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -24,9 +52,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def scrape(
+    port: int, path: str = "/metrics"
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Every sample the endpoint serves, by name and labels."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
         text = response.read().decode()
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
@@ -129,3 +159,126 @@ def test_the_city_s_state_has_as_many_series_for_ten_thousand_more_devices_as_fo
     # four new districts: at most their device types (manhole, light, gateway, sweeper) in
     # two states each; nothing per device
     assert series() - before <= 4 * 4 * 2
+
+
+def promql_metrics() -> dict[str, set[str]]:
+    """The metric names each dashboard panel and alerting rule queries, by where."""
+    queried: dict[str, set[str]] = {}
+    for board in grafana.DASHBOARDS:
+        for panel in board.panels:
+            for query in panel.queries:
+                if isinstance(query, grafana.Prom):
+                    names = set(re.findall(r"\bcityops_[a-z_]+", query.expr))
+                    queried.setdefault(f"{board.uid}: {panel.title}", set()).update(names)
+    rules = yaml.safe_load((ROOT / "config" / "prometheus" / "alerts.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            queried[rule["alert"]] = set(re.findall(r"\bcityops_[a-z_]+", rule["expr"]))
+    return queried
+
+
+def test_every_metric_the_dashboards_and_alerts_query_is_served_by_the_running_processes(
+    conn: psycopg.Connection, database_url, broker_url, city, tag, tmp_path
+) -> None:
+    ports = {"ingest": free_port(), "scenes": free_port(), "api": free_port()}
+    device = f"metrics-{tag}"
+    register(conn, {device: "manhole"})
+    # a case dispatched two days ago and still open: overdue
+    then = CaseService(conn, CATALOG, clock=lambda: datetime.now(UTC) - timedelta(days=2))
+    cover = next(d["asset_code"] for d in city.devices if d["type"] == "manhole")
+    late = then.report(Report("cover_damaged", "inspector", asset_code=cover)).case_id
+    then.act(late, Action.REGISTER, OPERATOR)
+    then.act(late, Action.DISPATCH, OPERATOR)
+    env = {
+        **os.environ,
+        "CITYOPS_DATABASE_URL": database_url,
+        "CITYOPS_MQTT_URL": broker_url,
+        "CITYOPS_MQTT_CLIENT_ID": f"ingest-{tag}",
+        "CITYOPS_MQTT_TOPIC_PREFIX": f"metrics-{tag}",
+        "CITYOPS_METRICS_PORT": str(ports["ingest"]),
+        "CITYOPS_CASES_API_PORT": str(ports["api"]),
+        "CITYOPS_CASES_API_WORKERS": "1",
+    }
+    log = tmp_path / "processes.log"
+    with (
+        log.open("ab") as out,
+        subprocess.Popen(
+            [sys.executable, "-m", "cityops", "ingest"], env=env, stdout=out, stderr=out
+        ) as ingest,
+        subprocess.Popen(
+            [sys.executable, "-m", "cityops", "api"], env=env, stdout=out, stderr=out
+        ) as api,
+        running_scenes(
+            database_url,
+            broker_url,
+            tmp_path / "scenes.log",
+            CITYOPS_METRICS_SCENES_PORT=str(ports["scenes"]),
+        ),
+    ):
+        try:
+            wait_for(lambda: is_listening("127.0.0.1", ports["ingest"]), what="ingest's metrics")
+            wait_for(
+                lambda: value(scrape(ports["ingest"]), "cityops_ingest_mqtt_connected") == 1,
+                what="ingest connected",
+            )
+            publisher = Publisher(broker_url, mqtt.MQTTProtocolVersion.MQTTv5)
+            topic = f"metrics-{tag}/cityops/v1/manhole/{device}/telemetry"
+            publisher.publish(topic, json.dumps({"ts": int(time.time() * 1000), "tilt_deg": 1.0}))
+            publisher.publish(topic, b"{garbled")
+            publisher.close()
+            wait_for(
+                lambda: (
+                    value(
+                        scrape(ports["ingest"]),
+                        "cityops_ingest_messages_total",
+                        device_type="manhole",
+                        result="quarantined",
+                    )
+                    == 1
+                ),
+                what="both messages committed",
+            )
+            wait_for(lambda: is_listening("127.0.0.1", ports["api"]), what="the API")
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports['api']}/health", timeout=10):
+                pass
+            wait_for(
+                lambda: value(scrape(ports["scenes"]), "cityops_city_state_up") == 1,
+                what="the scenes' metrics",
+            )
+            wait_for(
+                lambda: any(
+                    name == "cityops_scene_run_seconds_count" for name, _ in scrape(ports["scenes"])
+                ),
+                what="a scene run",
+            )
+            served = {
+                process: {name for name, _ in scrape(port, path)}
+                for process, port, path in (
+                    ("ingest", ports["ingest"], "/metrics"),
+                    ("scenes", ports["scenes"], "/metrics"),
+                    ("api", ports["api"], "/metrics/"),
+                )
+            }
+        finally:
+            for process in (ingest, api):
+                process.send_signal(signal.SIGTERM)
+            assert ingest.wait(timeout=30) == 0, log.read_text()
+            # uvicorn shuts down cleanly, then re-raises the signal it caught
+            assert api.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()
+            forget_session(broker_url, f"ingest-{tag}")
+    everything = set().union(*served.values())
+    missing = {
+        where: sorted(name for name in names if not _served(name, everything))
+        for where, names in promql_metrics().items()
+    }
+    assert not {where: names for where, names in missing.items() if names}, missing
+    assert len(promql_metrics()) == 6 + 9  # the six rules and the platform's nine panels
+    # each process serves its own
+    assert "cityops_ingest_lag_seconds_bucket" in served["ingest"]
+    assert "cityops_scene_watermark_age_seconds" in served["scenes"]
+    assert "cityops_api_request_seconds_bucket" in served["api"]
+
+
+def _served(name: str, samples: set[str]) -> bool:
+    """Whether a PromQL metric name is among the scraped samples' (a histogram's by its parts)."""
+    return name in samples or f"{name}_bucket" in samples
