@@ -148,6 +148,11 @@ def _per_night(column: str, alias: str) -> Sql:
     )
 
 
+def _per_second(counter: str, by: str) -> Prom:
+    """A Prometheus counter's rate over 5 minutes, summed per ``by``."""
+    return Prom(f"sum by ({by}) (rate({counter}[5m]))", f"{{{{{by}}}}}")
+
+
 def _quantiles(histogram: str, by: str = "") -> tuple[Prom, ...]:
     """p50 and p99 of a Prometheus histogram over 5 minutes (per ``by``, if given)."""
     labels = f"le, {by}" if by else "le"
@@ -670,18 +675,13 @@ PLATFORM: Final = Board(
         PanelSpec(
             "timeseries",
             "Readings stored per second, by kind",
-            (
-                Prom(
-                    'sum by (kind) (rate(cityops_ingest_rows_total{result="inserted"}[5m]))',
-                    "{{kind}}",
-                ),
-            ),
+            (_per_second('cityops_ingest_rows_total{result="inserted"}', "kind"),),
             unit="reqps",
         ),
         PanelSpec(
             "timeseries",
             "Messages per second, by result",
-            (Prom("sum by (result) (rate(cityops_ingest_messages_total[5m]))", "{{result}}"),),
+            (_per_second("cityops_ingest_messages_total", "result"),),
             unit="reqps",
         ),
         PanelSpec(
@@ -693,7 +693,7 @@ PLATFORM: Final = Board(
         PanelSpec(
             "timeseries",
             "Quarantined per second, by reason",
-            (Prom("sum by (reason) (rate(cityops_ingest_quarantined_total[5m]))", "{{reason}}"),),
+            (_per_second("cityops_ingest_quarantined_total", "reason"),),
             unit="reqps",
         ),
         PanelSpec(
