@@ -59,6 +59,7 @@ from cases.service import (
     IllegalActionError,
     Report,
 )
+from redaction import error_line
 
 logger = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False)
@@ -204,8 +205,8 @@ def _duties(
                 with pool.connection() as conn:
                     for month in evaluation.months_to_store(datetime.now(UTC)):
                         evaluation.store(conn, month)
-            except psycopg.Error as exc:
-                logger.warning("evaluation skipped: %s", exc)
+            except Exception as exc:  # a case the evaluation cannot read must not stop escalation
+                logger.warning("evaluation skipped, tried again later: %s", error_line(exc))
         if stop.wait(escalate_every_s):
             return
         try:
