@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -117,7 +117,6 @@ class Board:
     panels: tuple[PanelSpec, ...]
     variables: tuple[VariableSpec, ...] = ()
     time_from: str = "now-24h"
-    tags: tuple[str, ...] = field(default=())
 
 
 _SEVERITY_COLOURS: Final = ((None, "green"), (1, "yellow"), (3, "orange"), (4, "red"))
@@ -275,8 +274,8 @@ OVERVIEW: Final = Board(
             ),
             width=24,
             height=12,
-            description="Covers, lamps, cabinets and road segments with an active detection, "
-            "coloured by severity.",
+            description="Covers, lamps and road segments with an active detection, coloured by "
+            "severity (a finding without a place, as a sweeper's GPS gap, is in the tables).",
             thresholds=_SEVERITY_COLOURS,
         ),
     ),
@@ -887,7 +886,7 @@ def dashboard_json(b: Board) -> str:
         board.Dashboard(b.title)
         .uid(b.uid)
         .description(b.description)
-        .tags(["cityops", *b.tags])
+        .tags(["cityops"])
         .time(b.time_from, "now")
         .timezone("browser")
         .refresh("1m")
