@@ -275,7 +275,8 @@ OVERVIEW: Final = Board(
             width=24,
             height=12,
             description="Covers, lamps and road segments with an active detection, coloured by "
-            "severity (a finding without a place, as a sweeper's GPS gap, is in the tables).",
+            "severity; findings without a place (a cabinet, a sweeper's GPS gap) are counted in "
+            "the panels above.",
             thresholds=_SEVERITY_COLOURS,
         ),
     ),
