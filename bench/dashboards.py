@@ -4,8 +4,8 @@ A city of --devices devices (default 150,000: two thirds manhole covers, the res
 districts, with 20,000 road segments and 500 sweepers) and --days days of its history (default
 30) are generated in the database with SQL and stored in a fresh database on the server's storage
 path: hourly cover heartbeats, lamp reports every 30 minutes, with ingest's change feed; each
-night's lighting and sweeping indicators; detections (2 % of devices active, one a device-week
-over the month); 1,500 cases a day with their events and the month's evaluation. Then the hourly
+night's lighting and sweeping indicators; detections (one a device and week, 2 % of devices
+with an active one); 1,500 cases a day with their events and the month's evaluation. Then the hourly
 rollups are brought up to date as the path keeps them (TimescaleDB: refresh_continuous_aggregate;
 plain: store.rollups.refresh over the feed), timed.
 
@@ -211,16 +211,15 @@ def fill(conn: psycopg.Connection, devices: int, days: int, start: datetime) -> 
         f"""
         insert into detections (scene, kind, subject, device_id, district, severity, first_seen,
                                 last_seen, cleared_at, evidence)
-            select case when d.type = 'manhole' then 'covers' else 'lighting' end,
-                   case when d.type = 'manhole' then 'cover_displaced' else 'lamp_out' end,
-                   d.asset_code, d.device_id, 'd' || substr(d.asset_code, 6, 1),
-                   case when random() < 0.2 then 'critical' else 'major' end, s, s,
-                   case when w < %(days)s * 4 / 7 - 1 or random() > 0.14 then s + interval '2 hours'
-                   end, '{{}}'
-            from devices d, generate_series(0, %(days)s * 4 / 7 - 1) w,
-                 lateral (select %(start)s + w * interval '7 days'
-                          + random() * interval '6 days' as s) f
-            where d.type in ('manhole', 'light') and mod(hashtext(d.device_id) + w, 4) = 0;
+            select case when x.type = 'manhole' then 'covers' else 'lighting' end,
+                   case when x.type = 'manhole' then 'cover_displaced' else 'lamp_out' end,
+                   x.asset_code, x.device_id, 'd' || substr(x.asset_code, 6, 1),
+                   case when random() < 0.2 then 'critical' else 'major' end, x.s, x.s,
+                   case when not x.active then x.s + interval '2 hours' end, '{{}}'
+            from (select d.*, %(start)s + w * interval '7 days' + random() * interval '6 days'
+                         as s, w = %(days)s / 7 - 1 and random() < 0.02 as active
+                  from devices d, generate_series(0, %(days)s / 7 - 1) w
+                  where d.type in ('manhole', 'light')) x;
         insert into cases (category, subject, source, state, unit_id, routed_unit_id, district_id,
                            severity, reported_at, dispatched_at, deadline, disposed_at, closed_at,
                            updated_at)
