@@ -26,11 +26,14 @@ _LOCK_SPACE: Final = 0x2011
 def refresh(conn: psycopg.Connection) -> dict[str, int]:
     """Bring the plain path's rollups up to the feed's horizon; the rows each one wrote.
 
-    One transaction per rollup. A rollup another process is refreshing is left to it; on the
-    TimescaleDB path there is nothing to do (an empty result).
+    One transaction per rollup, committed before the next: nothing is left open (an open
+    transaction that wrote would hold back every reader of the change feed). A rollup another
+    process is refreshing is left to it; on the TimescaleDB path there is nothing to do (an
+    empty result).
     """
-    if storage_path(conn) is StoragePath.TIMESCALEDB:
-        conn.commit()
+    path = storage_path(conn)
+    conn.commit()  # the read's transaction ends: each refresh below is a transaction of its own
+    if path is StoragePath.TIMESCALEDB:
         return {}
     written = {}
     for rollup in ROLLUPS:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from store import rollups
 from store.db import StoragePath, storage_path
@@ -24,9 +25,12 @@ HOUR = 3600.0
 
 def refresh(url: str, since: float, until: float) -> None:
     """What keeps the rollups on this path: the scenes' refresh, or TimescaleDB's policy call."""
+    with psycopg.connect(url) as conn:  # not autocommit, as the scenes service's
+        rollups.refresh(conn)
+        # committed, nothing left open: an open transaction would hold the feed's horizon back
+        assert conn.info.transaction_status is TransactionStatus.IDLE
     with psycopg.connect(url, autocommit=True) as conn:
         if storage_path(conn) is StoragePath.POSTGRESQL:
-            rollups.refresh(conn)
             return
         for rollup in rollups.ROLLUPS:
             conn.execute(
