@@ -274,9 +274,7 @@ def refresh_rollups(conn: psycopg.Connection, path: db.StoragePath) -> float:
         for rollup in rollups.ROLLUPS:
             conn.execute("call refresh_continuous_aggregate(%s, null, null)", (rollup,))
     else:
-        conn.autocommit = False
         rollups.refresh(conn)
-        conn.autocommit = True
     conn.execute("analyze")
     return time.perf_counter() - began
 
