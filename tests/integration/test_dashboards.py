@@ -57,7 +57,6 @@ EVENING = NOON + 32 * 3600  # 20:00 the next day
 @dataclass(frozen=True, slots=True)
 class Filled:
     url: str
-    city: City
     variables: dict[str, str]
     start: datetime
     end: datetime
@@ -184,7 +183,6 @@ def filled(
         district = next(r["region_id"] for r in city.regions if r["level"] == "district")
         yield Filled(
             url,
-            city,
             {
                 "district": district,
                 "cover": covers[0],
