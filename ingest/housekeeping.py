@@ -116,13 +116,14 @@ class Housekeeping:
         if storage_path(conn) is not StoragePath.POSTGRESQL:
             return "skipped"
         retention_days = self._database.retention_days
-        expired_hours = rollups.expire(conn, retention_days=retention_days)
-        if expired_hours:
-            logger.info("rollups: %d expired hourly rows deleted", expired_hours)
         report = maintain(conn, retention_days=retention_days)
         if report is None:
             logger.info("partitions: another process is maintaining them; skipped this round")
             return "skipped"
+        # by the process that maintains the partitions this round, once, as they expire
+        expired_hours = rollups.expire(conn, retention_days=retention_days)
+        if expired_hours:
+            logger.info("rollups: %d expired hourly rows deleted", expired_hours)
         if report.created or report.dropped or report.expired_default_rows:
             logger.info(
                 "partitions: created %s; dropped %s; %d expired readings deleted from the "

@@ -9,7 +9,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from cases.access import OPERATOR
 from cases.lifecycle import Action
 from cases.service import CaseService, Report
 from cityops import grafana
-from cityops.services import is_listening
+from cityops.services import free_port, is_listening
 from scenes.metrics import CityState
 from simulator.city import CitySpec
 from store.db import SCENES_CHANNEL
@@ -44,12 +43,6 @@ from tests.plugin import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(
