@@ -23,6 +23,7 @@ from cityops.casescli import cases_app, catalog_of, serve, units_app
 from cityops.demo import DemoScore, demo_settings, local_time, run_demo
 from cityops.grafanacli import grafana_app
 from cityops.lightingcli import lighting_app
+from cityops.modelscli import models_app
 from cityops.quarantinecli import quarantine_app
 from cityops.roadscli import roads_app
 from cityops.scenescli import covers_app, print_scores, scenes_app
@@ -87,6 +88,7 @@ app.add_typer(grafana_app, name="grafana")
 app.add_typer(covers_app, name="covers")
 app.add_typer(lighting_app, name="lighting")
 app.add_typer(roads_app, name="roads")
+app.add_typer(models_app, name="models")
 
 
 @config_app.command("check")

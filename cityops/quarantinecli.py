@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 
-from cityops.terminal import ConfigOption, fail, out, settings_from
+from cityops.terminal import ConfigOption, TimeHelp, fail, out, parse_time, settings_from
 from ingest.decode import Reason
 from ingest.quarantine import COLUMNS, Selection, list_entries, purge, replay, show_entry
 from store import db
@@ -16,21 +15,6 @@ from store import db
 quarantine_app = typer.Typer(
     help="What ingest could not store: list, show, replay once fixed, purge.", no_args_is_help=True
 )
-
-_RELATIVE = re.compile(r"^(\d+)([dhm])$")
-_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
-TimeHelp = "An RFC 3339 time (2026-11-26T08:00:00+08:00), a date, or an age: 30d, 12h, 15m."
-
-
-def parse_time(text: str, now: datetime) -> datetime:
-    """An absolute time, or ``now`` minus an age like 30d; naive times are UTC."""
-    if match := _RELATIVE.match(text):
-        return now - timedelta(**{_UNITS[match[2]]: int(match[1])})
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        fail(f"not a time: {text!r}; {TimeHelp}")
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _reason(value: str | None) -> str | None:

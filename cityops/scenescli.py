@@ -22,7 +22,7 @@ from scenes.detections import (
     list_detections,
 )
 from scenes.dictionary import covers_summary
-from scenes.engine import PartitionResult, run_once
+from scenes.engine import ANOMALIES, PartitionResult, run_once
 from scenes.metrics import CityState, ScenesMetrics
 from scenes.score import (
     ALLOWED_DELAY_S,
@@ -67,7 +67,8 @@ def run_command(
     scenes.interval_s. The service also publishes every detection change and case transition
     on cityops/v1/out/... (retained current state; docs/scenes.md); --once does not publish.
     On plain PostgreSQL it keeps the hourly rollups the dashboards read (TimescaleDB keeps
-    them itself).
+    them itself). Every scenes.anomaly_interval_s (an hour) each device type's active model
+    scores the devices' latest windows (`cityops models`), apart from the alarm path.
     It serves Prometheus metrics (its runs, and the city's state read at each scrape: devices
     online, active detections, open and overdue cases, last night's lighting and sweeping).
     """
@@ -95,6 +96,7 @@ def run_command(
     with db.connect(settings.database) as conn:
         _report(run_once(conn, settings.scenes, catalog))
         rollups.refresh(conn)
+        _report(run_once(conn, settings.scenes, catalog, scenes=(ANOMALIES,)))
 
 
 def _report(results: list[PartitionResult]) -> None:

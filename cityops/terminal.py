@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal, NoReturn
 
@@ -125,3 +127,19 @@ def import_errors(prefix: str, consequence: str) -> Iterator[None]:
         fail(f"{len(exc.problems)} problems; {consequence}")
     except (registry.RegistryError, OSError, ValueError, psycopg.OperationalError) as exc:
         fail(str(exc))
+
+
+_RELATIVE = re.compile(r"^(\d+)([dhm])$")
+_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+TimeHelp = "An RFC 3339 time (2026-11-26T08:00:00+08:00), a date, or an age: 30d, 12h, 15m."
+
+
+def parse_time(text: str, now: datetime) -> datetime:
+    """An absolute time, or ``now`` minus an age like 30d; naive times are UTC."""
+    if match := _RELATIVE.match(text):
+        return now - timedelta(**{_UNITS[match[2]]: int(match[1])})
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        fail(f"not a time: {text!r}; {TimeHelp}")
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -31,7 +31,7 @@ from cases.catalog import Catalog, Category
 from cases.lifecycle import Action
 from cases.service import CaseError, CaseService, Report
 from redaction import error_line
-from scenes import covers, health, lamps, lighting, nights, sweeping
+from scenes import anomalies, covers, health, lamps, lighting, nights, sweeping
 from scenes.episodes import Device, Episode, Judgement, blocks
 from scenes.settings import ScenesSettings, Tunable
 
@@ -616,7 +616,19 @@ ROADS: Final = Scene(
     tally=sweeping.tally,
     settled=sweeping.settled,
 )
+#: The rule scenes: on the alarm path, woken by ingest.
 SCENES: Final = (COVERS, HEALTH, LIGHTING, ROADS)
+#: The models' scene: each type's active model scores its devices' windows, on its own schedule
+#: (``scenes.anomaly_interval_s``), never holding up the rule scenes' alarms.
+ANOMALIES: Final = Scene(
+    "anomalies",
+    anomalies.DEVICE_TYPES,
+    anomalies.READINGS,
+    {anomalies.ANOMALOUS: "device_anomaly"},
+    anomalies.judge_all,
+    lambda s: s.anomalies,
+    subject_is_device=False,
+)
 
 
 def _record(
@@ -665,6 +677,7 @@ def _record(
                 "peak": episode.peak,
                 "readings": episode.count,
                 "thresholds": limits.in_force(),
+                **(episode.detail or {}),
             }
         ),
     }

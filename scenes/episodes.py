@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -32,6 +32,8 @@ class Episode:
     count: int  # readings in the spell (spikes, for a loose cover)
     peak: float  # the largest tilt or water level seen
     segment_id: str | None = None  # a road segment's finding: its subject, whoever drove it
+    #: More evidence for the detection (a model's score and the features that drove it).
+    detail: Mapping[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)

@@ -1,6 +1,6 @@
 """``cityops scenes run``: the scene engine and the outbound publisher as one asyncio service.
 
-Three tasks share one event loop:
+Four tasks share one event loop:
 
 - listen: an async connection LISTENs on ``SCENES_CHANNEL`` (ingest committed an alarm) and
   ``OUTBOUND_CHANNEL`` (a detection or case changed) and wakes the other two;
@@ -9,6 +9,9 @@ Three tasks share one event loop:
   synchronous work on a connection of its own in a worker thread: it opens cases through
   ``cases.service``, which the case API and the CLI share; then, on the plain PostgreSQL path,
   it brings the hourly rollups up to date (``store.rollups``);
+- models: every ``scenes.anomaly_interval_s`` (an hour), just after the hour mark, the models'
+  scene (``engine.ANOMALIES``) scores the devices' latest windows on a connection and worker
+  thread of its own, so the rule scenes' alarms never wait for it;
 - publish: publishes the outbound queue with aiomqtt (``scenes.outbound``) while this process
   holds the publisher lock; another process takes over within ``_CLAIM_EVERY_S`` of its death.
 
@@ -34,7 +37,7 @@ from psycopg import sql
 
 from cases.catalog import Catalog
 from redaction import error_line, redact
-from scenes.engine import next_run_in, partitions, run_once
+from scenes.engine import ANOMALIES, next_run_in, partitions, run_once
 from scenes.metrics import ScenesMetrics
 from scenes.outbound import PASS_ROWS, PUBLISHER_LOCK, publish_pending
 from scenes.settings import ScenesSettings
@@ -46,6 +49,8 @@ from wire.mqtt import MqttSettings
 _RETRY_MAX_S: Final = 5.0
 #: How often a process that does not publish tries to take the publisher lock over.
 _CLAIM_EVERY_S: Final = 1.0
+#: How long after an hour mark the models score the windows ending at it (late readings).
+_SETTLE_S: Final = 60.0
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +116,9 @@ class _Service:
             tasks.create_task(self._retrying("listening", self._listen, psycopg.OperationalError))
             tasks.create_task(
                 self._retrying("the scenes", self._partitions, psycopg.OperationalError)
+            )
+            tasks.create_task(
+                self._retrying("the models", self._anomalies, psycopg.OperationalError)
             )
             tasks.create_task(
                 self._retrying(
@@ -190,6 +198,26 @@ class _Service:
         rollups.refresh(conn)
         now = None if self.clock is None else self.clock()
         return next_run_in(conn, self.settings.interval_s, now=now)
+
+    async def _anomalies(self) -> None:
+        conn = await asyncio.to_thread(db.connect, self.database)
+        try:
+            while not self.stopping.is_set():
+                await asyncio.to_thread(self._score, conn)
+                every_s = self.settings.anomaly_interval_s
+                await self._until(every_s - time.time() % every_s + _SETTLE_S)
+        finally:
+            await asyncio.to_thread(conn.close)
+
+    def _score(self, conn: psycopg.Connection) -> None:
+        """Score the devices' windows with the active models (in a worker thread)."""
+        rollups.refresh(conn)  # the models read the hourly rollups
+        now = None if self.clock is None else self.clock()
+        results = run_once(
+            conn, self.settings, self.catalog, now=now, scenes=(ANOMALIES,), stop=self.stop
+        )
+        if self.metrics is not None:
+            self.metrics.observe(results)
 
     async def _publish(self) -> None:
         async with await db.connect_async(self.database, autocommit=True) as conn:

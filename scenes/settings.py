@@ -257,6 +257,26 @@ class RoadsThresholds(Tunable):
     )
 
 
+class AnomalyThresholds(Tunable):
+    """When a model's score becomes an anomalous_behaviour detection (docs/models.md)."""
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "Score devices with their type's active model (`cityops models activate`); a "
+            "component category or a component may opt out."
+        ),
+    )
+    threshold: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "A window scoring this or more is anomalous; unset: the model's own threshold, "
+            "chosen when it was trained (`cityops models show`)."
+        ),
+    )
+
+
 class ScenesSettings(Section):
     """The scene engine."""
 
@@ -286,6 +306,22 @@ class ScenesSettings(Section):
     health: HealthThresholds = HealthThresholds()
     lighting: LightingThresholds = LightingThresholds()
     roads: RoadsThresholds = RoadsThresholds()
+    anomalies: AnomalyThresholds = AnomalyThresholds()
+    anomaly_interval_s: float = Field(
+        default=3600.0,
+        gt=0,
+        le=86_400,
+        description=(
+            "How often the models score the devices' latest windows, apart from the rule "
+            "scenes (whose alarms never wait for it)."
+        ),
+    )
+    anomaly_backfill_h: int = Field(
+        default=48,
+        ge=1,
+        le=24 * 90,
+        description="Hours of windows scored at most when a device was not scored for long.",
+    )
     lighting_plans: dict[str, Plan] = Field(
         default={"default": Plan()},
         description="Switching plans by name; a lamp's comes from its component or cabinet.",

@@ -19,6 +19,7 @@ give the same messages.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -149,6 +150,42 @@ def _silenced(t: float, silencers: list[Fault], shown: set[Fault]) -> bool:
 
 # -- covers ---------------------------------------------------------------------------------
 
+#: The covers' subtle faults (``FaultKind.subtle``): every reading stays inside the rules'
+#: default thresholds (tilt 10 deg, water 100 cm, battery 15 %).
+_SLOW_COVER = frozenset({"tilt_drift", "cover_rocking", "water_slow_rise", "battery_fast_drain"})
+
+
+@dataclass(frozen=True, slots=True)
+class _SlowChange:
+    """A subtle fault's pace (a unit per day) and how far it goes; its own random stream."""
+
+    rate: float
+    cap: float
+    rng: np.random.Generator
+
+
+def _fault_rng(seed: int, fault: Fault) -> np.random.Generator:
+    """A fault's own random stream: drawing from it leaves its device's messages as they were."""
+    return _device_rng(seed, f"{fault.kind}/{fault.subject}/{fault.start}")
+
+
+def _slow_change(fault: Fault, seed: int, angle: float) -> _SlowChange:
+    """How a cover's subtle fault unfolds.
+
+    A drifting tilt sensor gains 1.5-2.5 deg a day, a rocking cover settles up to 3-5 deg off
+    each time it is read, both kept 2 deg below the tilt alarm; water rises 12-20 cm a day to
+    at most 85 cm; a failing battery loses 3-6 % a day (from 60-100 %: above 30 % after 5 days).
+    """
+    rng = _fault_rng(seed, fault)
+    below_alarm = max(0.5, _TILT_ALARM_DEG - 2.0 - angle)
+    if fault.kind == "tilt_drift":
+        return _SlowChange(float(rng.uniform(1.5, 2.5)), below_alarm, rng)
+    if fault.kind == "cover_rocking":
+        return _SlowChange(0.0, min(below_alarm, float(rng.uniform(3, 5))), rng)
+    if fault.kind == "water_slow_rise":
+        return _SlowChange(float(rng.uniform(12, 20)), 50.0, rng)
+    return _SlowChange(float(rng.uniform(3, 6)), 0.0, rng)  # battery_fast_drain
+
 
 def _cover(
     out: list[Publication],
@@ -168,7 +205,8 @@ def _cover(
     battery = float(rng.uniform(60, 100))
     rssi = float(rng.uniform(-110, -70))
     offline = [f for f in faults if f.kind == "sensor_offline"]
-    cover = _Cover(out, topic, rng, angle, battery, rssi, faults, offline, set(), [])
+    slow = {f: _slow_change(f, o.seed, angle) for f in faults if f.kind in _SLOW_COVER}
+    cover = _Cover(out, topic, rng, angle, battery, rssi, faults, offline, set(), [], slow)
     cover.heartbeats(o)
     for f in faults:
         if f.kind in ("cover_displaced", "cover_open"):
@@ -197,14 +235,18 @@ class _Cover:
     offline: list[Fault]  # while one goes on, the sensor sends nothing at all
     hidden: set[Fault]  # the offline faults that hid a message
     sent: list[float]  # when it sent each message
+    slow: dict[Fault, _SlowChange]  # its subtle faults' own pace
 
     def condition(self, t: float) -> tuple[float, bool, float, float]:
         """The true tilt, open flag, water level (cm) and battery (%) at ``t``, faults applied."""
         tilt, opened, water, batt = self.angle, False, 35.0, self.battery
         for f in self.faults:
+            if f.kind == "battery_fast_drain" and t >= f.end:  # what it drained stays drained
+                batt -= self.slow[f].rate * (f.end - f.start) / 86_400
             if not f.start <= t < f.end:
                 continue
             progress = (t - f.start) / max(f.end - f.start, 1.0)
+            days = (t - f.start) / 86_400
             if f.kind == "cover_displaced":
                 tilt = self.angle + 25.0
             elif f.kind == "cover_open":
@@ -213,6 +255,16 @@ class _Cover:
                 water = 35.0 + 140.0 * progress
             elif f.kind == "battery_drain":
                 batt = self.battery * (1 - progress) + 3.0 * progress
+            elif f in self.slow:
+                change = self.slow[f]
+                if f.kind == "tilt_drift":
+                    tilt += min(change.rate * days, change.cap)
+                elif f.kind == "cover_rocking":  # it settles at another angle each time
+                    tilt += float(change.rng.uniform(0, change.cap))
+                elif f.kind == "water_slow_rise":
+                    water += min(change.rate * days, change.cap)
+                else:  # battery_fast_drain
+                    batt -= change.rate * days
         return tilt, opened, water, batt
 
     def reading(self, t: float) -> dict[str, Any]:
@@ -366,14 +418,9 @@ def _cabinets(
                 faults = [f for f in by_subject.get(lamp["device_id"], []) if f.start <= t < f.end]
                 kinds = {f.kind for f in faults}
                 on = (dark or "day_burner" in kinds) and not cut
-                power = rated[lamp["asset_code"]] * dim / 100 if on else 0.0
-                pf, fault_code = 0.95, 0
-                if "lamp_out" in kinds and on:
-                    power, fault_code = 0.0, 1
-                if "lamp_degraded" in kinds and on:
-                    power *= 0.5
-                if "low_power_factor" in kinds and on:
-                    pf = 0.55
+                power, pf, fault_code = _lamp_draw(
+                    rated[lamp["asset_code"]] * dim / 100 if on else 0.0, faults, t, o.seed
+                )
                 # a lamp fault shows only while the lamp should be lit (a day burner by day);
                 # out or burning, only where the sky says clearly what the lamp should do (near
                 # a switching time it is neither told nor broken off); a dark cabinet, or a
@@ -407,6 +454,32 @@ def _cabinets(
             t += o.lamp_report_s
     shown = set(showings)
     return shown, {f for f, n in showings.items() if n < o.lamp_fault_min_reports}
+
+
+def _lamp_draw(power: float, faults: list[Fault], t: float, seed: int) -> tuple[float, float, int]:
+    """A lit lamp's power (W), power factor and fault code at ``t`` under ``faults``."""
+    pf, fault_code = 0.95, 0
+    if not power:
+        return 0.0, pf, fault_code
+    for f in faults:
+        if f.kind == "lamp_out":
+            power, fault_code = 0.0, 1
+        elif f.kind == "lamp_degraded":
+            power *= 0.5
+        elif f.kind == "low_power_factor":
+            pf = 0.55
+        elif f.kind == "lamp_slow_degrade":  # a driver failing over days
+            power *= 1 - _degrade_loss(f, seed) * (t - f.start) / (f.end - f.start)
+    return power, pf, fault_code
+
+
+@functools.cache
+def _degrade_loss(fault: Fault, seed: int) -> float:
+    """The share of its power a slowly degrading lamp has lost by the fault's end: 18-25 %.
+
+    The lighting scene calls a lamp degraded below 70 % of its rated power at its dimming level.
+    """
+    return float(_fault_rng(seed, fault).uniform(0.18, 0.25))
 
 
 # -- sweepers -------------------------------------------------------------------------------
@@ -455,21 +528,42 @@ def _sweeper(
     by_subject: dict[str, list[Fault]],
     o: RunOptions,
 ) -> list[Fault]:
-    """Drive the route; return the sweeper's and its segments' faults with their real times."""
+    """Drive the route each night; return the sweeper's and its segments' faults as they showed.
+
+    Each night is a run of its own from the end of the last (the first from the run's start),
+    so a segment's fault shows every night the run spans; the sweeper's random streams go on
+    from night to night.
+    """
     rng = _device_rng(o.seed, device["device_id"])
+    faults = by_subject.get(device["device_id"], [])
+    route = _route(city, device, sweepers)
+    end = o.start + o.duration_s
+    night = o
     driver = _Driver(
         out=out,
         topic=f"{TOPIC_ROOT}/sweeper/{device['device_id']}/telemetry",
         rng=rng,
-        gaps=[f for f in by_subject.get(device["device_id"], []) if f.kind == "gps_gap"],
+        gaps=[f for f in faults if f.kind == "gps_gap"],
+        intermittent=[f for f in faults if f.kind == "gps_intermittent"],
+        dropouts=_device_rng(o.seed, f"dropouts/{device['device_id']}"),
         cos_lat=math.cos(math.radians(city.spec.center_lat)),
         o=o,
-        t=_shift(o)[0] + float(rng.uniform(0, 120)),
-        stop=min(o.start + o.duration_s, _shift(o)[1]),
+        t=0.0,
+        stop=0.0,
     )
-    truths = _sweep_route(driver, _route(city, device, sweepers), by_subject, o)
-    # only the gaps that hid a fix can be detected
-    return [g for g in driver.gaps if g in driver.hidden] + truths
+    truths: list[Fault] = []
+    while night.duration_s > 0:
+        shift_start, shift_end = _shift(night)
+        night_end = min(end, shift_start + 86_400)
+        night = replace(night, duration_s=night_end - night.start)
+        driver.here, driver.o = None, night
+        driver.t = shift_start + float(rng.uniform(0, 120))
+        driver.stop = min(night_end, shift_end)
+        truths += _sweep_route(driver, route, by_subject, night, faults)
+        night = replace(night, start=night_end, duration_s=end - night_end)
+    # only the gaps that hid a fix can be detected; the subtle faults, once they showed
+    shown = [g for g in driver.gaps if g in driver.hidden]
+    return shown + [f for f in faults if f in driver.showed] + truths
 
 
 def _shift(o: RunOptions) -> tuple[float, float]:
@@ -490,9 +584,17 @@ _UNSEEN_PASS_S = 30.0
 
 
 def _sweep_route(
-    driver: _Driver, route: list[_Pass], by_subject: dict[str, list[Fault]], o: RunOptions
+    driver: _Driver,
+    route: list[_Pass],
+    by_subject: dict[str, list[Fault]],
+    o: RunOptions,
+    own: list[Fault],
 ) -> list[Fault]:
     """Sweep the passes in turn as their segments' faults say; return those faults' real times.
+
+    ``own``: the sweeper's faults. Under ``brushes_ineffective`` it sweeps every pass steadily
+    at the top of the band (7.3-7.9 km/h: the segments allow 8), brushes down, as a sweeper
+    whose brushes do nothing can (``driver.showed`` gets it).
 
     The shift ends with the window (or the run): a segment whose passes were not all done when
     the window ended was skipped, and is in the ground truth as such.
@@ -519,11 +621,7 @@ def _sweep_route(
         kinds = {f.kind: f for f in faults if f not in done}
         driver.transit_to(step.points[0])
         began, unseen_s = driver.t, driver.unseen_s
-        speed = (
-            float(driver.rng.uniform(12, 15))
-            if "sweeping_too_fast" in kinds
-            else float(driver.rng.uniform(3, 8))
-        )
+        speed = _pass_speed(driver, own, too_fast="sweeping_too_fast" in kinds)
         driver.sweep(step, speed, brush="brushes_up" not in kinds)
         spoiled = False
         for kind in ("sweeping_too_fast", "brushes_up"):
@@ -565,6 +663,19 @@ def _sweep_route(
     return truths
 
 
+def _pass_speed(driver: _Driver, own: list[Fault], *, too_fast: bool) -> float:
+    """The speed of the pass starting now: 3-8 km/h, or as a fault of the pass or sweeper says."""
+    ineffective = {
+        f for f in own if f.kind == "brushes_ineffective" and f.start <= driver.t < f.end
+    }
+    if too_fast:
+        return float(driver.rng.uniform(12, 15))
+    if ineffective:
+        driver.showed |= ineffective
+        return float(driver.rng.uniform(7.3, 7.9))
+    return float(driver.rng.uniform(3, 8))
+
+
 @dataclass(slots=True)
 class _Driver:
     """A sweeper on the road: its clock and place, and the GPS fixes it publishes as it drives."""
@@ -573,6 +684,8 @@ class _Driver:
     topic: str
     rng: np.random.Generator
     gaps: list[Fault]
+    intermittent: list[Fault]  # while one goes on, fixes drop out for 6-20 s every minute or so
+    dropouts: np.random.Generator  # their stream: the fixes' noise stays as it would be
     cos_lat: float
     o: RunOptions
     t: float
@@ -580,6 +693,8 @@ class _Driver:
     here: tuple[float, float] | None = None  # where the last pass ended
     unseen_s: float = 0.0  # driving time whose fixes a GPS gap hid
     hidden: set[Fault] = field(default_factory=set)  # the gaps that hid a fix
+    dropped_until: float = 0.0  # the end of the intermittent dropout going on
+    showed: set[Fault] = field(default_factory=set)  # its subtle faults that showed in a fix
 
     def transit_to(self, point: tuple[float, float]) -> None:
         """Drive brushes up at 20 km/h from the end of the last pass to ``point``, if elsewhere."""
@@ -611,7 +726,9 @@ class _Driver:
             while at_m > done_m + pieces[k][2] and k < len(pieces) - 1:
                 done_m += pieces[k][2]
                 k += 1
-            if not _silenced(self.t, self.gaps, self.hidden):
+            if self._dropped():
+                pass  # shorter than the gaps the scenes bridge: no unseen driving
+            elif not _silenced(self.t, self.gaps, self.hidden):
                 a, b, piece_m = pieces[k]
                 f = (at_m - done_m) / piece_m if piece_m > 0 else 0.0
                 lon, lat = a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f
@@ -621,6 +738,17 @@ class _Driver:
             else:
                 self.unseen_s += duration / steps
             self.t += duration / steps
+
+    def _dropped(self) -> bool:
+        """Whether an intermittent GPS fault drops the fix due now (starting a dropout maybe)."""
+        if self.t < self.dropped_until:
+            return True
+        going_on = {f for f in self.intermittent if f.start <= self.t < f.end}
+        if going_on and self.dropouts.random() < 1 / 60:
+            self.dropped_until = self.t + float(self.dropouts.uniform(6, 20))
+            self.showed |= going_on
+            return True
+        return False
 
     def fix(
         self, lon: float, lat: float, speed_kmh: float, *, heading: float, brush: bool

@@ -34,12 +34,19 @@ SubjectType = Literal["manhole", "light", "cabinet", "sweeper", "segment"]
 
 @dataclass(frozen=True, slots=True)
 class FaultKind:
-    """A kind of fault, what it applies to, and how long it lasts by default (seconds)."""
+    """A kind of fault, what it applies to, and how long it lasts by default (seconds).
+
+    ``subtle``: a slow or small change that stays inside every threshold of the rule scenes as
+    configured by default (the models' to find).
+    """
 
     subject_type: SubjectType
     min_s: float
     max_s: float
+    subtle: bool = False
 
+
+_DAY = 86_400.0
 
 FAULT_KINDS: dict[str, FaultKind] = {
     "cover_displaced": FaultKind("manhole", 600, 3600),
@@ -59,7 +66,17 @@ FAULT_KINDS: dict[str, FaultKind] = {
     "sweeping_too_fast": FaultKind("segment", 0, 0),
     "brushes_up": FaultKind("segment", 0, 0),
     "gps_gap": FaultKind("sweeper", 60, 300),
+    # subtle: days long, every reading inside the rules' thresholds
+    "tilt_drift": FaultKind("manhole", 2 * _DAY, 4 * _DAY, subtle=True),
+    "cover_rocking": FaultKind("manhole", 1 * _DAY, 3 * _DAY, subtle=True),
+    "water_slow_rise": FaultKind("manhole", 2 * _DAY, 4 * _DAY, subtle=True),
+    "battery_fast_drain": FaultKind("manhole", 2 * _DAY, 5 * _DAY, subtle=True),
+    "lamp_slow_degrade": FaultKind("light", 3 * _DAY, 6 * _DAY, subtle=True),
+    "gps_intermittent": FaultKind("sweeper", 1 * _DAY, 3 * _DAY, subtle=True),
+    "brushes_ineffective": FaultKind("sweeper", 1 * _DAY, 3 * _DAY, subtle=True),
 }
+#: The subtle kinds (``FaultKind.subtle``).
+SUBTLE_KINDS = tuple(kind for kind, spec in FAULT_KINDS.items() if spec.subtle)
 
 
 class ScenarioError(ValueError):
