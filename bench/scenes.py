@@ -45,11 +45,9 @@ sys.path.insert(0, str(ROOT))
 
 from cases.catalog import load_catalog  # noqa: E402
 from cityops.services import start_mosquitto  # noqa: E402
+from cityops.simulate import store_run  # noqa: E402
 from devices.codes import CodeScheme  # noqa: E402
 from devices.registry import import_bundle  # noqa: E402
-from ingest.decode import DecodeLimits, Decoder  # noqa: E402
-from ingest.settings import IngestSettings  # noqa: E402
-from ingest.writer import BatchWriter, Message  # noqa: E402
 from scenes.engine import COVERS, HEALTH, run_once  # noqa: E402
 from scenes.score import Interval, KindScore, score, stored_detections  # noqa: E402
 from scenes.settings import ScenesSettings  # noqa: E402
@@ -72,28 +70,13 @@ RATES = {
     "flooding": 0.002,
 }
 CITY_DEVICES = 150_000
-BATCH = 5000
 
 
 def load(url: str, publications: list, devices: dict[str, str]) -> tuple[int, float]:
     """Store the run's messages as ingest would; return the readings stored and the seconds."""
-    limits = DecodeLimits.of(IngestSettings())
-    decoder = Decoder(limits=limits, device_type_of=devices.get)
-    stored = 0
     started = time.perf_counter()
     with psycopg.connect(url) as conn:
-        writer = BatchWriter(
-            conn, raw_max_bytes=limits.max_payload_bytes, last_seen_resolution_s=10.0
-        )
-        for i in range(0, len(publications), BATCH):
-            batch = []
-            for n, pub in enumerate(publications[i : i + BATCH]):
-                received_us = int(pub.t * 1e6)
-                decoded = decoder.decode_message(pub.topic, pub.payload, received_us)
-                batch.append(Message(n + 1, 0, pub.topic, pub.payload, received_us, decoded))
-            result = writer.write(batch)
-            conn.commit()
-            stored += sum(result.inserted.values())
+        stored = store_run(conn, publications, devices)
     return stored, time.perf_counter() - started
 
 

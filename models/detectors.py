@@ -57,7 +57,10 @@ class Detector:
 def fit(kind: DetectorKind, values: Floats, floors: tuple[float, ...], *, seed: int) -> Detector:
     """Fit a detector on windows ``values`` (rows without NaN), deterministically for ``seed``."""
     scaler = RobustScaler(quantile_range=(25.0, 75.0)).fit(values)
-    scaler.scale_ = np.maximum(np.asarray(scaler.scale_) / _IQR_SIGMAS, np.asarray(floors))
+    # the interquartile range itself: the scaler puts 1 where it is 0 (a feature every normal
+    # device shares exactly), where the floor belongs
+    q25, q75 = np.percentile(values, (25.0, 75.0), axis=0)
+    scaler.scale_ = np.maximum((q75 - q25) / _IQR_SIGMAS, np.asarray(floors))
     if kind == "robust":
         return Detector(kind, scaler)
     forest = IsolationForest(n_estimators=200, random_state=seed)
@@ -67,10 +70,14 @@ def fit(kind: DetectorKind, values: Floats, floors: tuple[float, ...], *, seed: 
 
 def drivers(
     detector: Detector, features: tuple[str, ...], row: Floats, top: int = 3
-) -> dict[str, dict[str, float]]:
-    """The ``top`` features of one window furthest from normal: value and robust z-score."""
+) -> list[dict[str, str | float]]:
+    """The ``top`` features of one window furthest from normal, furthest first.
+
+    Each: its name, value and robust z-score.
+    """
     z = detector.scaled(row[None, :])[0]
     order = np.argsort(-np.abs(z), kind="stable")[:top]
-    return {
-        features[i]: {"value": round(float(row[i]), 4), "z": round(float(z[i]), 2)} for i in order
-    }
+    return [
+        {"feature": features[i], "value": round(float(row[i]), 4), "z": round(float(z[i]), 2)}
+        for i in order
+    ]

@@ -47,13 +47,18 @@ class Kind:
     #: The smallest spread each feature is scaled by (its unit's resolution): a feature all
     #: normal devices share exactly (water under every healthy cover, say) still has a scale.
     floors: tuple[float, ...]
-    #: The smallest number of hours with data a window needs to be scored.
-    min_hours: int = 12
+    #: The smallest number of hours with data a window needs to be scored (a window that
+    #: reaches back before a device's first reading is not yet comparable).
+    min_hours: int = 20
+    #: Own features that are scored only against their peers (their level moves with the
+    #: season or the place: the hours a lamp burns, the water under a cover).
+    peer_only: tuple[str, ...] = ()
 
     @property
     def features(self) -> tuple[str, ...]:
-        """Every feature's name, own first, then peer features."""
-        return self.own + tuple(name for name, _ in self.peer)
+        """Every feature's name: own ones (but the peer-only), then peer features."""
+        own = tuple(name for name in self.own if name not in self.peer_only)
+        return own + tuple(name for name, _ in self.peer)
 
 
 def _slope_and_spread(values: Floats) -> tuple[Floats, Floats]:
@@ -145,7 +150,8 @@ KINDS: Final = {
             "left join regions g on g.region_id = coalesce(a.region_id, d.region_id) "
             "where d.device_id = any(%(devices)s)",
             _cover_windows,
-            (0.1, 0.05, 1.0, 1.0, 0.3, 0.05, 1.0, 0.3),
+            (0.1, 0.05, 1.0, 0.3, 0.05, 1.0, 0.3),
+            peer_only=("water_level_cm",),
         ),
         Kind(
             "light",
@@ -166,7 +172,8 @@ KINDS: Final = {
             "from devices d left join assets a on a.code = d.asset_code "
             "where d.device_id = any(%(devices)s)",
             _lamp_windows,
-            (0.01, 0.01, 0.02, 0.01, 0.02),
+            (0.01, 0.01, 0.01, 0.02),
+            peer_only=("on_share",),
         ),
         Kind(
             "sweeper",
@@ -256,7 +263,8 @@ def compute(
     peer = _peer(
         own, [groups.get(d, "") for d in devices], [kind.own.index(f) for _, f in kind.peer]
     )
-    return Windows(devices, ends, np.concatenate([own, peer], axis=-1))
+    kept = [i for i, name in enumerate(kind.own) if name not in kind.peer_only]
+    return Windows(devices, ends, np.concatenate([own[:, :, kept], peer], axis=-1))
 
 
 def _peer(own: Floats, groups: list[str], columns: list[int]) -> Floats:

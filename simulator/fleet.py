@@ -744,7 +744,7 @@ class _Driver:
         if self.t < self.dropped_until:
             return True
         going_on = {f for f in self.intermittent if f.start <= self.t < f.end}
-        if going_on and self.dropouts.random() < 1 / 60:
+        if going_on and self.dropouts.random() < self.o.gps_interval_s / 60:
             self.dropped_until = self.t + float(self.dropouts.uniform(6, 20))
             self.showed |= going_on
             return True
