@@ -95,15 +95,16 @@ def list_command(
     settings = settings_from(config)
     with db.connect(settings.database) as conn:
         models = registry.listing(conn, device_type)
-    table = Table("id", "model", "detector", "state", "trained", "window", "threshold", "flagged")
+    table = Table(
+        "id", "model", "detector", "state", "trained on", "threshold", "flagged", box=None
+    )
     for m in models:
         table.add_row(
             str(m.model_id),
             m.name,
             m.detector,
             m.state,
-            f"{m.trained_at:%Y-%m-%d %H:%M}",
-            f"{m.trained_from:%Y-%m-%d} .. {m.trained_until:%Y-%m-%d}",
+            f"{m.trained_from:%m-%d}..{m.trained_until:%m-%d}",
             f"{m.threshold:g}",
             f"{m.validation['flagged_share']:.2%}",
         )

@@ -684,7 +684,7 @@ class _Driver:
     topic: str
     rng: np.random.Generator
     gaps: list[Fault]
-    intermittent: list[Fault]  # while one goes on, fixes drop out for 6-20 s every minute or so
+    intermittent: list[Fault]  # while one goes on, fixes drop out for 5-15 s about every minute
     dropouts: np.random.Generator  # their stream: the fixes' noise stays as it would be
     cos_lat: float
     o: RunOptions
@@ -744,8 +744,10 @@ class _Driver:
         if self.t < self.dropped_until:
             return True
         going_on = {f for f in self.intermittent if f.start <= self.t < f.end}
-        if going_on and self.dropouts.random() < self.o.gps_interval_s / 60:
-            self.dropped_until = self.t + float(self.dropouts.uniform(6, 20))
+        # one fix at least between dropouts: each gap stays shorter than the scenes bridge
+        resumed = self.t >= self.dropped_until + self.o.gps_interval_s
+        if going_on and resumed and self.dropouts.random() < self.o.gps_interval_s / 60:
+            self.dropped_until = self.t + float(self.dropouts.uniform(5, 15))
             self.showed |= going_on
             return True
         return False
