@@ -116,7 +116,7 @@ def fill(conn: psycopg.Connection, devices: int, days: int, start: datetime) -> 
                    'street_lamp', 'd' || mod(n, {DISTRICTS}) || '-power',
                    41.7 + random() * 0.2, 123.3 + random() * 0.3,
                    'd' || mod(n, {DISTRICTS}) || '-s0',
-                   jsonb_build_object('cabinet_id', 'cab-' || n / 30)
+                   jsonb_build_object('cabinet_id', 'cab-' || n / 30, 'rated_power_w', 120)
             from generate_series(1, %(lamps)s) n;
         insert into devices (device_id, type, asset_code)
             select 'mh-' || n, 'manhole',

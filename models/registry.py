@@ -127,7 +127,8 @@ def train(conn: psycopg.Connection, plan: TrainingPlan) -> ModelInfo:
     fitting, held = usable & (at <= split), usable & (at > split)
     if fitting.sum() < 20 or held.sum() < 5:
         msg = (
-            f"too little to train on: {int(fitting.sum())} windows before the held-out days "
+            f"too little to train a {plan.device_type} model on: {int(fitting.sum())} "
+            "complete windows before the held-out days "
             f"and {int(held.sum())} in them (at least 20 and 5); train over a longer --since"
         )
         raise ModelError(msg)

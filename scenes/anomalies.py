@@ -64,12 +64,12 @@ def judge_all(
         windows = compute(
             conn, model.kind, _with_peers(conn, model, judged), ends, model.info.window_h
         )
+        scores = _scores(model, windows.values)
         wanted = set(judged)
         for i, device_id in enumerate(windows.devices):
             if device_id in wanted:
-                limits = _limits(known[device_id])
-                threshold = limits.threshold or model.info.threshold
-                yield device_id, _judge(model, windows.values[i], ends, threshold)
+                threshold = _limits(known[device_id]).threshold or model.info.threshold
+                yield device_id, _judge(model, windows.values[i], ends, scores[i], threshold)
 
 
 def _limits(device: Device) -> AnomalyThresholds:
@@ -92,12 +92,22 @@ def _with_peers(conn: psycopg.Connection, model: registry.Model, devices: list[s
     return sorted({*devices, *(d for d, g in groups.items() if g in touched)})
 
 
-def _judge(model: registry.Model, values: Floats, ends: Floats, threshold: float) -> Judgement:
-    """The episodes of one device's windows (``values``: windows x features)."""
-    scores = np.full(len(ends), np.nan)
-    scored = ~np.isnan(values).any(axis=1)
+def _scores(model: registry.Model, values: Floats) -> Floats:
+    """Every window's score, all devices at once (devices x windows; NaN: not scored)."""
+    rows = values.reshape(-1, values.shape[-1])
+    scores = np.full(len(rows), np.nan)
+    scored = ~np.isnan(rows).any(axis=1)
     if scored.any():
-        scores[scored] = model.detector.score(values[scored])
+        scores[scored] = model.detector.score(rows[scored])
+    return scores.reshape(values.shape[:2])
+
+
+def _judge(
+    model: registry.Model, values: Floats, ends: Floats, scores: Floats, threshold: float
+) -> Judgement:
+    """The episodes of one device's windows (``values``: windows x features; their scores)."""
+    if not (scores >= threshold).any():
+        return Judgement()
     episodes = []
     for episode in runs(ends, scores, scores >= threshold, ANOMALOUS):
         first, last = np.searchsorted(ends, (episode.first_seen, episode.last_seen))

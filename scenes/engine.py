@@ -199,6 +199,19 @@ def _run(
                 since[device_id] = earliest
                 known[device_id] = Device(device_type, asset_code, limits_of(category, asset_code))
         _reach_back(conn, scene, since, settings.lookback_s)
+        # whose detections or deadline a judgement may end: the rest need no statement of
+        # their own when their readings show nothing (most devices of a partition, most runs)
+        active, waiting = (
+            {
+                r[0]
+                for r in conn.execute(
+                    f"select device_id from {table} where scene = %s and device_id = any(%s)"
+                    + (" and cleared_at is null" if table == "detections" else ""),
+                    (scene.name, sorted(since)),
+                ).fetchall()
+            }
+            for table in ("detections", "scene_deadlines")
+        )
         detections = cases_opened = 0
         for device_id, judgement in scene.judge_all(conn, since, known, settings, now):
             kept = []
@@ -216,8 +229,10 @@ def _run(
                 kept.append(detection_id)
                 detections += 1
                 cases_opened += opened
-            _clear_superseded(conn, scene, device_id, kept)
-            _keep_deadline(conn, scene.name, device_id, judgement.due_at)
+            if device_id in active:
+                _clear_superseded(conn, scene, device_id, kept)
+            if judgement.due_at is not None or device_id in waiting:
+                _keep_deadline(conn, scene.name, device_id, judgement.due_at)
         _merge_explained(conn, scene, catalog, settings, district)
         if scene.tally is not None:
             limits = scene.thresholds(settings)
@@ -452,19 +467,21 @@ def _judge_health(
         "and r.ts <= to_timestamp(w.start_s))"
         for table in _READINGS
     )
+    # each device's messages from its start only (by its (device_id, ts) indexes), not its
+    # whole history: on a hypertable, chunks before the start are never opened
     messages = " union all ".join(
-        f"select device_id, ts, {'battery_pct' if table == 'manhole_readings' else 'null'} "
-        f"as battery_pct from {table} where device_id = any(%(devices)s)"
+        f"select ts, {'battery_pct' if table == 'manhole_readings' else 'null'} as battery_pct "
+        f"from {table} where device_id = f.device_id and ts >= f.start_ts"
         for table in _READINGS
     )
     rows = conn.execute(
         "with w as (select * from unnest(%(devices)s::text[], %(starts)s::float8[]) "
         "as w(device_id, start_s)), "
         f"f as (select w.device_id, coalesce(greatest({last_before}), '-infinity') as start_ts "
-        f"from w), m as ({messages}) "
-        "select m.device_id, extract(epoch from m.ts)::float8, m.battery_pct::float8 "
-        "from f join m on m.device_id = f.device_id and m.ts >= f.start_ts "
-        "order by m.device_id, m.ts",
+        "from w) "
+        "select f.device_id, extract(epoch from m.ts)::float8, m.battery_pct::float8 "
+        f"from f cross join lateral ({messages}) m "
+        "order by f.device_id, m.ts",
         {"devices": devices, "starts": starts},
     ).fetchall()
     # the batches from a flooding window before each start: a window's count is whole from it

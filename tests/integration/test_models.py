@@ -240,3 +240,37 @@ def test_the_cli_trains_lists_shows_activates_and_retires(month: Month) -> None:
     unknown = cityops(month.url, "models", "train", "--type", "gateway", "--since", "30d")
     assert unknown.returncode == 2
     assert "no model for device type 'gateway'" in unknown.stderr
+
+
+def test_scenes_run_once_scores_with_the_active_models(month: Month) -> None:
+    with psycopg.connect(month.url) as conn:
+        for device_type in TYPES:
+            info = registry.train(conn, TrainingPlan(device_type, START, END))
+            registry.activate(conn, info.model_id)
+        conn.commit()
+    env = {
+        **os.environ,
+        "CITYOPS_DATABASE_URL": month.url,
+        # the month is weeks ago: score all of it
+        "CITYOPS_SCENES_ANOMALY_BACKFILL_H": str(24 * 120),
+        "CITYOPS_CASES_CATALOG": str(ROOT / "config" / "categories.toml"),
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "cityops", "scenes", "run", "--once"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "anomalies d" in done.stdout
+        with psycopg.connect(month.url) as conn:
+            flagged = {d for d, _, _ in detections(conn, scene_is_models=True)}
+    finally:
+        with psycopg.connect(month.url) as conn:
+            conn.execute("delete from detections where scene = 'anomalies'")
+            conn.execute("delete from scene_watermarks where scene = 'anomalies'")
+            conn.execute("update models set state = 'retired'")
+    assert {f.subject for f in month.faults} <= flagged
