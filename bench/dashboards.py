@@ -116,7 +116,8 @@ def fill(conn: psycopg.Connection, devices: int, days: int, start: datetime) -> 
                    'street_lamp', 'd' || mod(n, {DISTRICTS}) || '-power',
                    41.7 + random() * 0.2, 123.3 + random() * 0.3,
                    'd' || mod(n, {DISTRICTS}) || '-s0',
-                   jsonb_build_object('cabinet_id', 'cab-' || n / 30, 'rated_power_w', 120)
+                   jsonb_build_object('cabinet_id', 'cab-' || mod(n, {DISTRICTS}) || '-' || n / 300,
+                                      'rated_power_w', 120)
             from generate_series(1, %(lamps)s) n;
         insert into devices (device_id, type, asset_code)
             select 'mh-' || n, 'manhole',
@@ -125,7 +126,7 @@ def fill(conn: psycopg.Connection, devices: int, days: int, start: datetime) -> 
         insert into devices (device_id, type, asset_code, gateway_id)
             select 'lp-' || n, 'light',
                    {DIVISION} || '0201' || lpad(n::text, 6, '0'),
-                   'cab-' || n / 30
+                   'cab-' || mod(n, {DISTRICTS}) || '-' || n / 300
             from generate_series(1, %(lamps)s) n;
         insert into devices (device_id, type, region_id)
             select 'sw-' || n, 'sweeper', 'd' || mod(n, {DISTRICTS})

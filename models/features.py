@@ -12,7 +12,7 @@ A window with fewer than ``min_hours`` hours of data gives NaN features: it is n
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
@@ -32,7 +32,8 @@ class Kind:
 
     ``hours_sql`` selects (device_id, hour as epoch seconds, *columns) for the devices in
     ``%(devices)s`` and the hours in [``%(since)s``, ``%(until)s``) (timestamptz), ordered by
-    device and hour; ``groups_sql`` selects (device_id, group) for ``%(devices)s``.
+    device and hour (in any order); ``groups_sql`` selects (device_id, group) of every device
+    of the type.
     ``window`` turns the hours of the windows, an array (devices, windows, hours, columns), into
     their features (devices, windows, features) without peer features.
     """
@@ -141,14 +142,13 @@ KINDS: Final = {
             ),
             "select device_id, extract(epoch from bucket)::float8, tilt_max_deg::float8, "
             "water_max_cm::float8, battery_min_pct::float8 from manhole_hourly "
-            "where device_id = any(%(devices)s) and bucket >= %(since)s and bucket < %(until)s "
-            "order by 1, 2",
+            "where device_id = any(%(devices)s) and bucket >= %(since)s and bucket < %(until)s",
             # a cover's street: its component's grid's parent (or its region itself)
             "select d.device_id, coalesce(case when g.level = 'grid' then g.parent_id "
             "else g.region_id end, '') from devices d "
             "left join assets a on a.code = d.asset_code "
             "left join regions g on g.region_id = coalesce(a.region_id, d.region_id) "
-            "where d.device_id = any(%(devices)s)",
+            "where d.type = 'manhole'",
             _cover_windows,
             (0.1, 0.05, 1.0, 0.3, 0.05, 1.0, 0.3),
             peer_only=("water_level_cm",),
@@ -167,10 +167,9 @@ KINDS: Final = {
             "join devices d on d.device_id = h.device_id "
             "left join assets a on a.code = d.asset_code "
             "where h.device_id = any(%(devices)s) and h.bucket >= %(since)s "
-            "and h.bucket < %(until)s order by 1, 2",
+            "and h.bucket < %(until)s",
             "select d.device_id, coalesce(a.properties ->> 'cabinet_id', d.gateway_id, '') "
-            "from devices d left join assets a on a.code = d.asset_code "
-            "where d.device_id = any(%(devices)s)",
+            "from devices d left join assets a on a.code = d.asset_code where d.type = 'light'",
             _lamp_windows,
             (0.01, 0.01, 0.01, 0.02),
             peer_only=("on_share",),
@@ -198,10 +197,8 @@ KINDS: Final = {
             "coalesce(sum(f.dt) filter (where f.dt <= 60), 0), "
             "coalesce(sum(f.dt) filter (where f.dt <= 60 and f.dt > 1.5 * u.dt), 0) "
             "from f left join usual u on u.device_id = f.device_id and u.hour = f.hour "
-            "group by 1, 2 order by 1, 2",
-            "select d.device_id, coalesce(dd.district, '') from devices d "
-            "join device_districts dd on dd.device_id = d.device_id "
-            "where d.device_id = any(%(devices)s)",
+            "group by 1, 2",
+            "select device_id, district from device_districts where type = 'sweeper'",
             _sweeper_windows,
             (0.2, 0.1, 0.02, 0.2),
             min_hours=1,
@@ -225,29 +222,41 @@ def hour_marks(since: float, until: float) -> Floats:
     return np.arange(first, np.floor(until / HOUR_S) * HOUR_S + 1, HOUR_S)
 
 
+def peer_groups(conn: psycopg.Connection, kind: Kind, devices: Sequence[str]) -> dict[str, str]:
+    """The group of each of ``devices`` and of every other device in one of their groups."""
+    rows = conn.execute(
+        f"with g (device_id, grp) as ({kind.groups_sql}) select device_id, grp from g "
+        "where grp in (select grp from g where device_id = any(%(devices)s))",
+        {"devices": list(devices)},
+    ).fetchall()
+    return dict(rows)
+
+
 def compute(
     conn: psycopg.Connection,
     kind: Kind,
-    devices: Sequence[str],
+    groups: Mapping[str, str],
     ends: Floats,
     window_h: int,
 ) -> Windows:
-    """The features of ``devices`` for the windows of ``window_h`` hours ending at ``ends``.
+    """The features of the devices of ``groups`` (device: its peer group) for the windows.
 
-    ``ends`` are hour marks, ascending. Peer features compare each device with the median of
-    its group among ``devices`` (a group of one compares with itself).
+    Each window is the ``window_h`` hours before one of ``ends`` (hour marks, ascending). Peer
+    features compare each device with the median of its group among them (a group of one
+    compares with itself).
     """
-    devices = sorted(devices)
+    devices = sorted(groups)
     if not devices or len(ends) == 0:
         return Windows(devices, ends, np.empty((len(devices), len(ends), len(kind.features))))
     first = float(ends[0]) - window_h * HOUR_S
     span = round((float(ends[-1]) - first) / HOUR_S)
     grid = np.full((len(devices), span, len(kind.columns)), np.nan)
     index = {d: i for i, d in enumerate(devices)}
-    rows = conn.execute(
-        kind.hours_sql,
-        {"devices": devices, "since": _at(first), "until": _at(float(ends[-1]))},
-    ).fetchall()
+    rows = (
+        conn.cursor(binary=True)  # floats as they are, not parsed from text
+        .execute(kind.hours_sql, {"devices": devices, "since": _at(first), "until": _at(ends[-1])})
+        .fetchall()
+    )
     if rows:
         table = np.array([r[1:] for r in rows], dtype=np.float64)
         which = np.array([index[r[0]] for r in rows])
@@ -259,7 +268,6 @@ def compute(
     hours = grid[:, take, :]
     own = kind.window(hours)
     own[~_enough(hours, kind.min_hours)] = np.nan
-    groups: dict[str, str] = dict(conn.execute(kind.groups_sql, {"devices": devices}).fetchall())
     peer = _peer(
         own, [groups.get(d, "") for d in devices], [kind.own.index(f) for _, f in kind.peer]
     )
@@ -269,14 +277,26 @@ def compute(
 
 def _peer(own: Floats, groups: list[str], columns: list[int]) -> Floats:
     """Each device's features ``columns`` less its group's median in the same window."""
-    out = np.full((*own.shape[:2], len(columns)), np.nan)
-    members: dict[str, list[int]] = {}
-    for i, group in enumerate(groups):
-        members.setdefault(group, []).append(i)
-    for rows in members.values():
-        block = own[rows][:, :, columns]
-        out[rows] = block - nanmedian(block, axis=0)[None, :, :]
+    names = sorted(set(groups))
+    group = np.searchsorted(names, groups)
+    block = own[:, :, columns]
+    out = np.empty_like(block)
+    for w in range(block.shape[1]):
+        for c in range(block.shape[2]):
+            out[:, w, c] = block[:, w, c] - group_median(block[:, w, c], group, len(names))
     return out
+
+
+def group_median(values: Floats, group: npt.NDArray[np.intp], groups: int) -> Floats:
+    """Each value's group's median, ignoring NaN (NaN for a group of NaN only)."""
+    order = np.lexsort((values, group))  # by group, then value: NaN last in each group
+    starts = np.searchsorted(group[order], np.arange(groups))
+    counts = np.bincount(group[~np.isnan(values)], minlength=groups)
+    low = np.minimum(starts + (counts - 1) // 2, len(values) - 1)
+    high = np.minimum(starts + counts // 2, len(values) - 1)
+    ranked = values[order]
+    median = np.where(counts > 0, (ranked[low] + ranked[high]) / 2, np.nan)
+    return np.asarray(median[group])
 
 
 def nanmedian(values: Floats, axis: int) -> Floats:
@@ -287,4 +307,4 @@ def nanmedian(values: Floats, axis: int) -> Floats:
 
 
 def _at(epoch_s: float) -> datetime:
-    return datetime.fromtimestamp(epoch_s, tz=UTC)
+    return datetime.fromtimestamp(float(epoch_s), tz=UTC)

@@ -116,10 +116,10 @@ def train(conn: psycopg.Connection, plan: TrainingPlan) -> ModelInfo:
         msg = f"no model for device type {plan.device_type!r}; one of: {', '.join(KINDS)}"
         raise ModelError(msg)
     began = time.perf_counter()
-    devices = _sample(conn, kind, plan)
+    groups = _sample(conn, kind, plan)
     ends = hour_marks(plan.since + plan.window_h * HOUR_S, plan.until)[:: plan.stride_h]
     split = plan.until - plan.holdout * (plan.until - plan.since)
-    windows = compute(conn, kind, devices, ends, plan.window_h)
+    windows = compute(conn, kind, groups, ends, plan.window_h)
     values = windows.values.reshape(-1, len(kind.features))
     at = np.broadcast_to(windows.ends[None, :], windows.values.shape[:2]).reshape(-1)
     subject = np.repeat(np.arange(len(windows.devices)), len(windows.ends))
@@ -178,25 +178,20 @@ def train(conn: psycopg.Connection, plan: TrainingPlan) -> ModelInfo:
     return _info(row)
 
 
-def _sample(conn: psycopg.Connection, kind: Kind, plan: TrainingPlan) -> list[str]:
-    """The type's devices; beyond ``max_devices``, a sample of whole peer groups (seeded)."""
-    devices = [
-        r[0]
-        for r in conn.execute(
-            "select device_id from devices where type = %s order by 1", (kind.device_type,)
-        ).fetchall()
-    ]
-    if len(devices) <= plan.max_devices:
-        return devices
+def _sample(conn: psycopg.Connection, kind: Kind, plan: TrainingPlan) -> dict[str, str]:
+    """The type's devices and their peer groups; beyond ``max_devices``, whole groups (seeded)."""
+    groups: dict[str, str] = dict(conn.execute(kind.groups_sql).fetchall())
+    if len(groups) <= plan.max_devices:
+        return groups
     members: dict[str, list[str]] = {}
-    for device_id, group in conn.execute(kind.groups_sql, {"devices": devices}).fetchall():
+    for device_id, group in sorted(groups.items()):
         members.setdefault(group, []).append(device_id)
-    chosen: list[str] = []
+    chosen: dict[str, str] = {}
     for g in np.random.default_rng(plan.seed).permutation(sorted(members)):
         if len(chosen) >= plan.max_devices:
             break
-        chosen += members[str(g)]
-    return sorted(chosen)
+        chosen.update(dict.fromkeys(members[str(g)], str(g)))
+    return chosen
 
 
 def _round(value: float) -> float:

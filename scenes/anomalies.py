@@ -21,7 +21,7 @@ import psycopg
 
 from models import registry
 from models.detectors import drivers
-from models.features import HOUR_S, KINDS, Floats, compute, hour_marks
+from models.features import HOUR_S, KINDS, Floats, compute, hour_marks, peer_groups
 from scenes.episodes import Device, Judgement, runs
 from scenes.settings import AnomalyThresholds, ScenesSettings
 
@@ -61,9 +61,9 @@ def judge_all(
         if row and row[0] is not None:
             earliest = min(earliest, row[0])
         ends = hour_marks(earliest, now)
-        windows = compute(
-            conn, model.kind, _with_peers(conn, model, judged), ends, model.info.window_h
-        )
+        # the devices' peer groups are scored with them: peer features compare whole groups
+        groups = {**dict.fromkeys(judged, ""), **peer_groups(conn, model.kind, judged)}
+        windows = compute(conn, model.kind, groups, ends, model.info.window_h)
         scores = _scores(model, windows.values)
         wanted = set(judged)
         for i, device_id in enumerate(windows.devices):
@@ -75,21 +75,6 @@ def judge_all(
 def _limits(device: Device) -> AnomalyThresholds:
     limits: AnomalyThresholds = device.limits
     return limits
-
-
-def _with_peers(conn: psycopg.Connection, model: registry.Model, devices: list[str]) -> list[str]:
-    """``devices`` and the other devices of their peer groups (of the same type)."""
-    everyone = [
-        r[0]
-        for r in conn.execute(
-            "select device_id from devices where type = %s", (model.kind.device_type,)
-        ).fetchall()
-    ]
-    groups: dict[str, str] = dict(
-        conn.execute(model.kind.groups_sql, {"devices": everyone}).fetchall()
-    )
-    touched = {groups.get(d, "") for d in devices}
-    return sorted({*devices, *(d for d, g in groups.items() if g in touched)})
 
 
 def _scores(model: registry.Model, values: Floats) -> Floats:

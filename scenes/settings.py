@@ -267,11 +267,11 @@ class AnomalyThresholds(Tunable):
             "component category or a component may opt out."
         ),
     )
-    threshold: float | None = Field(
-        default=None,
-        gt=0,
+    threshold: float = Field(
+        default=0.0,
+        ge=0,
         description=(
-            "A window scoring this or more is anomalous; unset: the model's own threshold, "
+            "A window scoring this or more is anomalous; 0: the model's own threshold, "
             "chosen when it was trained (`cityops models show`)."
         ),
     )

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,12 +34,14 @@ from simulator.fleet import RunOptions, simulate
 from simulator.scenario import SUBTLE_KINDS, Fault, Scenario
 from store import db, rollups
 from store.settings import DatabaseSettings
-from tests.plugin import create_database, drop_database
+from tests.plugin import create_database, drop_database, running_scenes, store_tilts, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog(ROOT / "config" / "categories.toml")
-START = datetime(2026, 9, 30, 16, tzinfo=UTC).timestamp()  # local midnight, 1 October
 DAYS = 30
+#: The month before yesterday, from local midnight (the city's UTC+8): recent, so that the
+#: service scores it all within scenes.anomaly_backfill_h's bounds.
+START = (time.time() + 8 * 3600) // 86_400 * 86_400 - 8 * 3600 - (DAYS + 1) * 86_400
 END = START + DAYS * 86_400
 SETTINGS = ScenesSettings(anomaly_backfill_h=DAYS * 24)
 TYPES = ("manhole", "light", "sweeper")
@@ -159,10 +162,8 @@ def test_training_is_reproducible(month: Month) -> None:
             k: v for k, v in second.validation.items() if k not in drop
         }
         kind = KINDS["manhole"]
-        devices = [
-            r[0] for r in conn.execute("select device_id from devices where type = 'manhole'")
-        ]
-        windows = compute(conn, kind, devices, hour_marks(END - 5 * 86_400, END), 24)
+        groups = dict(conn.execute(kind.groups_sql).fetchall())
+        windows = compute(conn, kind, groups, hour_marks(END - 5 * 86_400, END), 24)
         values = windows.values.reshape(-1, len(kind.features))
         values = values[~np.isnan(values).any(axis=1)]
         scores = [registry.load(conn, m).detector.score(values) for m in (first, second, other)]
@@ -175,7 +176,7 @@ def test_a_tampered_model_file_is_refused(month: Month) -> None:
     with psycopg.connect(month.url) as conn:
         info = registry.train(conn, TrainingPlan("light", START, END))
         conn.execute(
-            "update models set file = overlay(file placing '\\x00'::bytea from 200 for 1) "
+            "update models set file = set_byte(file, 200, (get_byte(file, 200) + 1) %% 256) "
             "where model_id = %s",
             (info.model_id,),
         )
@@ -251,8 +252,8 @@ def test_scenes_run_once_scores_with_the_active_models(month: Month) -> None:
     env = {
         **os.environ,
         "CITYOPS_DATABASE_URL": month.url,
-        # the month is weeks ago: score all of it
-        "CITYOPS_SCENES_ANOMALY_BACKFILL_H": str(24 * 120),
+        # the month ended yesterday: score all of it
+        "CITYOPS_SCENES_ANOMALY_BACKFILL_H": str(24 * (DAYS + 2)),
         "CITYOPS_CASES_CATALOG": str(ROOT / "config" / "categories.toml"),
     }
     try:
@@ -274,3 +275,40 @@ def test_scenes_run_once_scores_with_the_active_models(month: Month) -> None:
             conn.execute("delete from scene_watermarks where scene = 'anomalies'")
             conn.execute("update models set state = 'retired'")
     assert {f.subject for f in month.faults} <= flagged
+
+
+def test_the_scenes_service_scores_on_its_own_task_beside_the_alarm_path(
+    month: Month, broker_url: str, tmp_path: Path
+) -> None:
+    # last in the module: the service also judges every device offline since the month ended
+    with psycopg.connect(month.url) as conn:
+        for device_type in TYPES:
+            info = registry.train(conn, TrainingPlan(device_type, START, END))
+            registry.activate(conn, info.model_id)
+        conn.commit()
+        faulty = {f.subject for f in month.faults}
+        cover, asset = conn.execute(
+            "select device_id, asset_code from devices where type = 'manhole' "
+            "and not device_id = any(%s) order by device_id limit 1",
+            (sorted(faulty),),
+        ).fetchone()
+    backfill = {"CITYOPS_SCENES_ANOMALY_BACKFILL_H": str(24 * (DAYS + 2))}
+    with (
+        running_scenes(month.url, broker_url, tmp_path / "scenes.log", **backfill),
+        psycopg.connect(month.url, autocommit=True) as conn,
+    ):
+        # a cover tilts now: the rule scenes open its case while the models score the month
+        now = time.time()
+        store_tilts(month.url, cover, [(now - 20, 25.0), (now - 10, 25.0), (now, 25.0)])
+        wait_for(
+            lambda: conn.execute(
+                "select 1 from cases where subject = %s and category = 'cover_displaced'",
+                (asset,),
+            ).fetchone(),
+            what="the tilted cover's case",
+        )
+        wait_for(
+            lambda: {d for d, _, _ in detections(conn, scene_is_models=True)} >= faulty,
+            timeout_s=120,
+            what="the models' detections of every faulty device",
+        )
