@@ -1,8 +1,9 @@
 """The anomalies scene: each device type's active model scores its devices' windows.
 
 A window is the model's ``window_h`` hours (24) before an hour mark; every hour mark since the
-device's readings changed (and back over any anomaly still going on) is scored, up to the last
-hour mark before ``now``. Consecutive windows scoring at or above the threshold are one
+device's readings changed is scored (at most ``scenes.anomaly_backfill_h`` back; an episode an
+earlier run found keeps its first seen), up to the last hour mark before ``now``. Consecutive
+windows scoring at or above the threshold are one
 ``anomalous_behaviour`` episode: first seen at the end of its first window, cleared at the end
 of the first window scored normal again. Its evidence names the model, the peak score and the
 features that drove it. Peers (a cover's street, a lamp's cabinet, a sweeper's district) are
@@ -12,6 +13,7 @@ scored with the devices so that peer features compare whole groups.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Final
@@ -19,7 +21,7 @@ from typing import Final
 import numpy as np
 import psycopg
 
-from models import registry
+from models import ModelError, ModelFileError, registry
 from models.detectors import drivers
 from models.features import HOUR_S, KINDS, Floats, compute, hour_marks, peer_groups
 from scenes.episodes import Device, Judgement, runs
@@ -28,6 +30,8 @@ from scenes.settings import AnomalyThresholds, ScenesSettings
 ANOMALOUS: Final = "anomalous_behaviour"
 DEVICE_TYPES: Final = tuple(KINDS)
 READINGS: Final = ("manhole_readings", "light_readings", "sweeper_readings")
+
+logger = logging.getLogger(__name__)
 
 
 def judge_all(
@@ -42,25 +46,34 @@ def judge_all(
     for device_id in sorted(since):
         by_type.setdefault(known[device_id].type, []).append(device_id)
     for device_type, devices in sorted(by_type.items()):
-        model = registry.active(conn, device_type)
+        try:
+            model = registry.active(conn, device_type)
+        except (ModelError, ModelFileError) as exc:  # the other types are still scored
+            logger.warning("%s devices not scored: %s", device_type, exc)
+            model = None
         judged = [d for d in devices if model is not None and _limits(known[d]).enabled]
         for device_id in sorted(set(devices) - set(judged)):
             yield device_id, Judgement()
         if model is None or not judged:
             continue
+        # never further back than the backfill (the engine reaches back to the start of a
+        # detection it may continue: that start is kept, below, not scored again)
         earliest = max(
             min(since[d] for d in judged).timestamp() - settings.lookback_s,
             now - settings.anomaly_backfill_h * HOUR_S,
         )
-        # an anomaly going on is scored from its start again: its first seen stays its own
-        row = conn.execute(
-            "select extract(epoch from min(first_seen))::float8 from detections "
-            "where scene = 'anomalies' and cleared_at is null and device_id = any(%s)",
-            (judged,),
-        ).fetchone()
-        if row and row[0] is not None:
-            earliest = min(earliest, row[0])
         ends = hour_marks(earliest, now)
+        if len(ends) == 0:
+            continue
+        # a detection that spans the first window began before it: an episode there goes on
+        begun: dict[str, float] = dict(
+            conn.execute(
+                "select device_id, extract(epoch from min(first_seen))::float8 from detections "
+                "where scene = 'anomalies' and device_id = any(%s) and first_seen < %s "
+                "and coalesce(cleared_at, 'infinity') >= %s group by device_id",
+                (judged, _at(ends[0]), _at(ends[0])),
+            ).fetchall()
+        )
         # the devices' peer groups are scored with them: peer features compare whole groups
         groups = {**dict.fromkeys(judged, ""), **peer_groups(conn, model.kind, judged)}
         windows = compute(conn, model.kind, groups, ends, model.info.window_h)
@@ -69,7 +82,21 @@ def judge_all(
         for i, device_id in enumerate(windows.devices):
             if device_id in wanted:
                 threshold = _limits(known[device_id]).threshold or model.info.threshold
-                yield device_id, _judge(model, windows.values[i], ends, scores[i], threshold)
+                yield (
+                    device_id,
+                    _judge(
+                        model,
+                        windows.values[i],
+                        ends,
+                        scores[i],
+                        threshold=threshold,
+                        begun=begun.get(device_id),
+                    ),
+                )
+
+
+def _at(epoch_s: float) -> datetime:
+    return datetime.fromtimestamp(float(epoch_s), tz=UTC)
 
 
 def _limits(device: Device) -> AnomalyThresholds:
@@ -88,11 +115,22 @@ def _scores(model: registry.Model, values: Floats) -> Floats:
 
 
 def _judge(
-    model: registry.Model, values: Floats, ends: Floats, scores: Floats, threshold: float
+    model: registry.Model,
+    values: Floats,
+    ends: Floats,
+    scores: Floats,
+    *,
+    threshold: float,
+    begun: float | None,
 ) -> Judgement:
-    """The episodes of one device's windows (``values``: windows x features; their scores)."""
+    """The episodes of one device's windows (``values``: windows x features; their scores).
+
+    ``begun``: when the detection that spans the first window began (an earlier run found it),
+    the first seen of an episode found at the first scored window.
+    """
     if not (scores >= threshold).any():
         return Judgement()
+    first_scored = ends[~np.isnan(scores)][0]
     episodes = []
     for episode in runs(ends, scores, scores >= threshold, ANOMALOUS):
         first, last = np.searchsorted(ends, (episode.first_seen, episode.last_seen))
@@ -103,8 +141,10 @@ def _judge(
             "score": round(float(scores[peak]), 3),
             "threshold": threshold,
             "window_h": model.info.window_h,
-            "window_end": datetime.fromtimestamp(float(ends[peak]), tz=UTC).isoformat(),
+            "window_end": _at(ends[peak]).isoformat(),
             "features": drivers(model.detector, model.kind.features, values[peak]),
         }
-        episodes.append(dataclasses.replace(episode, detail=detail))
+        going_on = begun is not None and episode.first_seen == first_scored
+        first_seen = begun if going_on and begun is not None else episode.first_seen
+        episodes.append(dataclasses.replace(episode, first_seen=first_seen, detail=detail))
     return Judgement(episodes)

@@ -554,7 +554,8 @@ def _sweeper(
     truths: list[Fault] = []
     while night.duration_s > 0:
         shift_start, shift_end = _shift(night)
-        night_end = min(end, shift_start + 86_400)
+        # to the next local midnight: every night of a run sweeps from midnight
+        night_end = min(end, shift_end - _SHIFT_H * 3600 + 86_400)
         night = replace(night, duration_s=night_end - night.start)
         driver.here, driver.o = None, night
         driver.t = shift_start + float(rng.uniform(0, 120))

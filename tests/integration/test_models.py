@@ -149,6 +149,33 @@ def test_models_flag_the_faulty_devices_and_few_others(month: Month) -> None:
     assert abs(top["z"]) >= evidence["threshold"]  # the robust detector: its score is that z
 
 
+def test_a_long_anomaly_scored_again_from_the_backfill_keeps_its_first_seen(month: Month) -> None:
+    with psycopg.connect(month.url) as conn:
+        for device_type in TYPES:
+            info = registry.train(conn, TrainingPlan(device_type, START, END))
+            registry.activate(conn, info.model_id)
+        conn.commit()
+        try:
+            run_once(conn, SETTINGS, CATALOG, now=END, scenes=(ANOMALIES,))
+            found = sorted(detections(conn, scene_is_models=True))
+            # the backfill's edge inside the longest detection: its start is not scored again
+            device, first, cleared = max(found, key=lambda d: (d[2] or END) - d[1])
+            edge = (first + (cleared or END)) / 2
+            assert (cleared or END) - first > 2 * 3600  # long enough to cut
+            conn.execute("delete from scene_watermarks where scene = 'anomalies'")
+            conn.commit()
+            backfill = ScenesSettings(anomaly_backfill_h=int((END - edge) // 3600))
+            run_once(conn, backfill, CATALOG, now=END, scenes=(ANOMALIES,))
+            again = sorted(detections(conn, scene_is_models=True))
+        finally:
+            conn.execute("delete from detections where scene = 'anomalies'")
+            conn.execute("delete from scene_watermarks where scene = 'anomalies'")
+            conn.execute("update models set state = 'retired'")
+            conn.commit()
+    assert device in {d for d, _, _ in again}
+    assert [(d, f) for d, f, _ in again] == [(d, f) for d, f, _ in found]  # none new, none moved
+
+
 def test_training_is_reproducible(month: Month) -> None:
     with psycopg.connect(month.url) as conn:
         plan = TrainingPlan("manhole", START, END, detector="forest", seed=7)
