@@ -51,6 +51,7 @@ from devices.codes import CodeScheme  # noqa: E402
 from devices.registry import import_bundle  # noqa: E402
 from models import TrainingPlan, registry  # noqa: E402
 from models.detectors import DETECTORS  # noqa: E402
+from scenes.anomalies import ANOMALOUS  # noqa: E402
 from scenes.engine import ANOMALIES, COVERS, SCENES, run_once  # noqa: E402
 from scenes.score import Interval, score, stored_detections  # noqa: E402
 from scenes.settings import ScenesSettings  # noqa: E402
@@ -64,7 +65,6 @@ START = datetime(2026, 9, 30, 16, tzinfo=UTC).timestamp()  # local midnight, 1 O
 CATALOG = load_catalog(ROOT / "config" / "categories.toml")
 #: A detection may begin this long after its fault ended and still be its (a 24 h window).
 ALLOWED_DELAY_S = 86_400.0
-ANOMALOUS = "anomalous_behaviour"
 
 
 def fresh_database(server: str, name: str) -> str:

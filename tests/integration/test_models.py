@@ -80,6 +80,22 @@ def month(server_url: str) -> Iterator[Month]:
         drop_database(server_url, url)
 
 
+def activate_models(conn: psycopg.Connection) -> None:
+    """A robust model of each type trained on the month and activated (committed)."""
+    for device_type in TYPES:
+        info = registry.train(conn, TrainingPlan(device_type, START, END))
+        registry.activate(conn, info.model_id)
+    conn.commit()
+
+
+def forget_models(conn: psycopg.Connection) -> None:
+    """No model active and nothing the models found: the next test starts over (committed)."""
+    conn.execute("delete from detections where scene = 'anomalies'")
+    conn.execute("delete from scene_watermarks where scene = 'anomalies'")
+    conn.execute("update models set state = 'retired'")
+    conn.commit()
+
+
 def overlaps(first: float, cleared: float | None, fault: Fault, slack_s: float) -> bool:
     return first <= fault.end + slack_s and fault.start <= (cleared or float("inf"))
 
@@ -111,10 +127,7 @@ def test_the_month_holds_every_subtle_fault_and_the_rules_miss_them(month: Month
 
 def test_models_flag_the_faulty_devices_and_few_others(month: Month) -> None:
     with psycopg.connect(month.url) as conn:
-        for device_type in TYPES:
-            info = registry.train(conn, TrainingPlan(device_type, START, END))
-            registry.activate(conn, info.model_id)
-        conn.commit()
+        activate_models(conn)
         try:
             results = run_once(conn, SETTINGS, CATALOG, now=END, scenes=(ANOMALIES,))
             found = detections(conn, scene_is_models=True)
@@ -123,10 +136,7 @@ def test_models_flag_the_faulty_devices_and_few_others(month: Month) -> None:
                 "join cases c on c.case_id = x.case_id where x.scene = 'anomalies'"
             ).fetchall()
         finally:
-            conn.execute("delete from detections where scene = 'anomalies'")
-            conn.execute("delete from scene_watermarks where scene = 'anomalies'")
-            conn.execute("update models set state = 'retired'")
-            conn.commit()
+            forget_models(conn)
     assert sum(r.devices for r in results) == 60 + 40 + 4  # every cover, lamp and sweeper
     faulty = {f.subject for f in month.faults}
     flagged = {d for d, _, _ in found}
@@ -151,10 +161,7 @@ def test_models_flag_the_faulty_devices_and_few_others(month: Month) -> None:
 
 def test_a_long_anomaly_scored_again_from_the_backfill_keeps_its_first_seen(month: Month) -> None:
     with psycopg.connect(month.url) as conn:
-        for device_type in TYPES:
-            info = registry.train(conn, TrainingPlan(device_type, START, END))
-            registry.activate(conn, info.model_id)
-        conn.commit()
+        activate_models(conn)
         try:
             run_once(conn, SETTINGS, CATALOG, now=END, scenes=(ANOMALIES,))
             found = sorted(detections(conn, scene_is_models=True))
@@ -168,10 +175,7 @@ def test_a_long_anomaly_scored_again_from_the_backfill_keeps_its_first_seen(mont
             run_once(conn, backfill, CATALOG, now=END, scenes=(ANOMALIES,))
             again = sorted(detections(conn, scene_is_models=True))
         finally:
-            conn.execute("delete from detections where scene = 'anomalies'")
-            conn.execute("delete from scene_watermarks where scene = 'anomalies'")
-            conn.execute("update models set state = 'retired'")
-            conn.commit()
+            forget_models(conn)
     assert device in {d for d, _, _ in again}
     assert [(d, f) for d, f, _ in again] == [(d, f) for d, f, _ in found]  # none new, none moved
 
@@ -272,10 +276,7 @@ def test_the_cli_trains_lists_shows_activates_and_retires(month: Month) -> None:
 
 def test_scenes_run_once_scores_with_the_active_models(month: Month) -> None:
     with psycopg.connect(month.url) as conn:
-        for device_type in TYPES:
-            info = registry.train(conn, TrainingPlan(device_type, START, END))
-            registry.activate(conn, info.model_id)
-        conn.commit()
+        activate_models(conn)
     env = {
         **os.environ,
         "CITYOPS_DATABASE_URL": month.url,
@@ -298,9 +299,7 @@ def test_scenes_run_once_scores_with_the_active_models(month: Month) -> None:
             flagged = {d for d, _, _ in detections(conn, scene_is_models=True)}
     finally:
         with psycopg.connect(month.url) as conn:
-            conn.execute("delete from detections where scene = 'anomalies'")
-            conn.execute("delete from scene_watermarks where scene = 'anomalies'")
-            conn.execute("update models set state = 'retired'")
+            forget_models(conn)
     assert {f.subject for f in month.faults} <= flagged
 
 
@@ -309,10 +308,7 @@ def test_the_scenes_service_scores_on_its_own_task_beside_the_alarm_path(
 ) -> None:
     # last in the module: the service also judges every device offline since the month ended
     with psycopg.connect(month.url) as conn:
-        for device_type in TYPES:
-            info = registry.train(conn, TrainingPlan(device_type, START, END))
-            registry.activate(conn, info.model_id)
-        conn.commit()
+        activate_models(conn)
         faulty = {f.subject for f in month.faults}
         cover, asset = conn.execute(
             "select device_id, asset_code from devices where type = 'manhole' "
@@ -327,15 +323,20 @@ def test_the_scenes_service_scores_on_its_own_task_beside_the_alarm_path(
         # a cover tilts now: the rule scenes open its case while the models score the month
         now = time.time()
         store_tilts(month.url, cover, [(now - 20, 25.0), (now - 10, 25.0), (now, 25.0)])
-        wait_for(
+        case = wait_for(
             lambda: conn.execute(
-                "select 1 from cases where subject = %s and category = 'cover_displaced'",
+                "select state from cases where subject = %s and category = 'cover_displaced'",
                 (asset,),
             ).fetchone(),
             what="the tilted cover's case",
         )
-        wait_for(
-            lambda: {d for d, _, _ in detections(conn, scene_is_models=True)} >= faulty,
+        flagged = wait_for(
+            lambda: (
+                {d for d, _, _ in detections(conn, scene_is_models=True)} >= faulty
+                and {d for d, _, _ in detections(conn, scene_is_models=True)}
+            ),
             timeout_s=120,
             what="the models' detections of every faulty device",
         )
+    assert case == ("dispatched",)
+    assert flagged >= faulty
