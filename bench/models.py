@@ -136,7 +136,7 @@ def quality(args: argparse.Namespace) -> dict:
             ),
         )
         simulate_s = time.perf_counter() - began
-        devices = {d["device_id"]: d["type"] for d in city.devices}
+        devices = city.devices
         began = time.perf_counter()
         with psycopg.connect(url) as conn:
             stored = store_run(conn, run.publications, devices)

@@ -72,7 +72,7 @@ RATES = {
 CITY_DEVICES = 150_000
 
 
-def load(url: str, publications: list, devices: dict[str, str]) -> tuple[int, float]:
+def load(url: str, publications: list, devices: list[dict]) -> tuple[int, float]:
     """Store the run's messages as ingest would; return the readings stored and the seconds."""
     started = time.perf_counter()
     with psycopg.connect(url) as conn:
@@ -237,7 +237,7 @@ def main() -> None:
         t = time.perf_counter()
         run = simulate(city, Scenario(rates=RATES), RunOptions(start=START, duration_s=duration_s))
         simulate_s = time.perf_counter() - t
-        devices = {d["device_id"]: d["type"] for d in city.devices}
+        devices = city.devices
         stored, load_s = load(url, run.publications, devices)
         print(
             f"city of {args.covers} covers, {len(run.faults)} faults; simulated "

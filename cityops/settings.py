@@ -23,7 +23,7 @@ from pydantic_settings import (
 )
 
 from cases.settings import CasesSettings
-from devices.settings import RegistrySettings
+from devices.settings import BrokerSettings, RegistrySettings
 from ingest.settings import IngestSettings
 from scenes.settings import ScenesSettings
 from sections import Section
@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     ingest: IngestSettings = IngestSettings()
     registry: RegistrySettings = RegistrySettings()
+    broker: BrokerSettings = BrokerSettings()
     cases: CasesSettings = CasesSettings()
     scenes: ScenesSettings = ScenesSettings()
     metrics: MetricsSettings = MetricsSettings()

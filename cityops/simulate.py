@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import psycopg
 import typer
@@ -16,6 +16,7 @@ from paho.mqtt.enums import MQTTProtocolVersion
 
 import roadmaps
 from cityops.terminal import ConfigOption, fail, out, settings_from, stop_on_signals
+from devices.changes import registrations
 from ingest.decode import DecodeLimits, Decoder
 from ingest.settings import IngestSettings
 from ingest.writer import BatchWriter, Message
@@ -39,16 +40,19 @@ _STORE_SPAN_US = 300_000_000
 
 
 def store_run(
-    conn: psycopg.Connection, publications: Sequence[Publication], device_types: dict[str, str]
+    conn: psycopg.Connection,
+    publications: Sequence[Publication],
+    devices: Iterable[Mapping[str, Any]],
 ) -> int:
     """Store a simulated run's messages as ingest would, without a broker; the readings stored.
 
-    Each message is decoded against ``device_types`` (device id: type) and written, change feed
-    included, by ingest's own ``BatchWriter``, received at its own simulated time, in committed
-    batches (benchmarks and tests that need days of a fleet in minutes).
+    Each message is decoded against ``devices`` (records with device_id, type, gateway_id) and
+    written, change feed included, by ingest's own ``BatchWriter``, received at its own
+    simulated time, in committed batches (for benchmarks and tests that need days of a fleet
+    in minutes).
     """
     limits = DecodeLimits.of(IngestSettings())
-    decoder = Decoder(limits=limits, device_type_of=device_types.get)
+    decoder = Decoder(limits=limits, registration_of=registrations(devices).get)
     writer = BatchWriter(conn, raw_max_bytes=limits.max_payload_bytes, last_seen_resolution_s=10.0)
     stored = 0
     batch: list[Message] = []

@@ -1,10 +1,13 @@
-"""The ``[registry]`` settings section."""
+"""The ``[registry]`` and ``[broker]`` settings sections."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from pydantic import Field, field_validator
 
 from devices.codes import CodeScheme
+from devices.credentials import DEFAULT_ITERATIONS
 from sections import Section
 
 
@@ -26,3 +29,50 @@ class RegistrySettings(Section):
     def scheme(self) -> CodeScheme:
         """The parsed code scheme."""
         return CodeScheme.parse(self.code_scheme)
+
+
+class BrokerSettings(Section):
+    """Who may connect to the broker: the files ``cityops broker sync`` keeps, and the CA."""
+
+    ca_dir: Path | None = Field(
+        default=None,
+        description="The deployment's CA (cityops pki init): device certificates and the CRL.",
+    )
+    password_file: Path | None = Field(
+        default=None, description="Mosquitto's password_file, written by cityops broker sync."
+    )
+    acl_file: Path | None = Field(
+        default=None, description="Mosquitto's acl_file, written by cityops broker sync."
+    )
+    crl_file: Path | None = Field(
+        default=None,
+        description="The device listener's crlfile: revoked certificates (needs ca_dir).",
+    )
+    pid_file: Path | None = Field(
+        default=None,
+        description=(
+            "Mosquitto's pid_file: a sync that changed a file sends the broker SIGHUP, which "
+            "reloads the files and disconnects every client they no longer admit."
+        ),
+    )
+    control_url: str | None = Field(
+        default=None,
+        description=(
+            "mqtt://control:PASSWORD@host:port of a listener without use_username_as_clientid: "
+            "the sync ends a revoked certificate's connection by taking over its client id "
+            "(a reload does not end TLS sessions). Empty: they stay until they reconnect."
+        ),
+    )
+    sync_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="broker sync --watch re-reads the registry this often (expiry), and at once "
+        "on every change it is notified of.",
+    )
+    password_iterations: int = Field(
+        default=DEFAULT_ITERATIONS,
+        ge=1,
+        le=1_000_000,
+        description="PBKDF2 iterations of new passwords (32 random bytes each; docs/security.md).",
+    )

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from devices.changes import Registration
 from wire.contract import (
     ID_PATTERN,
     READING_KINDS,
@@ -57,6 +58,8 @@ class Reason(StrEnum):
     BAD_TIMESTAMP = "bad_timestamp"
     FUTURE_TIMESTAMP = "future_timestamp"
     EMPTY_READING = "empty_reading"
+    NOT_GATEWAY_CHILD = "not_gateway_child"
+    RETIRED_DEVICE = "retired_device"
     REJECTED_BY_DATABASE = "rejected_by_database"
     DECODE_FAILED = "decode_failed"
 
@@ -75,7 +78,7 @@ class Decoded:
 
     rows: list[tuple[ReadingKind, tuple[Any, ...]]] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
-    new_devices: dict[str, str] = field(default_factory=dict)
+    new_devices: dict[str, Registration] = field(default_factory=dict)
     device_type: str = "unknown"
     own: bool = False  # published by cityops itself (cityops/v1/out/...): neither data nor bad
 
@@ -184,19 +187,25 @@ def _at(index: int | None, detail: str) -> str:
 
 
 class Decoder:
-    """Decodes messages against the contract and the device registry."""
+    """Decodes messages against the contract and the device registry.
+
+    The broker decides who may publish on which topic (docs/security.md); what it cannot see
+    is checked here: a gateway's batch may carry only its registered children's readings
+    (others are ``not_gateway_child``), and a retired device, or one whose credentials are all
+    revoked, is ``retired_device`` whatever reaches ingest for it.
+    """
 
     def __init__(
         self,
         *,
         limits: DecodeLimits,
-        device_type_of: Callable[[str], str | None],
+        registration_of: Callable[[str], Registration | None],
         topic_prefix: str = "",
     ) -> None:
         self._limits = limits
         self._root = f"{topic_root(topic_prefix)}/"
         self._own_root = f"{self._root}{OUT_TREE}/"
-        self._device_type_of = device_type_of
+        self._registration_of = registration_of
         self._json = msgspec.json.Decoder()
         self._typed = {kind: msgspec.json.Decoder(kind.struct) for kind in READING_KINDS}
         self._routes: dict[str, _Route] = {}
@@ -215,7 +224,8 @@ class Decoder:
             route = self._routes.get(topic) or self._route(topic)
             out.device_type = route.device_type
             if route.kind is None:
-                self._decode_gateway(self._parse(payload), received_us, out)
+                self._check_device(route.device_id, "gateway", out)
+                self._decode_gateway(route.device_id, self._parse(payload), received_us, out)
             else:
                 self._check_device(route.device_id, route.device_type, out)
                 self._decode_readings(route.kind, route.device_id, payload, received_us, out)
@@ -279,20 +289,39 @@ class Decoder:
             raise _Reject(Reason.BAD_TOPIC, f"unknown channel {channel!r}")
         return STATUS if channel == "status" else TELEMETRY_KINDS[device_type]
 
-    def _check_device(self, device_id: str, device_type: str | None, out: Decoded) -> str:
-        """Return the device's registered type, registering it when allowed."""
-        known = self._device_type_of(device_id) or out.new_devices.get(device_id)
+    def _check_device(
+        self, device_id: str, device_type: str | None, out: Decoded, gateway_id: str | None = None
+    ) -> str:
+        """Return the device's registered type, registering it when allowed.
+
+        ``gateway_id``: the gateway whose batch carries the reading, which must be the device's.
+        """
+        known = self._registration_of(device_id) or out.new_devices.get(device_id)
         if known is None:
-            if not self._limits.auto_register or device_type not in TELEMETRY_KINDS:
+            registrable = device_type in TELEMETRY_KINDS or (
+                device_type == "gateway" and gateway_id is None
+            )
+            if not self._limits.auto_register or device_type is None or not registrable:
                 raise _Reject(Reason.UNKNOWN_DEVICE, f"device {device_id!r} is not registered")
-            out.new_devices[device_id] = device_type
+            out.new_devices[device_id] = Registration(device_type, gateway_id)
             return device_type
-        if device_type is not None and known != device_type:
+        if not known.may_speak:
+            raise _Reject(
+                Reason.RETIRED_DEVICE,
+                f"device {device_id!r} is retired or its credentials are revoked",
+            )
+        if device_type is not None and known.type != device_type:
             raise _Reject(
                 Reason.TYPE_MISMATCH,
-                f"device {device_id!r} is registered as {known}, not {device_type}",
+                f"device {device_id!r} is registered as {known.type}, not {device_type}",
             )
-        return known
+        if gateway_id is not None and known.gateway_id != gateway_id:
+            raise _Reject(
+                Reason.NOT_GATEWAY_CHILD,
+                f"device {device_id!r} is not a child of gateway {gateway_id!r}"
+                + (f" (its gateway is {known.gateway_id!r})" if known.gateway_id else ""),
+            )
+        return known.type
 
     def _append(
         self,
@@ -312,7 +341,9 @@ class Decoder:
         else:
             out.rows.append((kind, row))
 
-    def _decode_gateway(self, document: Any, received_us: int, out: Decoded) -> None:
+    def _decode_gateway(
+        self, gateway_id: str, document: Any, received_us: int, out: Decoded
+    ) -> None:
         if not isinstance(document, list):
             raise _Reject(Reason.WRONG_TYPE, "a gateway batch is a JSON array of entries")
         for index, item in enumerate(document):
@@ -324,7 +355,9 @@ class Decoder:
                 out.rejections.append(Rejection(reason, _at(index, message)))
                 continue
             try:
-                device_type = self._check_device(entry.device_id, entry.device_type, out)
+                device_type = self._check_device(
+                    entry.device_id, entry.device_type, out, gateway_id
+                )
                 kind = TELEMETRY_KINDS.get(device_type)
                 if kind is None:
                     raise _Reject(

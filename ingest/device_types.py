@@ -1,4 +1,4 @@
-"""The device types the decoder looks up, kept current from the registry's changes."""
+"""The registrations the decoder looks up, kept current from the registry's changes."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import threading
 import psycopg
 from prometheus_client import Counter
 
-from devices.changes import read_device_changes
+from devices.changes import Registration, read_device_changes
 
 
 class DeviceTypes:
-    """Each registered device's type, refreshed incrementally from the registry.
+    """Each registered device's registration (type, gateway, may it speak), kept current.
 
     ``get`` is the map's own ``dict.get``: the decoder calls it on the writer thread, without a
     lock, while ``refresh`` runs on another thread. ``refresh`` changes the map in place with
@@ -21,7 +21,7 @@ class DeviceTypes:
     """
 
     def __init__(self, *, rows_read: Counter) -> None:
-        self._types: dict[str, str] = {}
+        self._types: dict[str, Registration] = {}
         self.get = self._types.get
         self._seen: str | None = None  # the snapshot of the last refresh
         self._rows_read = rows_read
@@ -43,12 +43,11 @@ class DeviceTypes:
         """Apply the changes since the last refresh (the first reads all); return rows read."""
         with self._lock:
             changes = read_device_changes(conn, self._seen)
-            self._types.update(
-                {device_id: kind for device_id, kind in changes.types.items() if kind is not None}
-            )
-            for device_id, kind in changes.types.items():
-                if kind is None:
+            found = changes.registrations
+            self._types.update({d: r for d, r in found.items() if r is not None})
+            for device_id, registration in found.items():
+                if registration is None:
                     self._types.pop(device_id, None)
             self._seen = changes.seen
-        self._rows_read.inc(len(changes.types))
-        return len(changes.types)
+        self._rows_read.inc(len(found))
+        return len(found)

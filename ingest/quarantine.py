@@ -106,7 +106,7 @@ def replay(
         raw_max_bytes=ingest.max_payload_bytes,
         last_seen_resolution_s=ingest.last_seen_resolution_s,
     )
-    types = read_device_changes(conn, None).types  # the whole registry, as it is now
+    known = read_device_changes(conn, None).registrations  # the whole registry, as it is now
     with conn.transaction():
         # Every entry of each selected message (a message leaves one entry per rejection).
         rows = conn.execute(
@@ -126,7 +126,7 @@ def replay(
         if not messages:
             return report
         decoder = Decoder(
-            limits=DecodeLimits.of(ingest), device_type_of=types.get, topic_prefix=topic_prefix
+            limits=DecodeLimits.of(ingest), registration_of=known.get, topic_prefix=topic_prefix
         )
         batch = [
             Message(

@@ -172,6 +172,7 @@ class _Receiver:
             settings.url,
             config.protocol,
             settings.client_id,
+            tls=settings.tls,
             clean_session=None if self._is_v5 else not settings.is_persistent_session,
             manual_ack=True,
             connect_timeout_s=settings.connect_timeout_s,

@@ -32,6 +32,7 @@ from multiprocessing.process import BaseProcess
 import psycopg
 from paho.mqtt.enums import MQTTProtocolVersion
 
+from devices.changes import Registration
 from ingest.decode import DecodeLimits, Decoder
 from ingest.device_types import DeviceTypes
 from ingest.housekeeping import Housekeeping
@@ -97,7 +98,7 @@ class IngestWorker:
         )
         self._decoder = Decoder(
             limits=DecodeLimits.of(ingest),
-            device_type_of=self._registered_type,
+            registration_of=self._registration,
             topic_prefix=mqtt_settings.topic_prefix,
         )
         metrics.buffered.set_function(lambda: len(self._pending) + self._writing)
@@ -108,7 +109,7 @@ class IngestWorker:
         #: without a persistent session, what is published before is not ingest's).
         self.subscribed = threading.Event()
 
-    def _registered_type(self, device_id: str) -> str | None:
+    def _registration(self, device_id: str) -> Registration | None:
         # Housekeeping updates the map on its own thread, in place (see DeviceTypes).
         return self._device_types.get(device_id)
 

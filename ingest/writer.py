@@ -30,6 +30,7 @@ from psycopg import postgres, sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
+from devices.changes import Registration
 from ingest.decode import Decoded, Payload, Reason, Rejection
 from redaction import error_line
 from store.db import SCENES_CHANNEL
@@ -270,7 +271,7 @@ class BatchWriter:
         result = WriteResult()
         rows: dict[ReadingKind, list[tuple[Any, ...]]] = {}
         quarantine: list[tuple[Any, ...]] = []
-        new_devices: dict[str, str] = {}
+        new_devices: dict[str, Registration] = {}
         clock = ClockSample()
         sent: dict[ReadingKind, Counter[str]] = {}  # messages per device, duplicates included
         outcomes = result.messages
@@ -295,9 +296,9 @@ class BatchWriter:
                 result.quarantined[rejection.reason] += 1
         if new_devices:
             self._conn.cursor().executemany(
-                "insert into devices (device_id, type, auto_registered) values (%s, %s, true) "
-                "on conflict (device_id) do nothing",
-                list(new_devices.items()),
+                "insert into devices (device_id, type, gateway_id, auto_registered) "
+                "values (%s, %s, %s, true) on conflict (device_id) do nothing",
+                [(d, r.type, r.gateway_id) for d, r in new_devices.items()],
             )
         skews = clock.skews_s()
         for kind, kind_rows in rows.items():

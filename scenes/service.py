@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -250,5 +249,5 @@ class _Service:
             else aiomqtt.ProtocolVersion.V311,
             timeout=self.mqtt.connect_timeout_s,
             keepalive=self.mqtt.keepalive_s,
-            tls_context=ssl.create_default_context() if address.is_tls else None,
+            tls_context=tls.context() if (tls := self.mqtt.tls) is not None else None,
         )

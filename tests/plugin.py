@@ -38,6 +38,7 @@ import roadmaps
 from cases.catalog import load_catalog
 from cityops.services import broker_service, database_service, is_listening, start_mosquitto
 from cityops.settings import Settings
+from devices.changes import Registration
 from devices.codes import CodeScheme
 from devices.registry import import_bundle
 from ingest.decode import DecodeLimits, Decoder
@@ -566,8 +567,8 @@ def store_readings(
     database can hold it back for a moment).
     """
     limits = DecodeLimits.of(IngestSettings())
-    types = {device_id: device_type for device_id, _, _ in rows}
-    decoder = Decoder(limits=limits, device_type_of=types.get)
+    known = {device_id: Registration(device_type) for device_id, _, _ in rows}
+    decoder = Decoder(limits=limits, registration_of=known.get)
     with psycopg.connect(database_url) as conn:
         writer = BatchWriter(
             conn, raw_max_bytes=limits.max_payload_bytes, last_seen_resolution_s=10.0
@@ -585,7 +586,7 @@ def store_readings(
     with psycopg.connect(database_url, autocommit=True) as conn:
         (xact,) = conn.execute(
             "select max(xact) from reading_batches where device_ids && %s::text[]",
-            (sorted(types),),
+            (sorted(known),),
         ).fetchone()
         wait_for(
             lambda: conn.execute(

@@ -8,8 +8,10 @@ everywhere.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
@@ -76,6 +78,19 @@ class MqttSettings(Section):
         ),
     )
     connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    ca_file: Path | None = Field(
+        default=None,
+        description=(
+            "mqtts://: the CA that signed the broker's certificate (PEM); empty: the system's "
+            "trusted CAs. The broker's name is always verified."
+        ),
+    )
+    cert_file: Path | None = Field(
+        default=None, description="mqtts://: this client's certificate (PEM), if it has one."
+    )
+    key_file: Path | None = Field(
+        default=None, description="mqtts://: the private key of cert_file (PEM)."
+    )
 
     @field_validator("topic_filters")
     @classmethod
@@ -114,6 +129,13 @@ class MqttSettings(Section):
     @classmethod
     def _is_topic_prefix(cls, value: str) -> str:
         return check_prefix(value)
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        """The TLS files to connect with, None for mqtt://."""
+        if not self.is_tls:
+            return None
+        return TlsFiles(self.ca_file, self.cert_file, self.key_file)
 
     @property
     def address(self) -> BrokerAddress:
@@ -175,19 +197,50 @@ class BrokerAddress:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """How a client verifies the broker (``ca_file``, else the system's CAs) and proves itself."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """A client context that verifies the broker's certificate and name."""
+        try:
+            context = ssl.create_default_context(
+                ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file) if self.ca_file else None
+            )
+            if self.cert_file is not None:
+                context.load_cert_chain(
+                    self.cert_file, self.key_file if self.key_file is not None else None
+                )
+        except (OSError, ssl.SSLError) as exc:
+            msg = f"cannot load the TLS files {self}: {exc}"
+            raise TlsFilesError(msg) from None
+        return context
+
+
+class TlsFilesError(Exception):
+    """A CA, certificate or key file named in the settings cannot be loaded."""
+
+
 def make_client(
     url: str,
     protocol: MQTTProtocolVersion,
     client_id: str,
     *,
+    tls: TlsFiles | None = None,
     clean_session: bool | None = None,
     manual_ack: bool = False,
     connect_timeout_s: float = 10.0,
 ) -> mqtt.Client:
     """A paho client for the broker at ``url``: its credentials, TLS and connect timeout.
 
-    ``clean_session`` is MQTT 3.1.1's (None under MQTT 5, whose clean start is a connect
-    option); ``manual_ack`` leaves QoS 1 acknowledgements to the caller.
+    An mqtts:// URL connects over TLS with ``tls`` (default: the system's CAs, no client
+    certificate), always verifying the broker's certificate and name. ``clean_session`` is MQTT
+    3.1.1's (None under MQTT 5, whose clean start is a connect option); ``manual_ack`` leaves
+    QoS 1 acknowledgements to the caller.
     """
     address = BrokerAddress.of(url)
     client = mqtt.Client(
@@ -201,7 +254,7 @@ def make_client(
     if address.username is not None:
         client.username_pw_set(address.username, address.password)
     if address.is_tls:
-        client.tls_set()
+        client.tls_set_context((tls or TlsFiles()).context())
     return client
 
 
@@ -242,6 +295,7 @@ def choose_protocol(settings: MqttSettings) -> tuple[MQTTProtocolVersion, str]:
         settings.url,
         MQTTProtocolVersion.MQTTv5,
         f"{settings.client_id}-probe",
+        tls=settings.tls,
         connect_timeout_s=settings.connect_timeout_s,
     )
     probe.on_connect = on_connect

@@ -71,7 +71,7 @@ def month(server_url: str) -> Iterator[Month]:
             RunOptions(start=START, duration_s=DAYS * 86_400, seed=3, gps_interval_s=5),
         )
         with psycopg.connect(url) as conn:
-            store_run(conn, run.publications, {d["device_id"]: d["type"] for d in city.devices})
+            store_run(conn, run.publications, city.devices)
             rollups.refresh(conn)
             results = run_once(conn, SETTINGS, CATALOG, now=END, scenes=SCENES)
         judged = {s.name: sum(r.devices for r in results if r.scene == s.name) for s in SCENES}

@@ -6,17 +6,26 @@ import json
 
 import pytest
 
+from devices.changes import Registration
 from ingest.decode import DecodeLimits, Decoder, Reason, classify_validation_error
 from wire.contract import LIGHT, MANHOLE, READING_KINDS, STATUS, SWEEPER, json_schema
 
 NOW_US = 1_764_000_100_000_000
 T0_MS = 1_764_000_000_000
-DEVICES = {"mh-1": "manhole", "sw-1": "sweeper", "lt-1": "light", "gw-1": "gateway"}
+DEVICES = {
+    "mh-1": Registration("manhole"),
+    "sw-1": Registration("sweeper"),
+    "lt-1": Registration("light", gateway_id="gw-1"),
+    "mh-2": Registration("manhole", gateway_id="gw-1"),
+    "gw-1": Registration("gateway"),
+    "gw-2": Registration("gateway"),
+    "old-1": Registration("manhole", may_speak=False),
+}
 
 
 def decoder(**limits: object) -> Decoder:
     options = {"max_payload_bytes": 4096, "max_future_us": 300_000_000, "auto_register": False}
-    return Decoder(limits=DecodeLimits(**{**options, **limits}), device_type_of=DEVICES.get)
+    return Decoder(limits=DecodeLimits(**{**options, **limits}), registration_of=DEVICES.get)
 
 
 def decode(topic: str, payload: object, **limits: object):
@@ -125,27 +134,61 @@ def test_gateway_entries_are_checked_one_by_one() -> None:
     decoded = decode(
         "cityops/v1/gateway/gw-1/batch",
         [
-            {"device_id": "mh-1", "ts": T0_MS, "values": {"tilt_deg": 3}},
+            {"device_id": "mh-2", "ts": T0_MS, "values": {"tilt_deg": 3}},
             {"device_id": "gw-1", "values": {"tilt_deg": 3}},
             {"device_id": "lt-1", "values": {"lamp_on": "on"}},
             {"device_id": "new-1", "device_type": "light", "values": {"lamp_on": True}},
         ],
     )
-    assert [(kind.name, row[0]) for kind, row in decoded.rows] == [("manhole", "mh-1")]
+    assert [(kind.name, row[0]) for kind, row in decoded.rows] == [("manhole", "mh-2")]
     assert [(r.reason, r.detail.split(":")[0]) for r in decoded.rejections] == [
-        (Reason.TYPE_MISMATCH, "item 1"),
+        (Reason.NOT_GATEWAY_CHILD, "item 1"),  # a gateway is not its own child
         (Reason.WRONG_TYPE, "item 2"),
         (Reason.UNKNOWN_DEVICE, "item 3"),
     ]
 
 
-def test_auto_registration_records_new_devices_with_their_type() -> None:
+def test_a_gateway_carries_only_its_own_children() -> None:
+    decoded = decode(
+        "cityops/v1/gateway/gw-2/batch",
+        [
+            {"device_id": "lt-1", "ts": T0_MS, "values": {"lamp_on": True}},  # gw-1's
+            {"device_id": "mh-1", "ts": T0_MS, "values": {"tilt_deg": 3}},  # nobody's
+        ],
+    )
+    assert decoded.rows == []
+    assert [r.reason for r in decoded.rejections] == [Reason.NOT_GATEWAY_CHILD] * 2
+    assert "its gateway is 'gw-1'" in decoded.rejections[0].detail
+    own = decode(
+        "cityops/v1/gateway/gw-1/batch",
+        [{"device_id": "lt-1", "ts": T0_MS, "values": {"lamp_on": True}}],
+    )
+    assert [row[0] for _, row in own.rows] == ["lt-1"]
+
+
+def test_a_retired_or_revoked_device_is_refused() -> None:
+    direct = decode("cityops/v1/manhole/old-1/telemetry", {"ts": T0_MS, "tilt_deg": 4})
+    assert [r.reason for r in direct.rejections] == [Reason.RETIRED_DEVICE]
+    assert direct.rows == []
+
+
+def test_an_unregistered_or_mistyped_gateway_carries_nothing() -> None:
+    batch = [{"device_id": "lt-1", "ts": T0_MS, "values": {"lamp_on": True}}]
+    assert [r.reason for r in decode("cityops/v1/gateway/gw-9/batch", batch).rejections] == [
+        Reason.UNKNOWN_DEVICE
+    ]
+    assert [r.reason for r in decode("cityops/v1/gateway/mh-1/batch", batch).rejections] == [
+        Reason.TYPE_MISMATCH
+    ]
+
+
+def test_auto_registration_records_new_devices_with_their_type_and_gateway() -> None:
     decoded = decode(
         "cityops/v1/gateway/gw-1/batch",
         [{"device_id": "new-1", "device_type": "light", "values": {"lamp_on": True}}],
         auto_register=True,
     )
-    assert decoded.new_devices == {"new-1": "light"}
+    assert decoded.new_devices == {"new-1": Registration("light", gateway_id="gw-1")}
     assert decoded.rows[0][0] is LIGHT
 
 

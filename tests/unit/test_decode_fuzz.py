@@ -14,12 +14,21 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devices.changes import Registration
 from ingest.decode import Decoded, DecodeLimits, Decoder, Reason
 from ingest.writer import Message, quarantine_row
 from wire.contract import READING_KINDS
 
 NOW_US = 1_764_000_100_000_000
-DEVICES = {"mh-1": "manhole", "sw-1": "sweeper", "lt-1": "light", "gw-1": "gateway"}
+DEVICES = {
+    "mh-1": Registration("manhole"),
+    "sw-1": Registration("sweeper"),
+    "lt-1": Registration("light", gateway_id="gw-1"),
+    "mh-2": Registration("manhole", gateway_id="gw-1"),
+    "gw-1": Registration("gateway"),
+    "gw-2": Registration("gateway"),
+    "old-1": Registration("manhole", may_speak=False),
+}
 TOPICS = [
     "cityops/v1/manhole/mh-1/telemetry",
     "cityops/v1/manhole/mh-1/event",
@@ -71,7 +80,7 @@ def _decoder(*, auto_register: bool = False) -> Decoder:
     limits = DecodeLimits(
         max_payload_bytes=MAX_PAYLOAD, max_future_us=300_000_000, auto_register=auto_register
     )
-    return Decoder(limits=limits, device_type_of=DEVICES.get)
+    return Decoder(limits=limits, registration_of=DEVICES.get)
 
 
 def _check(topic: str, payload: bytes, decoded: Decoded) -> None:
@@ -173,7 +182,7 @@ def test_wide_arrays_never_raise(topic: str, width: int, item: str) -> None:
         st.builds(
             lambda a, b, c: f"cityops/v1/{a}/{b}/{c}",
             st.one_of(st.sampled_from(["manhole", "gateway", "light"]), st.text(max_size=8)),
-            st.one_of(st.sampled_from(["mh-1", "gw-1"]), st.text(max_size=70)),
+            st.one_of(st.sampled_from(["mh-1", "gw-1", "old-1", "gw-2"]), st.text(max_size=70)),
             st.one_of(st.sampled_from(["telemetry", "batch", "status"]), st.text(max_size=8)),
         ),
     ),
@@ -184,14 +193,14 @@ def test_arbitrary_topics_never_raise(topic: str, payload: bytes) -> None:
 
 
 def test_an_unforeseen_failure_quarantines_that_message_only() -> None:
-    def registry_that_breaks(device_id: str) -> str | None:
+    def registry_that_breaks(device_id: str) -> Registration | None:
         if device_id == "mh-bad":
             msg = "registry bug"
             raise LookupError(msg)
         return DEVICES.get(device_id)
 
     limits = DecodeLimits(max_payload_bytes=MAX_PAYLOAD, max_future_us=0, auto_register=False)
-    decoder = Decoder(limits=limits, device_type_of=registry_that_breaks)
+    decoder = Decoder(limits=limits, registration_of=registry_that_breaks)
     bad = decoder.decode_message("cityops/v1/manhole/mh-bad/telemetry", b'{"tilt_deg":1}', NOW_US)
     assert [r.reason for r in bad.rejections] == [Reason.DECODE_FAILED]
     assert "LookupError: registry bug" in bad.rejections[0].detail

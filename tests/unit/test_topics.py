@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
+from devices.changes import Registration, registrations
 from ingest.decode import DecodeLimits, Decoder, Reason
 from ingest.receiver import subscriptions
 from simulator.city import CitySpec, generate
@@ -20,7 +21,7 @@ from wire.topics import TOPIC_ROOT, check_prefix, prefixed, topic_filter, topic_
 START = datetime(2026, 11, 25, 15, 55, tzinfo=UTC).timestamp()
 NOW_US = int((START + 3600) * 1e6)
 LIMITS = DecodeLimits(max_payload_bytes=65536, max_future_us=300_000_000, auto_register=False)
-DEVICES = {"mh-1": "manhole"}
+DEVICES = {"mh-1": Registration("manhole")}
 READING = b'{"ts": 1764000000000, "tilt_deg": 4}'
 
 
@@ -74,7 +75,7 @@ def test_the_subscriptions_cover_the_filters_under_the_prefix_shared_or_not() ->
 def test_the_decoder_takes_the_tree_under_its_own_prefix_only(
     prefix: str, topic: str, stored: bool
 ) -> None:
-    decoder = Decoder(limits=LIMITS, device_type_of=DEVICES.get, topic_prefix=prefix)
+    decoder = Decoder(limits=LIMITS, registration_of=DEVICES.get, topic_prefix=prefix)
     for _ in range(2):  # the second time from the route cache
         decoded = decoder.decode_message(topic, READING, NOW_US)
         if stored:
@@ -86,10 +87,10 @@ def test_the_decoder_takes_the_tree_under_its_own_prefix_only(
 def test_what_the_simulator_publishes_under_a_prefix_decodes_under_that_prefix_only() -> None:
     city = generate(CitySpec(seed=3, districts=1, covers=20, lamps=40, sweepers_per_district=1))
     run = simulate(city, Scenario(), RunOptions(start=START, duration_s=900))
-    types = {d["device_id"]: d["type"] for d in city.devices}
+    known = registrations(city.devices)
     options = PublishOptions(url="mqtt://127.0.0.1", topic_prefix="demo-1")
-    own = Decoder(limits=LIMITS, device_type_of=types.get, topic_prefix="demo-1")
-    unprefixed = Decoder(limits=LIMITS, device_type_of=types.get)
+    own = Decoder(limits=LIMITS, registration_of=known.get, topic_prefix="demo-1")
+    unprefixed = Decoder(limits=LIMITS, registration_of=known.get)
     kinds = set()
     for publication in run.publications:
         topic = options.topic(publication)
