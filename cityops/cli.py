@@ -22,6 +22,7 @@ from cityops import demo_database, services
 from cityops.casescli import cases_app, catalog_of, serve, units_app
 from cityops.demo import DemoScore, demo_settings, local_time, run_demo
 from cityops.grafanacli import grafana_app
+from cityops.identitycli import broker_app, credentials_app, pki_app, retire
 from cityops.lightingcli import lighting_app
 from cityops.modelscli import models_app
 from cityops.quarantinecli import quarantine_app
@@ -89,6 +90,10 @@ app.add_typer(covers_app, name="covers")
 app.add_typer(lighting_app, name="lighting")
 app.add_typer(roads_app, name="roads")
 app.add_typer(models_app, name="models")
+app.add_typer(broker_app, name="broker")
+app.add_typer(pki_app, name="pki")
+devices_app.add_typer(credentials_app, name="credentials")
+devices_app.command("retire")(retire)
 
 
 @config_app.command("check")
