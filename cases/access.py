@@ -61,6 +61,11 @@ def create_token(conn: psycopg.Connection, unit_id: str, role: Role) -> str:
     return token
 
 
+def delete_tokens(conn: psycopg.Connection, unit_id: str) -> int:
+    """Delete every token of ``unit_id`` (one was stolen, or the unit left); return how many."""
+    return conn.execute("delete from unit_tokens where unit_id = %s", (unit_id,)).rowcount
+
+
 def caller_for_token(conn: psycopg.Connection, token: str) -> Caller | None:
     """The unit a token belongs to, in the token's role."""
     row = conn.execute(

@@ -13,7 +13,14 @@ import typer
 from rich.table import Table
 
 from cases import evaluation
-from cases.access import CALLER_ACTIONS, OPERATOR, Caller, caller_for_unit, create_token
+from cases.access import (
+    CALLER_ACTIONS,
+    OPERATOR,
+    Caller,
+    caller_for_unit,
+    create_token,
+    delete_tokens,
+)
 from cases.catalog import Catalog, CatalogError, load_catalog
 from cases.evaluation import as_csv, as_json
 from cases.lifecycle import Action
@@ -288,6 +295,17 @@ def token_command(
             fail("--role is unit, coordinator or operator", 2)
         token = create_token(conn, unit, chosen)  # type: ignore[arg-type]
     typer.echo(token)
+
+
+@units_app.command("revoke")
+def revoke_command(unit: str, config: ConfigOption = None) -> None:
+    """Delete every API token of a unit: a running API refuses them within 5 s."""
+    settings = settings_from(config)
+    with db.connect(settings.database, autocommit=True) as conn:
+        if conn.execute("select 1 from units where unit_id = %s", (unit,)).fetchone() is None:
+            fail(f"no unit {unit!r}")
+        count = delete_tokens(conn, unit)
+    typer.echo(f"{count} tokens of {unit} deleted")
 
 
 def serve(settings: Settings, host: str | None, port: int | None, workers: int | None) -> None:

@@ -22,7 +22,9 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 logger = logging.getLogger(__name__)
 
@@ -125,13 +127,72 @@ def embedded_broker(workdir: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def start_mosquitto(config_file: Path, workdir: Path, port: int | None = None) -> Iterator[str]:
     """Run a private Mosquitto from ``config_file`` with its listener moved to ``port``."""
+    port = port or free_port()
+    text = re.sub(r"(?m)^listener .*$", f"listener {port} 127.0.0.1", config_file.read_text())
+    with _run_mosquitto(text, workdir, (port,)):
+        yield f"mqtt://127.0.0.1:{port}"
+
+
+@dataclass(frozen=True)
+class IdentityBroker:
+    """A private Mosquitto enforcing identity: its three TLS listeners and its pid file."""
+
+    certificate_port: int  # devices with a client certificate
+    password_port: int  # devices with a password
+    service_port: int  # service accounts
+    pid_file: Path
+
+    def url(self, port: int, username: str | None = None, password: str | None = None) -> str:
+        """An mqtts:// URL for ``port``, with credentials if given."""
+        login = f"{quote(username, safe='')}:{quote(password or '', safe='')}@" if username else ""
+        return f"mqtts://{login}127.0.0.1:{port}"
+
+
+#: What config/mosquitto/identity.conf names, and the setting whose file takes its place.
+_IDENTITY_FILES = {
+    "/etc/cityops/pki/ca.crt": "ca_file",
+    "/etc/mosquitto/tls/server.crt": "server_certificate",
+    "/etc/mosquitto/tls/server.key": "server_key",
+    "/etc/mosquitto/cityops.passwd": "password_file",
+    "/etc/mosquitto/cityops.acl": "acl_file",
+    "/etc/mosquitto/cityops.crl": "crl_file",
+}
+
+
+@contextlib.contextmanager
+def start_identity_mosquitto(
+    guarantees_file: Path, identity_file: Path, workdir: Path, files: dict[str, Path]
+) -> Iterator[IdentityBroker]:
+    """Run a private Mosquitto from cityops.conf's guarantees and identity.conf's listeners.
+
+    ``files`` names the file for each of identity.conf's (keys: ca_file, server_certificate,
+    server_key, password_file, acl_file, crl_file); the listeners move to free ports on
+    127.0.0.1. The password, ACL and CRL files must exist (``cityops broker sync`` writes them).
+    """
+    guarantees = re.sub(
+        r"(?m)^(listener|allow_anonymous) .*$", "", guarantees_file.read_text(encoding="utf-8")
+    )
+    identity = identity_file.read_text(encoding="utf-8")
+    for path, key in _IDENTITY_FILES.items():
+        identity = identity.replace(path, str(files[key]))
+    ports = [free_port() for _ in range(3)]
+    listeners = iter(ports)
+    identity = re.sub(
+        r"(?m)^listener \d+$", lambda _: f"listener {next(listeners)} 127.0.0.1", identity
+    )
+    pid_file = workdir / "mosquitto.pid"
+    text = f"{guarantees}\n{identity}\npid_file {pid_file}\n"
+    with _run_mosquitto(text, workdir, tuple(ports)):
+        yield IdentityBroker(ports[0], ports[1], ports[2], pid_file=pid_file)
+
+
+@contextlib.contextmanager
+def _run_mosquitto(text: str, workdir: Path, ports: tuple[int, ...]) -> Iterator[None]:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(binary).exists():
         msg = "mosquitto is not installed (Debian: apt-get install mosquitto)"
         raise ServiceStartError(msg)
     workdir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    text = re.sub(r"(?m)^listener .*$", f"listener {port} 127.0.0.1", config_file.read_text())
     # Started as root, Mosquitto would drop to the user "mosquitto", which cannot write its store
     # into a private work directory: it stays the user that started it.
     user = pwd.getpwuid(os.geteuid()).pw_name
@@ -140,8 +201,9 @@ def start_mosquitto(config_file: Path, workdir: Path, port: int | None = None) -
     # Appended: a broker restarted on the same work directory keeps the earlier run's log.
     log = (workdir / "mosquitto.log").open("ab")
     with log, _stopping(subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)) as p:
-        wait_listening("127.0.0.1", port, p, "mosquitto")
-        yield f"mqtt://127.0.0.1:{port}"
+        for port in ports:
+            wait_listening("127.0.0.1", port, p, "mosquitto")
+        yield
 
 
 def database_service(url: str | None, workdir: Path) -> contextlib.AbstractContextManager[str]:

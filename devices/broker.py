@@ -25,9 +25,11 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+from cryptography import x509
 from paho.mqtt.enums import MQTTProtocolVersion
 
 from devices.credentials import CHANGES_CHANNEL
@@ -42,6 +44,7 @@ logger = logging.getLogger(__name__)
 #: Mosquitto's acl_file names read (subscribe and receive) and write (publish).
 _ACL_ACCESS = {"publish": "write", "subscribe": "read"}
 _KICK_TIMEOUT_S = 5.0
+_CRL_DAYS = 30  # a CRL's validity; a sync signs a new one when half of it is left
 
 
 class BrokerSyncError(Exception):
@@ -50,11 +53,11 @@ class BrokerSyncError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class BrokerFiles:
-    """The texts of the files, and the certificate devices admitted (for ending the rest)."""
+    """The texts of the files, the revoked certificates, and the users admitted."""
 
     passwords: str
     acl: str
-    crl: bytes | None
+    revoked: tuple[tuple[str, datetime], ...]  # certificate serials (hex) and when
     usernames: frozenset[str]
 
 
@@ -65,9 +68,7 @@ def mosquitto_hash(password_hash: str, salt: str, iterations: int) -> str:
     return f"$7${iterations}${salt_b64}${hash_b64}"
 
 
-def render(
-    conn: psycopg.Connection, *, topic_prefix: str = "", ca: CertificateAuthority | None = None
-) -> BrokerFiles:
+def render(conn: psycopg.Connection, *, topic_prefix: str = "") -> BrokerFiles:
     """The files the registry asks for now."""
     logins = conn.execute(
         "select username, kind, password_hash, password_salt, iterations from broker_logins "
@@ -87,14 +88,34 @@ def render(
         f"user {user}\n" + "".join(f"{line}\n" for line in lines) + "\n"
         for user, lines in sorted(rules.items())
     )
-    crl = None
-    if ca is not None:
-        revoked = conn.execute(
-            "select cert_serial, revoked_at from broker_credentials "
-            "where kind = 'certificate' and revoked_at is not null order by credential_id"
-        ).fetchall()
-        crl = ca.revocation_list(revoked)
-    return BrokerFiles(passwords, acl, crl, frozenset(rules))
+    revoked = conn.execute(
+        "select cert_serial, revoked_at from broker_credentials "
+        "where kind = 'certificate' and revoked_at is not null order by credential_id"
+    ).fetchall()
+    return BrokerFiles(passwords, acl, tuple(revoked), frozenset(rules))
+
+
+def _crl_if_changed(
+    path: Path, ca: CertificateAuthority, revoked: tuple[tuple[str, datetime], ...]
+) -> bytes | None:
+    """A new CRL when the file's differs from ``revoked`` or nears its next update, else None.
+
+    A CRL is signed (randomly, ECDSA) and dated, so it is compared by what it says.
+    """
+    try:
+        current = x509.load_pem_x509_crl(path.read_bytes())
+    except (OSError, ValueError):
+        return ca.revocation_list(revoked, days=_CRL_DAYS)
+    listed = {f"{entry.serial_number:x}" for entry in current}
+    next_update = current.next_update_utc
+    if (
+        listed == {serial for serial, _ in revoked}
+        and current.issuer == ca.certificate.subject
+        and next_update is not None
+        and next_update - datetime.now(UTC) > timedelta(days=_CRL_DAYS / 2)
+    ):
+        return None
+    return ca.revocation_list(revoked, days=_CRL_DAYS)
 
 
 def _write_if_changed(path: Path, data: bytes) -> bool:
@@ -142,19 +163,21 @@ def sync(
     if settings.password_file is None or settings.acl_file is None:
         msg = "set broker.password_file and broker.acl_file (the files Mosquitto reads)"
         raise BrokerSyncError(msg)
-    ca = CertificateAuthority.load(settings.ca_dir) if settings.ca_dir else None
-    files = render(conn, topic_prefix=topic_prefix, ca=ca)
+    if settings.crl_file is not None and settings.ca_dir is None:
+        msg = "broker.crl_file needs broker.ca_dir: the CRL is signed by the CA"
+        raise BrokerSyncError(msg)
+    files = render(conn, topic_prefix=topic_prefix)
     conn.rollback()  # end the read: a watching connection must not sit in a transaction
     before = _admitted(settings.acl_file)
     targets: list[tuple[str, Path, bytes]] = [
         ("password_file", settings.password_file, files.passwords.encode()),
         ("acl_file", settings.acl_file, files.acl.encode()),
     ]
-    if settings.crl_file is not None:
-        if files.crl is None:
-            msg = "broker.crl_file needs broker.ca_dir: the CRL is signed by the CA"
-            raise BrokerSyncError(msg)
-        targets.append(("crl_file", settings.crl_file, files.crl))
+    if settings.crl_file is not None and settings.ca_dir is not None:
+        ca = CertificateAuthority.load(settings.ca_dir)
+        crl = _crl_if_changed(settings.crl_file, ca, files.revoked)
+        if crl is not None:
+            targets.append(("crl_file", settings.crl_file, crl))
     try:
         changed = tuple(name for name, path, data in targets if _write_if_changed(path, data))
     except OSError as exc:

@@ -36,7 +36,9 @@ CHANGES_CHANNEL = "cityops_broker"
 #: hash need not be slow; Mosquitto's own default count keeps a city reconnecting cheap for the
 #: broker (bench/ingest.py --auth measures it).
 DEFAULT_ITERATIONS = 101
-_SALT_BYTES = 12
+# A salt is 12 characters (72 random bits, base64url): its 12 bytes are exactly what
+# Mosquitto 2.0's password file takes (a longer salt is refused: "unable to decode password salt").
+_SALT_RANDOM_BYTES = 9
 
 
 class CredentialError(Exception):
@@ -92,7 +94,7 @@ def _issue_one(
 ) -> IssuedCredential:
     if kind == "password":
         password = secrets.token_urlsafe(32)
-        salt = secrets.token_hex(_SALT_BYTES)
+        salt = secrets.token_urlsafe(_SALT_RANDOM_BYTES)
         conn.execute(
             "insert into broker_credentials (username, device_id, service_role, kind, "
             "password_hash, password_salt, iterations, not_after) "
