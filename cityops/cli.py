@@ -373,7 +373,7 @@ def demo(
                 catalog=catalog,
                 workdir=workdir,
                 speed=speed,
-                protocol=broker_protocol(settings.mqtt.url, "auto"),
+                protocol=broker_protocol(settings.mqtt, "auto"),
                 duration_s=duration,
                 stop=stop,
                 console=out,

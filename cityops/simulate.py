@@ -21,6 +21,7 @@ from ingest.decode import DecodeLimits, Decoder
 from ingest.settings import IngestSettings
 from ingest.writer import BatchWriter, Message
 from simulator.city import CitySpec, generate, read_bundle, write_bundle
+from simulator.connections import LinkError, read_logins
 from simulator.fleet import Publication, Run, RunOptions, simulate
 from simulator.publish import (
     ABUSE_KINDS,
@@ -126,14 +127,14 @@ def write_truth(run: Run, path: Path) -> None:
     path.write_text("".join(f.truth_line() + "\n" for f in run.faults), encoding="utf-8")
 
 
-def broker_protocol(url: str, protocol: str) -> Literal["5", "3.1.1"]:
+def broker_protocol(mqtt: MqttSettings, protocol: str) -> Literal["5", "3.1.1"]:
     """The MQTT version to publish with: as given, or what the broker speaks for "auto"."""
     if protocol in ("5", "3.1.1"):
         return "5" if protocol == "5" else "3.1.1"
     if protocol != "auto":
         fail(f"--protocol must be auto, 5 or 3.1.1, not {protocol!r}", 2)
     try:
-        spoken, _ = choose_protocol(MqttSettings(url=url))
+        spoken, _ = choose_protocol(mqtt)
     except BrokerUnavailableError as exc:
         fail(str(exc))
     return "5" if spoken == MQTTProtocolVersion.MQTTv5 else "3.1.1"
@@ -175,11 +176,27 @@ def run(
             help="Ground-truth JSON Lines (default: <city>/ground_truth.jsonl).", dir_okay=False
         ),
     ] = None,
+    credentials: Annotated[
+        Path | None,
+        typer.Option(
+            help="Each device on its own connection with its own login: the passwords CSV or "
+            "the certificates directory of `cityops devices credentials issue --out` (a broker "
+            "that enforces identity, docs/security.md; mqtt.url is the devices' listener).",
+            exists=True,
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Publish the fleet's messages to mqtt.url under mqtt.topic_prefix; write the ground truth."""
     settings = settings_from(config)
-    version = broker_protocol(settings.mqtt.url, protocol)
+    logins = None
+    if credentials is not None:
+        try:
+            logins = read_logins(credentials)
+        except LinkError as exc:
+            fail(str(exc))
+    # a broker that enforces identity refuses the anonymous probe: MQTT 5 unless told otherwise
+    version = "5" if logins and protocol == "auto" else broker_protocol(settings.mqtt, protocol)
     duration_s = duration * 60
     begin = datetime.fromisoformat(start).timestamp() if start else time.time() - duration_s
     fleet = run_fleet(bundle, scenario, start=begin, duration_s=duration_s, seed=seed)
@@ -197,6 +214,8 @@ def run(
         speed=speed,
         rate=rate,
         topic_prefix=settings.mqtt.topic_prefix,
+        tls=settings.mqtt.tls,
+        logins=logins,
     )
     try:
         report = publish(fleet.publications, options, stop_on_signals())
@@ -233,7 +252,7 @@ def abuse(
 ) -> None:
     """Publish bad input; print (as JSON) the quarantine reasons and duplicates it must cause."""
     settings = settings_from(config)
-    version = broker_protocol(settings.mqtt.url, protocol)
+    version = broker_protocol(settings.mqtt, protocol)
     chosen = list(ABUSE_KINDS) if kinds == "all" else [k.strip() for k in kinds.split(",")]
     try:
         batch = abuse_messages(
@@ -247,7 +266,11 @@ def abuse(
         fail(str(exc), 2)
     publications = [Publication(0.0, topic, payload) for topic, payload in batch.messages]
     options = PublishOptions(
-        url=settings.mqtt.url, protocol=version, speed=0, topic_prefix=settings.mqtt.topic_prefix
+        url=settings.mqtt.url,
+        protocol=version,
+        speed=0,
+        topic_prefix=settings.mqtt.topic_prefix,
+        tls=settings.mqtt.tls,
     )
     try:
         publish(publications, options, threading.Event())

@@ -74,6 +74,11 @@ class Publication:
     payload: bytes = field(compare=False)
     retain: bool = field(default=False, compare=False)
 
+    @property
+    def publisher(self) -> str:
+        """The device (or gateway) that publishes it: the id in its topic."""
+        return self.topic.split("/")[3]
+
 
 @dataclass(slots=True)
 class Run:

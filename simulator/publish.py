@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,8 +20,9 @@ from paho.mqtt.enums import MQTTProtocolVersion
 
 from redaction import redact
 from simulator.city import City
+from simulator.connections import DeviceLinks, DeviceLogin, LinkError
 from simulator.fleet import Publication
-from wire.mqtt import BrokerAddress, make_client
+from wire.mqtt import BrokerAddress, TlsFiles, make_client
 from wire.topics import TOPIC_ROOT, prefixed
 
 _AHEAD_S = 0.005  # sleep only when this far ahead of schedule
@@ -39,6 +40,9 @@ class PublishOptions:
     speed: float = 60.0  # simulated seconds per wall second; 0 publishes flat out
     rate: float | None = None  # messages per second, ignoring simulated time
     topic_prefix: str = ""  # mqtt.topic_prefix: every topic is published under it
+    tls: TlsFiles | None = None  # mqtts://: the broker's CA (mqtt.ca_file), a client certificate
+    #: Each device on its own connection with its own login (by device id), or all on one
+    logins: Mapping[str, DeviceLogin] | None = None
 
     def topic(self, publication: Publication) -> str:
         """Where ``publication`` goes on the broker: its contract topic under the prefix."""
@@ -70,6 +74,7 @@ def _connect(options: PublishOptions) -> mqtt.Client:
         options.url,
         protocol,
         f"cityops-sim-{uuid.uuid4().hex[:8]}",
+        tls=options.tls,
         connect_timeout_s=_CONNECT_TIMEOUT_S,
     )
     client.max_inflight_messages_set(400)
@@ -102,8 +107,15 @@ def _connect(options: PublishOptions) -> mqtt.Client:
 def publish(
     publications: Sequence[Publication], options: PublishOptions, stop: threading.Event
 ) -> PublishReport:
-    """Publish in order until done or ``stop``; wait until the broker has every QoS 1 message."""
-    client = _connect(options)
+    """Publish in order until done or ``stop``; wait until the broker has every QoS 1 message.
+
+    With ``options.logins`` every device publishes on its own connection, opened first.
+    """
+    sender = (
+        _open_links(publications, options)
+        if options.logins is not None
+        else _SharedClient(_connect(options))
+    )
     started = time.monotonic()
     first_t = publications[0].t if publications else 0.0
     sent = 0
@@ -122,8 +134,8 @@ def publish(
                 break
             if stop.is_set():
                 break
-            last = client.publish(
-                options.topic(pub), pub.payload, qos=options.qos, retain=pub.retain
+            last = sender.publish(
+                pub.publisher, options.topic(pub), pub.payload, qos=options.qos, retain=pub.retain
             )
             sent += 1
             if options.qos:
@@ -137,9 +149,44 @@ def publish(
                 msg = "the broker did not acknowledge the last message within 120 s"
                 raise PublishError(msg)
     finally:
-        client.disconnect()
-        client.loop_stop()
+        sender.close()
     return PublishReport(sent, time.monotonic() - started)
+
+
+class _SharedClient:
+    """One connection for the whole fleet: what DeviceLinks does per device, on one login."""
+
+    def __init__(self, client: mqtt.Client) -> None:
+        self._client = client
+
+    def publish(
+        self, _device_id: str, topic: str, payload: bytes, *, qos: int, retain: bool = False
+    ) -> mqtt.MQTTMessageInfo:
+        return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+def _open_links(publications: Sequence[Publication], options: PublishOptions) -> DeviceLinks:
+    assert options.logins is not None
+    protocol = (
+        MQTTProtocolVersion.MQTTv5 if options.protocol == "5" else MQTTProtocolVersion.MQTTv311
+    )
+    links = DeviceLinks(
+        options.url,
+        options.logins,
+        ca_file=options.tls.ca_file if options.tls else None,
+        protocol=protocol,
+    )
+    try:
+        links.open({pub.publisher for pub in publications}, timeout_s=_CONNECT_TIMEOUT_S * 6)
+    except LinkError as exc:
+        links.close()
+        msg = f"at {redact(options.url)}: {exc}"
+        raise PublishError(msg) from None
+    return links
 
 
 #: Abuse kinds and the quarantine reason each produces (None: stored once, counted duplicate).

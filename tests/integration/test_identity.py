@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,9 @@ from devices import broker, credentials
 from devices.pki import CertificateAuthority, write_certificate
 from devices.settings import BrokerSettings
 from ingest.settings import IngestSettings
+from simulator.city import CitySpec
 from store.settings import DatabaseSettings
-from tests.plugin import CATALOG, MOSQUITTO_CONF, ROOT, RunningWorker, wait_for
+from tests.plugin import CATALOG, MOSQUITTO_CONF, ROOT, RunningWorker, import_city, wait_for
 from wire.mqtt import MqttSettings, TlsFiles
 
 IDENTITY_CONF = ROOT / "config" / "mosquitto" / "identity.conf"
@@ -477,3 +478,102 @@ def test_a_deleted_api_token_is_refused_within_5_s(database_url: str, conn, city
             what="the deleted token refused",
         )
         assert time.monotonic() - deleted_at < 5
+
+
+def test_the_simulated_fleet_publishes_with_a_login_per_device(
+    identity: Identity, start_ingest, conn, database_url: str, tmp_path: Path
+) -> None:
+    city = import_city(
+        conn,
+        tmp_path,
+        CitySpec(seed=4, covers=20, lamps=40, sweepers_per_district=1, division_base=880_000),
+    )
+    env = {
+        "CITYOPS_DATABASE_URL": database_url,
+        "CITYOPS_MQTT_URL": identity.broker.url(identity.broker.password_port),
+        "CITYOPS_MQTT_CA_FILE": str(identity.ca_file),
+    }
+    runner = CliRunner()
+    logins = tmp_path / "logins.csv"
+    mark = len(identity.syncs)
+    issued = runner.invoke(
+        cli_app,
+        [
+            "devices",
+            "credentials",
+            "issue",
+            "--from",
+            str(tmp_path / "city/devices.csv"),
+            "--out",
+            str(logins),
+        ],
+        env=env,
+    )
+    assert issued.exit_code == 0, issued.output
+    assert logins.stat().st_mode & 0o077 == 0  # the secrets are its owner's only
+    assert len(logins.read_text().splitlines()) == len(city.devices) + 1
+    synced_since(identity, mark)
+    ingest = start_ingest()
+    # last night at 00:30 local time: lamps lit and sweepers sweeping
+    local = datetime.now(timezone(timedelta(hours=8))) - timedelta(days=1)
+    night = local.replace(hour=0, minute=30, second=0, microsecond=0)
+    run = runner.invoke(
+        cli_app,
+        [
+            "sim",
+            "run",
+            "--city",
+            str(tmp_path / "city"),
+            "--credentials",
+            str(logins),
+            "--start",
+            night.isoformat(),
+            "--duration",
+            "5",
+            "--speed",
+            "0",
+        ],
+        env=env,
+    )
+    assert run.exit_code == 0, run.output
+    published = json.loads(run.output.strip().splitlines()[-1])["messages"]
+    assert published > len(city.devices)
+    # every message was the publishing device's own: all stored, none refused or quarantined
+    wait_for(
+        lambda: ingest.metric_total("cityops_ingest_messages_total") >= published,
+        what="every message ingested",
+    )
+    assert ingest.metric_total("cityops_ingest_quarantined_total") == 0
+    stored = sum(
+        ingest.metric("cityops_ingest_messages_total", device_type=t, result="stored")
+        for t in ("manhole", "light", "sweeper", "gateway")
+    )
+    assert stored == published
+    # a device whose login the broker refuses stops the run before anything is published
+    sweeper = next(d["device_id"] for d in city.devices if d["type"] == "sweeper")
+    lines = logins.read_text().splitlines()
+    logins.write_text(
+        "\n".join(f"{sweeper},wrong," if line.startswith(f"{sweeper},") else line for line in lines)
+    )
+    refused = runner.invoke(
+        cli_app,
+        [
+            "sim",
+            "run",
+            "--city",
+            str(tmp_path / "city"),
+            "--credentials",
+            str(logins),
+            "--start",
+            night.isoformat(),
+            "--duration",
+            "5",
+            "--speed",
+            "0",
+        ],
+        env=env,
+    )
+    assert refused.exit_code == 2, refused.output
+    assert f"refused or did not answer 1 devices, e.g. {sweeper} (Not authorized)" in " ".join(
+        refused.output.split()
+    )
