@@ -8,7 +8,9 @@ or certificates of the test's CA.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import socket
 import ssl
 import threading
@@ -577,3 +579,50 @@ def test_the_simulated_fleet_publishes_with_a_login_per_device(
     assert f"refused or did not answer 1 devices, e.g. {sweeper} (Not authorized)" in " ".join(
         refused.output.split()
     )
+
+
+def emqx_queries() -> list[str]:
+    """The SQL of config/emqx/cityops.hocon, ${username} bound as a parameter."""
+    text = (ROOT / "config" / "emqx" / "cityops.hocon").read_text(encoding="utf-8")
+    queries = re.findall(r'(?m)^\s*query = "(.*)"$', text)
+    return [q.replace("${username}", "%(username)s") for q in queries]
+
+
+def test_emqx_checks_passwords_and_rights_from_the_registry_as_its_config_says(
+    conn, tag: str
+) -> None:
+    login, rights = emqx_queries()
+    device, gateway, retired = f"{tag}-mh-1", f"{tag}-gw-1", f"{tag}-mh-2"
+    register(conn, [(device, "manhole", None), (gateway, "gateway", None)])
+    register(conn, [(retired, "manhole", None)])
+    issued = {c.username: c for c in credentials.issue(conn, [device, gateway, retired])}
+    credentials.retire(conn, [retired])
+    ingest = credentials.issue_service(conn, f"ingest-{tag}", "ingest")
+    scenes = credentials.issue_service(conn, f"scenes-{tag}", "scenes")
+
+    def emqx_accepts(username: str, password: str) -> bool:
+        # EMQX's pbkdf2 check: lowercase hex of PBKDF2-HMAC(sha512, password, salt, 101, 64)
+        row = conn.execute(login, {"username": username}).fetchone()
+        if row is None:
+            return False
+        digest = hashlib.pbkdf2_hmac("sha512", password.encode(), row[1].encode(), 101, 64)
+        return digest.hex() == row[0]
+
+    assert emqx_accepts(device, issued[device].password)
+    assert not emqx_accepts(device, issued[gateway].password)
+    assert emqx_accepts(ingest.username, ingest.password)
+    assert not emqx_accepts(retired, issued[retired].password)
+    credentials.revoke(conn, [gateway])
+    assert not emqx_accepts(gateway, issued[gateway].password)
+
+    def allowed(username: str) -> set[tuple[str, str, str]]:
+        return set(conn.execute(rights, {"username": username}).fetchall())
+
+    assert allowed(device) == {("allow", "publish", f"cityops/v1/manhole/{device}/#")}
+    assert allowed(ingest.username) == {
+        ("allow", "subscribe", "cityops/v1/#"),
+        ("allow", "subscribe", "$share/+/cityops/v1/#"),
+    }
+    assert allowed(scenes.username) == {("allow", "publish", "cityops/v1/out/#")}
+    assert allowed(gateway) == set()  # revoked: no_match = deny
+    assert allowed(retired) == set()
