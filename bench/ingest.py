@@ -29,8 +29,16 @@ count from the restarted worker's metrics.
 
 The last line of output is JSON.
 
+--identity instead measures what device identity costs (config/mosquitto/identity.conf: TLS, a
+login per device, the ACL) against the open broker (cityops.conf), both in the same run: each of
+--devices devices publishes its readings on its own connection (publish rate and broker CPU),
+then `cityops ingest` drains the backlog (over TLS with its service account, against plain);
+and --reconnect devices connect at once, a city after a broker restart, in plain, with passwords
+over TLS, and with certificates (connections per second and CPU per connection).
+
 Usage: python bench/ingest.py [--messages 200000] [--naive-messages 20000] [--workers 2]
        python bench/ingest.py --kill-one [--messages 200000]
+       python bench/ingest.py --identity [--messages 200000] [--reconnect 10000]
 """
 
 from __future__ import annotations
@@ -64,10 +72,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import cityops  # noqa: E402
-from cityops.services import free_port, start_mosquitto  # noqa: E402
+from cityops.services import (  # noqa: E402
+    free_port,
+    start_identity_mosquitto,
+    start_mosquitto,
+)
+from devices import credentials  # noqa: E402
+from devices.broker import sync as broker_sync  # noqa: E402
+from devices.pki import CertificateAuthority, write_certificate  # noqa: E402
+from devices.settings import BrokerSettings  # noqa: E402
+from simulator.connections import DeviceLinks, DeviceLogin  # noqa: E402
 from store import db  # noqa: E402
 from store.settings import DatabaseSettings  # noqa: E402
-from wire.mqtt import MqttSettings  # noqa: E402
+from wire.mqtt import BrokerAddress, MqttSettings, TlsFiles, make_client  # noqa: E402
 
 # Odd, so that each of N workers on a shared group gets readings of every device, as in a city
 # (the broker deals messages round-robin): with 1,000 devices and 2 workers, each worker would
@@ -814,6 +831,273 @@ def kill_one(args: argparse.Namespace) -> dict[str, object]:
     return report
 
 
+# -- identity: TLS and a login per device, against the open broker -----------------------
+
+IDENTITY_CONF = ROOT / "config/mosquitto/identity.conf"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of connecting: the devices' URL and logins, ingest's URL, the broker's pid."""
+
+    name: str
+    devices_url: str
+    logins: dict[str, DeviceLogin]
+    ingest_url: str
+    database: str
+    broker_pid: int
+    ca_file: Path | None = None
+
+
+def ingest_session(variant: Variant, client_id: str) -> None:
+    """An offline persistent session of ingest's, subscribed to the contract topics."""
+    tls = TlsFiles(variant.ca_file) if variant.ca_file else None
+    client = make_client(variant.ingest_url, mqtt.MQTTProtocolVersion.MQTTv5, client_id, tls=tls)
+    address = BrokerAddress.of(variant.ingest_url)
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.on_connect = lambda c, *_: c.subscribe(TOPIC, options=SubscribeOptions(qos=1))
+    client.connect(address.host, address.port, clean_start=True, properties=connect_props())
+    client.loop_start()
+    assert subscribed.wait(10), f"{variant.name}: no SUBACK for ingest's session"
+    client.disconnect()
+    client.loop_stop()
+
+
+def fleet_backlog(variant: Variant, n: int, devices: int) -> dict[str, object]:
+    """Each device publishes its own readings on its own connection; rate and broker CPU."""
+    links = DeviceLinks(variant.devices_url, variant.logins, ca_file=variant.ca_file)
+    ids = [f"bench-mh-{i:04d}" for i in range(devices)]
+    try:
+        connect_s = links.open(ids, timeout_s=300)
+        cpu0, started = proc_cpu_s(variant.broker_pid), time.perf_counter()
+        window: list[mqtt.MQTTMessageInfo] = []
+        for i in range(n):
+            topic, body = payload(i, devices)
+            window.append(links.publish(topic.split("/")[3], topic, body, qos=1))
+            if len(window) >= 2000:
+                for info in window:
+                    info.wait_for_publish(60)
+                window.clear()
+        for info in window:
+            info.wait_for_publish(60)
+        elapsed = time.perf_counter() - started
+        broker_cpu = proc_cpu_s(variant.broker_pid) - cpu0
+    finally:
+        links.close()
+    return {
+        "devices": devices,
+        "connect_s": round(connect_s, 2),
+        "msgs_per_s": round(n / elapsed),
+        "broker_cpu_us_per_msg": round(broker_cpu / n * 1e6, 1),
+    }
+
+
+def drain(variant: Variant, n: int, client_id: str, tmp: Path) -> dict[str, object]:
+    """`cityops ingest` drains its session's backlog over the variant's connection."""
+    env = ingest_env(variant.database, variant.ingest_url, V5, client_id, "", 0)
+    if variant.ca_file is not None:
+        env["CITYOPS_MQTT_CA_FILE"] = str(variant.ca_file)
+    database = Database(variant.database)
+    log = tmp / f"{client_id}.log"
+    procs = [start_ingest(env, log)]
+    try:
+        with stopping(procs, [log]):
+            result = measure(
+                variant.name,
+                procs,
+                n,
+                database.stored,
+                {
+                    "broker": lambda: proc_cpu_s(variant.broker_pid),
+                    "db": database.backend_cpu_s,
+                },
+                ready=lambda: "subscribed to " in log.read_text(errors="replace"),
+            )
+        assert database.stored() == n, f"{variant.name}: stored a different number of rows"
+    finally:
+        database.close()
+    result["warnings"] = warnings_in([log])
+    return result
+
+
+def reconnect(
+    name: str, url: str, logins: dict[str, DeviceLogin], ca_file: Path | None, broker_pid: int
+) -> dict[str, object]:
+    """Every device in ``logins`` connects at once (a city after a broker restart)."""
+    links = DeviceLinks(url, logins, ca_file=ca_file)
+    cpu0 = proc_cpu_s(broker_pid)
+    client0 = time.process_time()
+    try:
+        seconds = links.open(logins, timeout_s=600, connectors=8)
+        broker_cpu = proc_cpu_s(broker_pid) - cpu0
+        client_cpu = time.process_time() - client0
+    finally:
+        links.close(timeout_s=60)
+    count = len(logins)
+    result = {
+        "connections": count,
+        "seconds": round(seconds, 2),
+        "connections_per_s": round(count / seconds),
+        "broker_cpu_us_per_connection": round(broker_cpu / count * 1e6),
+        "client_cpu_us_per_connection": round(client_cpu / count * 1e6),
+    }
+    print(f"reconnect {name:12}", result, flush=True)
+    return result
+
+
+def identity_compare(args: argparse.Namespace) -> dict[str, object]:
+    n, devices, count = args.messages, args.devices, args.reconnect
+    tag = uuid.uuid4().hex[:6]
+    urls = {
+        name: prepare_database(args.database_server, f"bench_{name}_{tag}", devices)
+        for name in ("plain", "identity")
+    }
+    reconnecting = [f"bench-rc-{i:05d}" for i in range(count)]
+    results: dict[str, object] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp_dir:
+            tmp = Path(tmp_dir)
+            ca_file = CertificateAuthority.init(tmp / "pki")
+            ca = CertificateAuthority.load(tmp / "pki")
+            server = ca.issue("127.0.0.1", server_names=["127.0.0.1"])
+            server_crt, server_key = write_certificate(tmp / "tls", "server", server)
+            files = {
+                "ca_file": ca_file,
+                "server_certificate": server_crt,
+                "server_key": server_key,
+                "password_file": tmp / "cityops.passwd",
+                "acl_file": tmp / "cityops.acl",
+                "crl_file": tmp / "cityops.crl",
+            }
+            began = time.perf_counter()
+            with psycopg.connect(urls["identity"], autocommit=True) as conn:
+                conn.cursor().executemany(
+                    "insert into devices (device_id, type) values (%s, 'manhole')",
+                    [(d,) for d in reconnecting],
+                )
+                fleet = credentials.issue(conn, [f"bench-mh-{i:04d}" for i in range(devices)])
+                passwords = credentials.issue(conn, reconnecting)
+                certificates = credentials.issue(conn, reconnecting, "certificate", ca=ca)
+                ingest = credentials.issue_service(conn, f"ingest-{tag}", "ingest")
+                settings = BrokerSettings(
+                    ca_dir=tmp / "pki",
+                    password_file=files["password_file"],
+                    acl_file=files["acl_file"],
+                    crl_file=files["crl_file"],
+                )
+                broker_sync(conn, settings)
+            print(
+                f"issued {devices + 2 * count + 1} credentials and wrote the broker's files in "
+                f"{time.perf_counter() - began:.1f} s",
+                flush=True,
+            )
+            cert_logins = {}
+            for issued in certificates:
+                assert issued.certificate is not None
+                crt, key = write_certificate(tmp / "devices", issued.username, issued.certificate)
+                cert_logins[issued.username] = DeviceLogin(issued.username, None, crt, key)
+            with (
+                start_mosquitto(MOSQUITTO_CONF, tmp / "plain") as plain_url,
+                start_identity_mosquitto(
+                    MOSQUITTO_CONF, IDENTITY_CONF, tmp / "identity", files
+                ) as secure,
+            ):
+                plain_pid = pid_running(tmp / "plain" / "mosquitto.conf")
+                secure_pid = pid_running(tmp / "identity" / "mosquitto.conf")
+                variants = [
+                    Variant(
+                        "plain",
+                        plain_url,
+                        {d: DeviceLogin(d) for d in (f"bench-mh-{i:04d}" for i in range(devices))},
+                        plain_url,
+                        urls["plain"],
+                        plain_pid,
+                    ),
+                    Variant(
+                        "identity",
+                        secure.url(secure.password_port),
+                        {c.username: DeviceLogin(c.username, c.password) for c in fleet},
+                        secure.url(secure.service_port, ingest.username, ingest.password),
+                        urls["identity"],
+                        secure_pid,
+                        ca_file,
+                    ),
+                ]
+                for variant in variants:
+                    client_id = f"ingest-{variant.name}-{tag}"
+                    ingest_session(variant, client_id)
+                    published = fleet_backlog(variant, n, devices)
+                    print(f"publish {variant.name:9}", published, flush=True)
+                    drained = drain(variant, n, client_id, tmp)
+                    print(f"drain   {variant.name:9}", drained, flush=True)
+                    results[variant.name] = {"publish": published, "drain": drained}
+                results["reconnect"] = {
+                    "plain": reconnect(
+                        "plain",
+                        plain_url,
+                        {d: DeviceLogin(d) for d in reconnecting},
+                        None,
+                        plain_pid,
+                    ),
+                    "password_tls": reconnect(
+                        "password_tls",
+                        secure.url(secure.password_port),
+                        {c.username: DeviceLogin(c.username, c.password) for c in passwords},
+                        ca_file,
+                        secure_pid,
+                    ),
+                    "certificate_tls": reconnect(
+                        "certificate_tls",
+                        secure.url(secure.certificate_port),
+                        cert_logins,
+                        ca_file,
+                        secure_pid,
+                    ),
+                }
+    finally:
+        drop_databases(args.database_server, list(urls.values()))
+
+    def rate(*path: str) -> float:
+        value: object = results
+        for key in path:
+            value = value[key]  # type: ignore[index]
+        return float(value)  # type: ignore[arg-type]
+
+    ratios = {
+        "publish_identity_vs_plain": round(
+            rate("identity", "publish", "msgs_per_s") / rate("plain", "publish", "msgs_per_s"), 3
+        ),
+        "drain_identity_vs_plain": round(
+            rate("identity", "drain", "msgs_per_s") / rate("plain", "drain", "msgs_per_s"), 3
+        ),
+        "reconnect_password_tls_vs_plain": round(
+            rate("reconnect", "password_tls", "connections_per_s")
+            / rate("reconnect", "plain", "connections_per_s"),
+            3,
+        ),
+        "reconnect_certificate_tls_vs_plain": round(
+            rate("reconnect", "certificate_tls", "connections_per_s")
+            / rate("reconnect", "plain", "connections_per_s"),
+            3,
+        ),
+    }
+    print(
+        f"identity = {ratios['publish_identity_vs_plain']} x plain publishing, "
+        f"{ratios['drain_identity_vs_plain']} x plain draining; {count} devices reconnect at "
+        f"{ratios['reconnect_password_tls_vs_plain']} x (passwords over TLS) and "
+        f"{ratios['reconnect_certificate_tls_vs_plain']} x (certificates) the plain rate"
+    )
+    return {
+        "bench": "ingest_identity",
+        "messages": n,
+        "devices": devices,
+        "reconnecting": count,
+        **results,
+        "ratios": ratios,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=200_000)
@@ -836,6 +1120,19 @@ def main() -> None:
         "--kill-one",
         action="store_true",
         help="instead: kill -9 one of two workers mid-drain, restart it, check the rows",
+    )
+    parser.add_argument(
+        "--identity",
+        action="store_true",
+        help="instead: the fleet over TLS with a login per device (config/mosquitto/"
+        "identity.conf) against the open broker: publishing, draining, and --reconnect devices "
+        "connecting at once with passwords and with certificates",
+    )
+    parser.add_argument(
+        "--reconnect",
+        type=int,
+        default=10_000,
+        help="--identity: devices that reconnect at once",
     )
     parser.add_argument(
         "--quiet-s",
@@ -867,7 +1164,10 @@ def main() -> None:
     if not Path(cityops.__file__).resolve().is_relative_to(ROOT):
         parser.error(f"cityops is imported from {cityops.__file__}, not from {ROOT}")
     print(f"cityops from {ROOT}; load average {os.getloadavg()}", flush=True)
-    report = kill_one(args) if args.kill_one else compare(args)
+    if args.identity:
+        report = identity_compare(args)
+    else:
+        report = kill_one(args) if args.kill_one else compare(args)
     print(json.dumps(report))
     return None
 

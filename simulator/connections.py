@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import logging
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -26,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from wire.mqtt import BrokerAddress, TlsFiles
 
+logger = logging.getLogger(__name__)
 _MISC_EVERY_S = 1.0  # keep-alive pings and retries: paho's loop_misc, for every client
 
 
@@ -99,6 +102,7 @@ class DeviceLinks:
         self._answers: dict[str, Any] = {}  # device id: its CONNACK reason
         self._answered = threading.Condition()
         self._stop = threading.Event()
+        self._closing = False
         self._thread = threading.Thread(target=self._serve, name="device-links", daemon=True)
         self._thread.start()
 
@@ -115,6 +119,7 @@ class DeviceLinks:
         client.max_inflight_messages_set(100)
         client.max_queued_messages_set(0)
         client.on_connect = lambda _c, _u, _f, rc, _p: self._answer(device_id, rc)
+        client.on_disconnect = lambda _c, _u, _f, rc, _p: self._lost(device_id, rc)
         client.on_socket_open = lambda _c, _u, sock: self._watch(sock, client, write=False)
         client.on_socket_close = lambda _c, _u, sock: self._unwatch(sock)
         client.on_socket_register_write = lambda _c, _u, sock: self._watch(sock, client, True)
@@ -140,6 +145,10 @@ class DeviceLinks:
             self._answers[device_id] = reason
             self._answered.notify_all()
 
+    def _lost(self, device_id: str, reason: Any) -> None:
+        if not self._stop.is_set() and not self._closing:
+            logger.warning("device %s lost its connection: %s", device_id, reason)
+
     def _serve(self) -> None:
         next_misc = time.monotonic() + _MISC_EVERY_S
         while not self._stop.is_set():
@@ -149,6 +158,11 @@ class DeviceLinks:
                     continue
                 if mask & selectors.EVENT_READ:
                     client.loop_read()
+                    # TLS may have decrypted more than it was asked for: the socket shows no
+                    # data that its SSL object already holds (paho's own loop checks too)
+                    sock = key.fileobj
+                    while isinstance(sock, ssl.SSLSocket) and sock.pending():
+                        client.loop_read()
                 if mask & selectors.EVENT_WRITE:
                     client.loop_write()
             if time.monotonic() >= next_misc:
@@ -212,6 +226,7 @@ class DeviceLinks:
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Disconnect every device (each DISCONNECT sent), then stop the thread."""
+        self._closing = True
         for client in self._clients.values():
             client.disconnect()
         with self._closed:
