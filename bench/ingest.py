@@ -34,7 +34,9 @@ login per device, the ACL) against the open broker (cityops.conf), both in the s
 --devices devices publishes its readings on its own connection (publish rate and broker CPU),
 then `cityops ingest` drains the backlog (over TLS with its service account, against plain);
 and --reconnect devices connect at once, a city after a broker restart, in plain, with passwords
-over TLS, and with certificates (connections per second and CPU per connection).
+over TLS, and with certificates (connections per second and CPU per connection); then, with
+`broker sync --watch` running, --revocations devices of each kind are revoked one by one: the
+seconds from the revocation's commit until the broker has closed the device's connection.
 
 Usage: python bench/ingest.py [--messages 200000] [--naive-messages 20000] [--workers 2]
        python bench/ingest.py --kill-one [--messages 200000]
@@ -79,6 +81,7 @@ from cityops.services import (  # noqa: E402
 )
 from devices import credentials  # noqa: E402
 from devices.broker import sync as broker_sync  # noqa: E402
+from devices.broker import watch as broker_watch  # noqa: E402
 from devices.pki import CertificateAuthority, write_certificate  # noqa: E402
 from devices.settings import BrokerSettings  # noqa: E402
 from simulator.connections import DeviceLinks, DeviceLogin  # noqa: E402
@@ -946,6 +949,47 @@ def reconnect(
     return result
 
 
+def revocation_latency(
+    database_url: str,
+    settings: BrokerSettings,
+    url: str,
+    logins: dict[str, DeviceLogin],
+    ca_file: Path,
+) -> dict[str, object]:
+    """Seconds from a revocation's commit until the broker has closed the device's connection.
+
+    `broker sync --watch` runs as it would beside the broker; the devices are revoked one by one.
+    """
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=broker_watch,
+        args=(lambda: psycopg.connect(database_url), settings, stop),
+        kwargs={"tls": TlsFiles(ca_file)},
+    )
+    watcher.start()
+    links = DeviceLinks(url, logins, ca_file=ca_file)
+    latencies = []
+    try:
+        links.open(logins, timeout_s=60)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            for device_id in logins:
+                began = time.perf_counter()
+                credentials.revoke(conn, [device_id])
+                closed = lambda d=device_id: not links.is_connected(d)  # noqa: E731
+                until(closed, 30, f"{device_id} disconnected")
+                latencies.append(time.perf_counter() - began)
+    finally:
+        links.close()
+        stop.set()
+        watcher.join(timeout=30)
+    latencies.sort()
+    return {
+        "devices": len(latencies),
+        "p50_s": round(latencies[len(latencies) // 2], 3),
+        "max_s": round(latencies[-1], 3),
+    }
+
+
 def identity_compare(args: argparse.Namespace) -> dict[str, object]:
     n, devices, count = args.messages, args.devices, args.reconnect
     tag = uuid.uuid4().hex[:6]
@@ -980,6 +1024,7 @@ def identity_compare(args: argparse.Namespace) -> dict[str, object]:
                 passwords = credentials.issue(conn, reconnecting)
                 certificates = credentials.issue(conn, reconnecting, "certificate", ca=ca)
                 ingest = credentials.issue_service(conn, f"ingest-{tag}", "ingest")
+                control = credentials.issue_service(conn, f"control-{tag}", "control")
                 settings = BrokerSettings(
                     ca_dir=tmp / "pki",
                     password_file=files["password_file"],
@@ -1055,6 +1100,36 @@ def identity_compare(args: argparse.Namespace) -> dict[str, object]:
                         secure_pid,
                     ),
                 }
+                watching = settings.model_copy(
+                    update={
+                        "pid_file": secure.pid_file,
+                        "control_url": secure.url(
+                            secure.service_port, control.username, control.password
+                        ),
+                    }
+                )
+                revoked = reconnecting[: args.revocations]
+                results["revocation"] = {
+                    "password_tls": revocation_latency(
+                        urls["identity"],
+                        watching,
+                        secure.url(secure.password_port),
+                        {
+                            c.username: DeviceLogin(c.username, c.password)
+                            for c in passwords
+                            if c.username in revoked
+                        },
+                        ca_file,
+                    ),
+                    "certificate_tls": revocation_latency(
+                        urls["identity"],
+                        watching,
+                        secure.url(secure.certificate_port),
+                        {d: cert_logins[d] for d in reconnecting[-args.revocations :]},
+                        ca_file,
+                    ),
+                }
+                print("revocation", results["revocation"], flush=True)
     finally:
         drop_databases(args.database_server, list(urls.values()))
 
@@ -1133,6 +1208,12 @@ def main() -> None:
         type=int,
         default=10_000,
         help="--identity: devices that reconnect at once",
+    )
+    parser.add_argument(
+        "--revocations",
+        type=int,
+        default=20,
+        help="--identity: devices revoked one by one with `broker sync --watch` running",
     )
     parser.add_argument(
         "--quiet-s",

@@ -218,6 +218,10 @@ class DeviceLinks:
             raise LinkError(msg)
         return elapsed
 
+    def is_connected(self, device_id: str) -> bool:
+        """Whether ``device_id``'s connection is up (a lost one is not opened again)."""
+        return self._clients[device_id].is_connected()
+
     def publish(
         self, device_id: str, topic: str, payload: bytes, *, qos: int, retain: bool = False
     ) -> mqtt.MQTTMessageInfo:
