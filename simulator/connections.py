@@ -65,10 +65,16 @@ def read_logins(path: Path) -> dict[str, DeviceLogin]:
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             msg = f"cannot read logins from {path}: {exc}"
             raise LinkError(msg) from None
-        if rows and not {"username", "password"} <= set(rows[0]):
-            msg = f"{path}: expected the columns username,password (credentials issue --out)"
-            raise LinkError(msg)
-        logins = {r["username"]: DeviceLogin(r["username"], password=r["password"]) for r in rows}
+        logins = {}
+        for line, row in enumerate(rows, start=2):
+            username, password = row.get("username"), row.get("password")
+            if not isinstance(username, str) or not username or not isinstance(password, str):
+                msg = (
+                    f"{path}, line {line}: expected username,password "
+                    "(the file `cityops devices credentials issue --out` writes)"
+                )
+                raise LinkError(msg)
+            logins[username] = DeviceLogin(username, password=password)
     if not logins:
         msg = f"{path} holds no logins"
         raise LinkError(msg)
