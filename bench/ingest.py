@@ -1031,7 +1031,7 @@ def identity_compare(args: argparse.Namespace) -> dict[str, object]:
                     acl_file=files["acl_file"],
                     crl_file=files["crl_file"],
                 )
-                broker_sync(conn, settings)
+                broker_sync(conn, settings, reload=False)
             print(
                 f"issued {devices + 2 * count + 1} credentials and wrote the broker's files in "
                 f"{time.perf_counter() - began:.1f} s",

@@ -183,11 +183,13 @@ def found_services(settings: Settings, workdir: Path) -> Iterator[Settings]:
         )
 
 
-def _show_services(settings: Settings, path: db.StoragePath, *more: str) -> None:
+def _show_services(
+    settings: Settings, path: db.StoragePath, *more: str, broker: str | None = None
+) -> None:
     """One line: the database (and its storage path) and the broker in use, passwords redacted."""
     shown = [
         f"database {redact(settings.database.url)} ({path.value})",
-        f"broker {redact(settings.mqtt.url)}",
+        f"broker {broker or redact(settings.mqtt.url)}",
         *more,
     ]
     out.print(", ".join(shown), highlight=False)
@@ -329,6 +331,14 @@ def demo(
             file_okay=False,
         ),
     ] = Path(".cityops"),
+    identity: Annotated[
+        bool,
+        typer.Option(
+            help="On a private Mosquitto that enforces device identity (docs/security.md): "
+            "TLS, a password and a connection per device, accounts for ingest and the scenes, "
+            "broker sync --watch beside it. Needs mosquitto installed.",
+        ),
+    ] = False,
 ) -> None:
     """Run a simulated city end to end: fleet with faults, ingest, scenes, cases, live view, score.
 
@@ -366,6 +376,7 @@ def demo(
             report.path,
             f"topics {topic_filter(settings.mqtt.topic_prefix)}",
             f"client id {settings.mqtt.client_id}",
+            broker=f"Mosquitto enforcing identity ({workdir / 'identity'})" if identity else None,
         )
         try:
             summary = run_demo(
@@ -373,12 +384,13 @@ def demo(
                 catalog=catalog,
                 workdir=workdir,
                 speed=speed,
-                protocol=broker_protocol(settings.mqtt, "auto"),
+                protocol="5" if identity else broker_protocol(settings.mqtt, "auto"),
                 duration_s=duration,
                 stop=stop,
                 console=out,
+                identity=identity,
             )
-        except (PublishError, BrokerUnavailableError) as exc:
+        except (PublishError, BrokerUnavailableError, services.ServiceStartError) as exc:
             fail(str(exc))
     out.print(
         f"stopped: {summary.published:,} messages published, {summary.stored:,} readings stored, "

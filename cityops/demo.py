@@ -17,6 +17,7 @@ would be long silent, and offline.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import math
 import threading
@@ -35,6 +36,7 @@ from rich.live import Live
 from rich.table import Table
 
 from cases.catalog import Catalog
+from cityops.demo_identity import enforcing_broker
 from cityops.settings import Settings
 from devices import registry
 from ingest.metrics import IngestMetrics
@@ -49,7 +51,7 @@ from simulator.publish import PublishError, PublishOptions, publish
 from simulator.scenario import Scenario
 from store import db, rollups
 from store.settings import DatabaseSettings
-from wire.mqtt import MqttSettings
+from wire.mqtt import MqttSettings, TlsFiles
 
 logger = logging.getLogger(__name__)
 
@@ -347,30 +349,79 @@ def run_demo(
     duration_s: float | None,
     stop: threading.Event,
     console: Console,
+    identity: bool = False,
 ) -> DemoSummary:
-    """Run the demo until ``stop`` or ``duration_s``; stop everything cleanly; score the run."""
+    """Run the demo until ``stop`` or ``duration_s``; stop everything cleanly; score the run.
+
+    With ``identity`` the demo runs on a private Mosquitto that enforces device identity
+    (``cityops.demo_identity``): a connection and a password per device, TLS, service accounts.
+    """
     stage = _set_stage(settings, workdir)
+    with contextlib.ExitStack() as stack:
+        ingest_mqtt = scenes_mqtt = settings.mqtt
+        options = PublishOptions(
+            url=settings.mqtt.url,
+            protocol=protocol,
+            speed=speed,
+            topic_prefix=settings.mqtt.topic_prefix,
+        )
+        take_back = options  # what the scenes retained is taken back with the scenes' rights
+        if identity:
+            devices = [d["device_id"] for d in stage.city.devices]
+            secured = stack.enter_context(enforcing_broker(settings, devices, workdir / "identity"))
+            ingest_mqtt, scenes_mqtt = secured.ingest, secured.scenes
+            options = replace(
+                options,
+                url=secured.devices_url,
+                protocol="5",
+                tls=TlsFiles(secured.ca_file),
+                logins=secured.logins,
+            )
+            take_back = replace(options, url=scenes_mqtt.url, logins=None)
+        return _run(
+            settings,
+            stage,
+            ingest_mqtt,
+            scenes_mqtt,
+            options,
+            take_back,
+            catalog=catalog,
+            speed=speed,
+            duration_s=duration_s,
+            stop=stop,
+            console=console,
+        )
+
+
+def _run(
+    settings: Settings,
+    stage: _Stage,
+    ingest_mqtt: MqttSettings,
+    scenes_mqtt: MqttSettings,
+    options: PublishOptions,
+    take_back: PublishOptions,
+    *,
+    catalog: Catalog,
+    speed: float,
+    duration_s: float | None,
+    stop: threading.Event,
+    console: Console,
+) -> DemoSummary:
     worker = IngestWorker(
         database=settings.database,
-        mqtt_settings=settings.mqtt,
+        mqtt_settings=ingest_mqtt,
         ingest=settings.ingest,
         metrics=IngestMetrics(CollectorRegistry()),
     )
     clock = _FleetClock(settings.database, stage.start)
     progress = _FleetProgress()
     failures: list[Exception] = []  # the first ends the demo, raised once every thread stopped
-    options = PublishOptions(
-        url=settings.mqtt.url,
-        protocol=protocol,
-        speed=speed,
-        topic_prefix=settings.mqtt.topic_prefix,
-    )
     threads = [
         _thread("ingest", lambda: worker.run(stop), failures, stop),
         _thread(
             "scenes",
             lambda: serve(
-                settings.database, settings.mqtt, settings.scenes, catalog, stop, clock=clock
+                settings.database, scenes_mqtt, settings.scenes, catalog, stop, clock=clock
             ),
             failures,
             stop,
@@ -403,7 +454,7 @@ def run_demo(
             sent = progress.sent or 0
             cut_at = None if sent >= len(stage.fleet.publications) else _reached(stage, sent)
             result = _score(conn, stage, cut_at)
-            _take_back_retained(conn, options)
+            _take_back_retained(conn, take_back)
     finally:
         clock.close()
     return DemoSummary(

@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 #: Mosquitto's acl_file names read (subscribe and receive) and write (publish).
 _ACL_ACCESS = {"publish": "write", "subscribe": "read"}
+_SHARED = "$share/+/"
 _KICK_TIMEOUT_S = 5.0
 _CRL_DAYS = 30  # a CRL's validity; a sync signs a new one when half of it is left
 
@@ -83,7 +84,7 @@ def render(conn: psycopg.Connection, *, topic_prefix: str = "") -> BrokerFiles:
     for user, action, topic in conn.execute(
         "select username, action, topic from broker_acl order by username, topic"
     ):
-        rules[user].append(f"topic {_ACL_ACCESS[action]} {prefixed(topic_prefix, topic)}")
+        rules[user].append(f"topic {_ACL_ACCESS[action]} {_under(topic_prefix, topic)}")
     acl = "".join(
         f"user {user}\n" + "".join(f"{line}\n" for line in lines) + "\n"
         for user, lines in sorted(rules.items())
@@ -93,6 +94,13 @@ def render(conn: psycopg.Connection, *, topic_prefix: str = "") -> BrokerFiles:
         "where kind = 'certificate' and revoked_at is not null order by credential_id"
     ).fetchall()
     return BrokerFiles(passwords, acl, tuple(revoked), frozenset(rules))
+
+
+def _under(prefix: str, topic: str) -> str:
+    """``topic`` under the prefix; a shared subscription's prefix goes after its group."""
+    if topic.startswith(_SHARED):
+        return _SHARED + prefixed(prefix, topic.removeprefix(_SHARED))
+    return prefixed(prefix, topic)
 
 
 def _crl_if_changed(
@@ -158,8 +166,12 @@ def sync(
     *,
     topic_prefix: str = "",
     tls: TlsFiles | None = None,
+    reload: bool = True,
 ) -> SyncReport:
-    """Write the files that changed, reload the broker, and end connections no longer admitted."""
+    """Write the files that changed, reload the broker, and end connections no longer admitted.
+
+    ``reload=False`` only writes the files: for a broker about to start on them.
+    """
     if settings.password_file is None or settings.acl_file is None:
         msg = "set broker.password_file and broker.acl_file (the files Mosquitto reads)"
         raise BrokerSyncError(msg)
@@ -183,10 +195,10 @@ def sync(
     except OSError as exc:
         msg = f"cannot write the broker's files: {exc}"
         raise BrokerSyncError(msg) from None
-    reloaded = bool(changed) and _reload(settings.pid_file)
+    reloaded = bool(changed) and reload and _reload(settings.pid_file)
     left_out = sorted(before - files.usernames)
     ended: tuple[str, ...] = ()
-    if left_out and settings.control_url:
+    if left_out and reload and settings.control_url:
         ended = _end_connections(settings.control_url, left_out, tls)
     return SyncReport(changed, reloaded, ended)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -325,3 +326,41 @@ def test_each_demo_empties_its_own_database_first_and_no_other(
         empty(DatabaseSettings(url=production_url))
     with psycopg.connect(production_url) as conn:
         assert tables_with_rows(conn) == ["public.devices"]
+
+
+@pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs mosquitto itself")
+def test_the_demo_runs_with_a_login_per_device_on_a_broker_enforcing_identity(
+    production_url: str, demo_url: str, broker_url: str, tag: str, tmp_path: Path
+) -> None:
+    result = demo(
+        production_url,
+        broker_url,
+        MqttSettings(url=broker_url, client_id=f"cityops-ingest-{tag}"),
+        "--identity",
+        "--database",
+        db.database_name(demo_url),
+        "--duration",
+        "30",
+        "--workdir",
+        str(tmp_path / "demo"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    shown, errors = result.communicate(timeout=180)
+    assert result.returncode == 0, errors
+    assert f"broker Mosquitto enforcing identity ({tmp_path / 'demo' / 'identity'})" in shown
+    stored = re.search(r"([\d,]+) readings stored, (\d+) quarantined", shown)
+    assert stored is not None, shown
+    assert int(stored.group(1).replace(",", "")) > 0
+    assert stored.group(2) == "0"  # every device spoke for itself, under its own topic
+    # the cover opened in the hour's second minute reached a unit's desk through it all
+    assert re.search(r"^cover_open +[01] +[01] +1 +1\.000 ", shown, re.M), shown
+    # each device of the city had its own password, and may publish only under its own topic
+    with psycopg.connect(demo_url) as conn:
+        devices = dict(conn.execute("select device_id, type from devices").fetchall())
+    passwords = (tmp_path / "demo" / "identity" / "cityops.passwd").read_text().splitlines()
+    assert {line.split(":")[0] for line in passwords} >= set(devices)
+    acl = (tmp_path / "demo" / "identity" / "cityops.acl").read_text()
+    prefix = re.search(r"topics (demo-\w+)/cityops/v1/#", shown).group(1)  # type: ignore[union-attr]
+    device, kind = next(iter(devices.items()))
+    assert f"user {device}\ntopic write {prefix}/cityops/v1/{kind}/{device}/#\n" in acl
