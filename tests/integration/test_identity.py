@@ -491,7 +491,8 @@ def test_the_simulated_fleet_publishes_with_a_login_per_device(
     city = import_city(
         conn,
         tmp_path,
-        CitySpec(seed=4, covers=20, lamps=40, sweepers_per_district=1, division_base=880_000),
+        # no sweepers: their ids repeat from city to city, and other tests count theirs
+        CitySpec(seed=4, covers=20, lamps=40, sweepers_per_district=0, division_base=880_000),
     )
     env = {
         "CITYOPS_DATABASE_URL": database_url,
@@ -519,7 +520,7 @@ def test_the_simulated_fleet_publishes_with_a_login_per_device(
     assert len(logins.read_text().splitlines()) == len(city.devices) + 1
     synced_since(identity, mark)
     ingest = start_ingest()
-    # last night at 00:30 local time: lamps lit and sweepers sweeping
+    # last night at 00:30 local time: the lamps lit, their cabinets reporting
     local = datetime.now(timezone(timedelta(hours=8))) - timedelta(days=1)
     night = local.replace(hour=0, minute=30, second=0, microsecond=0)
     run = runner.invoke(
@@ -542,23 +543,25 @@ def test_the_simulated_fleet_publishes_with_a_login_per_device(
     )
     assert run.exit_code == 0, run.output
     published = json.loads(run.output.strip().splitlines()[-1])["messages"]
-    assert published > len(city.devices)
+    assert published > 0
     # every message was the publishing device's own: all stored, none refused or quarantined
     wait_for(
         lambda: ingest.metric_total("cityops_ingest_messages_total") >= published,
         what="every message ingested",
     )
     assert ingest.metric_total("cityops_ingest_quarantined_total") == 0
-    stored = sum(
-        ingest.metric("cityops_ingest_messages_total", device_type=t, result="stored")
+    stored = {
+        t: ingest.metric("cityops_ingest_messages_total", device_type=t, result="stored")
         for t in ("manhole", "light", "sweeper", "gateway")
-    )
-    assert stored == published
+    }
+    assert sum(stored.values()) == published
+    assert stored["gateway"] > 0  # cabinets, each its lamps' batches on its own login
+    assert stored["manhole"] > 0
     # a device whose login the broker refuses stops the run before anything is published
-    sweeper = next(d["device_id"] for d in city.devices if d["type"] == "sweeper")
+    gateway = next(d["device_id"] for d in city.devices if d["type"] == "gateway")
     lines = logins.read_text().splitlines()
     logins.write_text(
-        "\n".join(f"{sweeper},wrong," if line.startswith(f"{sweeper},") else line for line in lines)
+        "\n".join(f"{gateway},wrong," if line.startswith(f"{gateway},") else line for line in lines)
     )
     refused = runner.invoke(
         cli_app,
@@ -579,7 +582,7 @@ def test_the_simulated_fleet_publishes_with_a_login_per_device(
         env=env,
     )
     assert refused.exit_code == 2, refused.output
-    assert f"refused or did not answer 1 devices, e.g. {sweeper} (Not authorized)" in " ".join(
+    assert f"refused or did not answer 1 devices, e.g. {gateway} (Not authorized)" in " ".join(
         refused.output.split()
     )
 

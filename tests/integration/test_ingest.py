@@ -122,13 +122,18 @@ def test_each_device_type_and_payload_form_lands_as_typed_rows(
 def test_gateway_batch_lands_a_row_per_device_and_quarantines_only_bad_entries(
     conn, tag, make_settings, start_worker, publisher: Publisher
 ) -> None:
-    mh, lt = f"{tag}-mh", f"{tag}-lt"
-    register(conn, {mh: "manhole", lt: "light"})
+    mh, lt, gateway = f"{tag}-mh", f"{tag}-lt", f"{tag}-gw"
+    register(conn, {gateway: "gateway"})
+    conn.cursor().executemany(
+        "insert into devices (device_id, type, gateway_id) values (%s, %s, %s)",
+        [(mh, "manhole", gateway), (lt, "light", gateway), (f"{tag}-other", "light", None)],
+    )
     running = start_worker(make_settings())
     batch = [
         {"device_id": mh, "ts": T0_MS, "values": {"tilt_deg": 1.0}},
         {"device_id": lt, "ts": T0_MS, "values": {"lamp_on": False}},
         {"device_id": f"{tag}-ghost", "ts": T0_MS, "values": {"tilt_deg": 1.0}},
+        {"device_id": f"{tag}-other", "ts": T0_MS, "values": {"lamp_on": True}},
     ]
     publisher.publish(f"cityops/v1/gateway/{tag}-gw/batch", json.dumps(batch))
     wait_for(
@@ -144,7 +149,14 @@ def test_gateway_batch_lands_a_row_per_device_and_quarantines_only_bad_entries(
         conn,
         "select reason, detail from quarantine where topic = %s",
         f"cityops/v1/gateway/{tag}-gw/batch",
-    ) == [("unknown_device", f"item 2: device '{tag}-ghost' is not registered")]
+    ) == [
+        ("unknown_device", f"item 2: device '{tag}-ghost' is not registered"),
+        (
+            "not_gateway_child",
+            f"item 3: device '{tag}-other' is not a child of gateway '{gateway}'",
+        ),
+    ]
+    assert count(conn, "light_readings", f"{tag}-other") == 0
 
 
 def test_backfill_array_lands_every_reading(

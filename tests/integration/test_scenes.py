@@ -511,6 +511,9 @@ def test_a_gateway_backlog_across_two_partitions_is_judged_once_in_each(
     nowhere = f"{tag}-mh-nowhere"  # no component, no region: the partition of no district
     register(conn, {nowhere: "manhole", f"{tag}-gw": "gateway"})
     devices = [in_d0["device_id"], nowhere]
+    conn.execute(  # both behind the gateway that will bring their backlog
+        "update devices set gateway_id = %s where device_id = any(%s)", (f"{tag}-gw", devices)
+    )
     start_worker(make_settings())
     for device in devices:
         send_tilts(publisher, device, [(0, 2)])
