@@ -398,6 +398,32 @@ def handshake_refused(tls: TlsFiles, port: int) -> bool:
             return True
 
 
+def test_an_expired_password_is_refused_at_the_next_periodic_sync(
+    identity: Identity, conn, tag: str, devices: list[Device]
+) -> None:
+    device_id = f"{tag}-mh-1"
+    register(conn, [(device_id, "manhole", None)])
+    mark = len(identity.syncs)
+    (issued,) = credentials.issue(conn, [device_id], valid_days=30)
+    synced_since(identity, mark)
+    device = Device(
+        identity, identity.broker.password_port, username=device_id, password=issued.password
+    )
+    devices.append(device)
+    assert not device.answer().is_failure
+    # time passes: nothing is notified, the periodic sync (broker.sync_interval_s) sees it
+    conn.execute(
+        "update broker_credentials set not_after = now() - interval '1 s' where username = %s",
+        (device_id,),
+    )
+    assert device.disconnected.wait(REVOKED_WITHIN_S)
+    again = Device(
+        identity, identity.broker.password_port, username=device_id, password=issued.password
+    )
+    devices.append(again)
+    assert str(again.answer()) == "Not authorized"
+
+
 def certificate(identity: Identity, device_id: str, **options: Any) -> TlsFiles:
     issued = identity.ca.issue(device_id, **options)
     crt, key = write_certificate(identity.workdir / "devices", device_id, issued)
