@@ -964,7 +964,6 @@ def revocation_latency(
     watcher = threading.Thread(
         target=broker_watch,
         args=(lambda: psycopg.connect(database_url), settings, stop),
-        kwargs={"tls": TlsFiles(ca_file)},
     )
     watcher.start()
     links = DeviceLinks(url, logins, ca_file=ca_file)
@@ -1011,6 +1010,7 @@ def identity_compare(args: argparse.Namespace) -> dict[str, object]:
                 "server_certificate": server_crt,
                 "server_key": server_key,
                 "password_file": tmp / "cityops.passwd",
+                "service_password_file": tmp / "cityops-services.passwd",
                 "acl_file": tmp / "cityops.acl",
                 "crl_file": tmp / "cityops.crl",
             }
@@ -1028,6 +1028,7 @@ def identity_compare(args: argparse.Namespace) -> dict[str, object]:
                 settings = BrokerSettings(
                     ca_dir=tmp / "pki",
                     password_file=files["password_file"],
+                    service_password_file=files["service_password_file"],
                     acl_file=files["acl_file"],
                     crl_file=files["crl_file"],
                 )

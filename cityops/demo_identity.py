@@ -61,6 +61,7 @@ def enforcing_broker(
         "server_certificate": server_crt,
         "server_key": server_key,
         "password_file": workdir / "cityops.passwd",
+        "service_password_file": workdir / "cityops-services.passwd",
         "acl_file": workdir / "cityops.acl",
         "crl_file": workdir / "cityops.crl",
     }
@@ -74,6 +75,7 @@ def enforcing_broker(
         first = BrokerSettings(
             ca_dir=pki,
             password_file=files["password_file"],
+            service_password_file=files["service_password_file"],
             acl_file=files["acl_file"],
             crl_file=files["crl_file"],
         )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,10 +19,9 @@ from cityops.settings import Settings
 from cityops.terminal import ConfigOption, fail, out, settings_from, stop_on_signals
 from devices import broker, credentials
 from devices.credentials import SERVICE_ROLES, CredentialError, CredentialKind, IssuedCredential
-from devices.pki import CertificateAuthority, PkiError, write_certificate
+from devices.pki import CertificateAuthority, PkiError, write_certificate, write_private
 from devices.registry import RegistryError, read_rows
 from store import db
-from wire.mqtt import TlsFilesError
 
 credentials_app = typer.Typer(
     help="Per-device broker credentials: passwords or client certificates, shown once.",
@@ -87,33 +85,42 @@ def _ca(settings: Settings, kind: CredentialKind) -> CertificateAuthority | None
         fail(str(exc))
 
 
-def _show(issued: Sequence[IssuedCredential], out_path: Path | None) -> None:
-    """Print or write the secrets, once."""
-    certificates = [c for c in issued if c.certificate is not None]
-    if certificates:
+def _deliver(out_path: Path | None) -> credentials.Deliver:
+    """Print or write the secrets, once, before the credentials are committed."""
+
+    def deliver(issued: Sequence[IssuedCredential]) -> None:
+        certificates = [c for c in issued if c.certificate is not None]
+        if certificates:
+            assert out_path is not None  # checked before anything was issued
+            for credential in certificates:
+                assert credential.certificate is not None
+                write_certificate(out_path, credential.username, credential.certificate)
+            return
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(("username", "password", "not_after"))
+        for credential in issued:
+            expiry = credential.not_after.isoformat() if credential.not_after else ""
+            writer.writerow((credential.username, credential.password, expiry))
         if out_path is None:
-            fail("certificates are written to files: give --out DIR")
-        for credential in certificates:
-            assert credential.certificate is not None
-            write_certificate(out_path, credential.username, credential.certificate)
+            out.print(buffer.getvalue(), end="", highlight=False, markup=False)
+        else:
+            write_private(out_path, buffer.getvalue().encode())
+
+    return deliver
+
+
+def _delivered(issued: Sequence[IssuedCredential], out_path: Path | None) -> None:
+    """Say where the secrets went (when not on standard output)."""
+    if out_path is None:
+        return
+    if any(c.certificate is not None for c in issued):
         out.print(
-            f"{len(certificates)} certificates (and keys, mode 0600) in {out_path}; "
+            f"{len(issued)} certificates (and keys, mode 0600) in {out_path}; "
             "each key is there only: hand it to its device and remove it"
         )
-        return
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(("username", "password", "not_after"))
-    for credential in issued:
-        expiry = credential.not_after.isoformat() if credential.not_after else ""
-        writer.writerow((credential.username, credential.password, expiry))
-    if out_path is None:
-        out.print(buffer.getvalue(), end="", highlight=False, markup=False)
-        return
-    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        file.write(buffer.getvalue())
-    out.print(f"{len(issued)} passwords in {out_path} (shown only there, stored hashed)")
+    else:
+        out.print(f"{len(issued)} passwords in {out_path} (shown only there, stored hashed)")
 
 
 def _issue(
@@ -142,10 +149,13 @@ def _issue(
                 ca=ca,
                 iterations=settings.broker.password_iterations,
                 rotate=rotate,
+                deliver=_deliver(out_path),
             )
         except CredentialError as exc:
             fail(f"{exc}; nothing issued")
-    _show(issued, out_path)
+        except OSError as exc:
+            fail(f"cannot write the secrets to {out_path}: {exc}; nothing issued")
+    _delivered(issued, out_path)
 
 
 @credentials_app.command("issue")
@@ -220,17 +230,17 @@ def broker_account(
     settings = settings_from(config)
     with db.connect(settings.database) as conn:
         try:
-            issued = credentials.issue_service(
+            credentials.issue_service(
                 conn,
                 name,
                 SERVICE_ROLES[SERVICE_ROLES.index(role)],
                 valid_days=days,
                 iterations=settings.broker.password_iterations,
                 rotate=rotate,
+                deliver=_deliver(None),
             )
         except CredentialError as exc:
             fail(str(exc))
-    _show([issued], None)
 
 
 @broker_app.command("sync")
@@ -245,7 +255,7 @@ def broker_sync(
 ) -> None:
     """Write Mosquitto's password, ACL (and CRL) files from the registry; reload the broker."""
     settings = settings_from(config)
-    prefix, tls = settings.mqtt.topic_prefix, settings.mqtt.tls
+    prefix = settings.mqtt.topic_prefix
     try:
         if watch:
             out.print("syncing the broker's files until SIGTERM or Ctrl-C")
@@ -254,12 +264,11 @@ def broker_sync(
                 settings.broker,
                 stop_on_signals(),
                 topic_prefix=prefix,
-                tls=tls,
             )
             return
         with db.connect(settings.database) as conn:
-            report = broker.sync(conn, settings.broker, topic_prefix=prefix, tls=tls)
-    except (broker.BrokerSyncError, PkiError, TlsFilesError) as exc:
+            report = broker.sync(conn, settings.broker, topic_prefix=prefix)
+    except (broker.BrokerSyncError, PkiError) as exc:
         fail(str(exc))
     out.print(
         f"changed: {', '.join(report.changed) or 'nothing'}; "

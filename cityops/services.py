@@ -154,6 +154,7 @@ _IDENTITY_FILES = {
     "/etc/mosquitto/tls/server.crt": "server_certificate",
     "/etc/mosquitto/tls/server.key": "server_key",
     "/etc/mosquitto/cityops.passwd": "password_file",
+    "/etc/mosquitto/cityops-services.passwd": "service_password_file",
     "/etc/mosquitto/cityops.acl": "acl_file",
     "/etc/mosquitto/cityops.crl": "crl_file",
 }
@@ -166,8 +167,9 @@ def start_identity_mosquitto(
     """Run a private Mosquitto from cityops.conf's guarantees and identity.conf's listeners.
 
     ``files`` names the file for each of identity.conf's (keys: ca_file, server_certificate,
-    server_key, password_file, acl_file, crl_file); the listeners move to free ports on
-    127.0.0.1. The password, ACL and CRL files must exist (``cityops broker sync`` writes them).
+    server_key, password_file, service_password_file, acl_file, crl_file); the listeners move
+    to free ports on 127.0.0.1. The password, ACL and CRL files must exist (``cityops broker
+    sync`` writes them).
     """
     guarantees = re.sub(
         r"(?m)^(listener|allow_anonymous) .*$", "", guarantees_file.read_text(encoding="utf-8")

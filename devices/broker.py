@@ -1,25 +1,29 @@
 """Mosquitto's password, ACL and revocation files from the registry, and keeping them current.
 
 ``render`` turns the ``broker_logins`` and ``broker_acl`` views (migration 0015, the same views
-EMQX reads) into Mosquitto's ``password_file`` (``user:$7$iterations$salt$hash``, its PBKDF2-SHA512
-form), ``acl_file`` (``user`` blocks of ``topic write|read`` lines: a device may publish only under
-its own topic, a gateway only on its own tree, ingest read telemetry, the scenes publish on the
-out tree, nobody else anything) and, with the CA, the certificate revocation list.
+EMQX reads) into Mosquitto's files, read in one snapshot: the devices' ``password_file`` and the
+services' own (``user:$7$iterations$salt$hash``, Mosquitto's PBKDF2-SHA512 form; kept apart so
+that a device's password opens no services' listener, ``per_listener_settings``), the
+``acl_file`` (``user`` blocks of ``topic write|read`` lines: a device may publish only under its
+own topic, a gateway only on its own tree, ingest read telemetry, the scenes publish on the out
+tree, nobody else anything) and, with the CA, the certificate revocation list.
 
-``sync`` writes the files that changed (atomically: Mosquitto never reads half a file) and sends
-the broker SIGHUP, on which Mosquitto 2 reloads them and disconnects every client whose password
-no longer checks. A reload does not end a TLS session whose certificate was revoked, so ``sync``
-then takes over each such device's client id from the control login (the MQTT session takeover:
-the broker closes the older connection) and leaves; the CRL refuses it from then on. ``watch``
-runs ``sync`` on every change notified by ``devices.credentials`` and every interval (expiry).
+``sync`` writes the files that changed (atomically, keeping an existing file's owner and mode:
+Mosquitto never reads half a file, nor loses the right to read it) and sends the broker SIGHUP,
+on which Mosquitto 2 reloads them and disconnects every client whose password no longer checks.
+A reload does not end a TLS session whose certificate was revoked, rotated, or expired, so
+``sync`` then takes over each such device's client id from the control login (the MQTT session
+takeover: the broker closes the older connection) and leaves; the CRL refuses it from then on.
+``watch`` runs ``sync`` on every change notified by ``devices.credentials`` and every interval
+(expiry), and outlasts a lost database or broker: it logs and tries again.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
-import select
 import signal
 import threading
 import uuid
@@ -27,16 +31,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from cryptography import x509
 from paho.mqtt.enums import MQTTProtocolVersion
 
 from devices.credentials import CHANGES_CHANNEL
-from devices.pki import CertificateAuthority
+from devices.pki import CA_CERT, CertificateAuthority, PkiError
 from devices.settings import BrokerSettings
 from redaction import redact
-from wire.mqtt import BrokerAddress, TlsFiles, make_client
+from wire.mqtt import BrokerAddress, TlsFiles, TlsFilesError, make_client
 from wire.topics import prefixed
 
 logger = logging.getLogger(__name__)
@@ -46,6 +51,7 @@ _ACL_ACCESS = {"publish": "write", "subscribe": "read"}
 _SHARED = "$share/+/"
 _KICK_TIMEOUT_S = 5.0
 _CRL_DAYS = 30  # a CRL's validity; a sync signs a new one when half of it is left
+_RETRY_S = 5.0  # a watch whose sync failed tries again after this long
 
 
 class BrokerSyncError(Exception):
@@ -53,13 +59,24 @@ class BrokerSyncError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class BrokerFiles:
-    """The texts of the files, the revoked certificates, and the users admitted."""
+class Revoked:
+    """A revoked certificate: its serial (hex), when, and whose it was."""
 
-    passwords: str
+    serial: str
+    revoked_at: datetime
+    username: str
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerFiles:
+    """The texts of the files, the revoked certificates, and who is admitted."""
+
+    device_passwords: str
+    service_passwords: str
     acl: str
-    revoked: tuple[tuple[str, datetime], ...]  # certificate serials (hex) and when
-    usernames: frozenset[str]
+    revoked: tuple[Revoked, ...]
+    usernames: frozenset[str]  # every login admitted (the ACL's users)
+    certificate_users: frozenset[str]  # those that ever had a certificate
 
 
 def mosquitto_hash(password_hash: str, salt: str, iterations: int) -> str:
@@ -70,30 +87,54 @@ def mosquitto_hash(password_hash: str, salt: str, iterations: int) -> str:
 
 
 def render(conn: psycopg.Connection, *, topic_prefix: str = "") -> BrokerFiles:
-    """The files the registry asks for now."""
-    logins = conn.execute(
-        "select username, kind, password_hash, password_salt, iterations from broker_logins "
-        "order by username, kind"
-    ).fetchall()
-    passwords = "".join(
-        f"{user}:{mosquitto_hash(digest, salt, iterations)}\n"
-        for user, kind, digest, salt, iterations in logins
-        if kind == "password"
-    )
+    """The files the registry asks for now, read in one snapshot (its own transaction)."""
+    with conn.transaction():
+        conn.execute("set transaction isolation level repeatable read, read only")
+        logins = conn.execute(
+            "select username, kind, password_hash, password_salt, iterations, "
+            "device_id is not null from broker_logins order by username, kind"
+        ).fetchall()
+        rights = conn.execute(
+            "select username, action, topic from broker_acl order by username, topic"
+        ).fetchall()
+        revoked = tuple(
+            Revoked(*row)
+            for row in conn.execute(
+                "select cert_serial, revoked_at, username from broker_credentials "
+                "where kind = 'certificate' and revoked_at is not null order by credential_id"
+            )
+        )
+        certificate_users = frozenset(
+            u
+            for (u,) in conn.execute(
+                "select distinct username from broker_credentials where kind = 'certificate'"
+            )
+        )
+
+    def passwords(of_devices: bool) -> str:
+        return "".join(
+            f"{user}:{mosquitto_hash(digest, salt, iterations)}\n"
+            for user, kind, digest, salt, iterations, is_device in logins
+            if kind == "password" and is_device == of_devices
+        )
+
     rules: dict[str, list[str]] = {user: [] for user, *_ in logins}
-    for user, action, topic in conn.execute(
-        "select username, action, topic from broker_acl order by username, topic"
-    ):
-        rules[user].append(f"topic {_ACL_ACCESS[action]} {_under(topic_prefix, topic)}")
+    for user, action, topic in rights:
+        rules.setdefault(user, []).append(
+            f"topic {_ACL_ACCESS[action]} {_under(topic_prefix, topic)}"
+        )
     acl = "".join(
         f"user {user}\n" + "".join(f"{line}\n" for line in lines) + "\n"
         for user, lines in sorted(rules.items())
     )
-    revoked = conn.execute(
-        "select cert_serial, revoked_at from broker_credentials "
-        "where kind = 'certificate' and revoked_at is not null order by credential_id"
-    ).fetchall()
-    return BrokerFiles(passwords, acl, tuple(revoked), frozenset(rules))
+    return BrokerFiles(
+        passwords(of_devices=True),
+        passwords(of_devices=False),
+        acl,
+        revoked,
+        frozenset(rules),
+        certificate_users,
+    )
 
 
 def _under(prefix: str, topic: str) -> str:
@@ -103,42 +144,56 @@ def _under(prefix: str, topic: str) -> str:
     return prefixed(prefix, topic)
 
 
-def _crl_if_changed(
-    path: Path, ca: CertificateAuthority, revoked: tuple[tuple[str, datetime], ...]
-) -> bytes | None:
-    """A new CRL when the file's differs from ``revoked`` or nears its next update, else None.
+def _listed(path: Path) -> set[str] | None:
+    """The serials (hex) of the CRL in ``path``, None when there is none to read."""
+    try:
+        current = x509.load_pem_x509_crl(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return {f"{entry.serial_number:x}" for entry in current}
+
+
+def _crl_is_current(path: Path, ca: CertificateAuthority, revoked: tuple[Revoked, ...]) -> bool:
+    """Whether the file's CRL lists ``revoked``, is the CA's, and is far from its next update.
 
     A CRL is signed (randomly, ECDSA) and dated, so it is compared by what it says.
     """
     try:
         current = x509.load_pem_x509_crl(path.read_bytes())
     except (OSError, ValueError):
-        return ca.revocation_list(revoked, days=_CRL_DAYS)
-    listed = {f"{entry.serial_number:x}" for entry in current}
+        return False
     next_update = current.next_update_utc
-    if (
-        listed == {serial for serial, _ in revoked}
+    return (
+        {f"{entry.serial_number:x}" for entry in current} == {r.serial for r in revoked}
         and current.issuer == ca.certificate.subject
         and next_update is not None
         and next_update - datetime.now(UTC) > timedelta(days=_CRL_DAYS / 2)
-    ):
-        return None
-    return ca.revocation_list(revoked, days=_CRL_DAYS)
+    )
 
 
 def _write_if_changed(path: Path, data: bytes) -> bool:
+    """Replace ``path`` with ``data`` unless it holds it already, keeping its owner and mode."""
     try:
         if path.read_bytes() == data:
             return False
+        kept: os.stat_result | None = path.stat()
     except FileNotFoundError:
-        pass
+        kept = None
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    temporary.replace(path)
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+            if kept is not None:  # the broker's user must keep reading it
+                os.fchmod(file.fileno(), kept.st_mode & 0o777)
+                with contextlib.suppress(PermissionError):  # only root may give files away
+                    os.fchown(file.fileno(), kept.st_uid, kept.st_gid)
+        temporary.replace(path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
     return True
 
 
@@ -146,7 +201,7 @@ def _admitted(acl_file: Path) -> set[str]:
     """The users an ACL file written earlier admits (those to end once they are left out)."""
     try:
         text = acl_file.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except (FileNotFoundError, UnicodeDecodeError):
         return set()
     return {line[5:].strip() for line in text.splitlines() if line.startswith("user ")}
 
@@ -165,7 +220,6 @@ def sync(
     settings: BrokerSettings,
     *,
     topic_prefix: str = "",
-    tls: TlsFiles | None = None,
     reload: bool = True,
 ) -> SyncReport:
     """Write the files that changed, reload the broker, and end connections no longer admitted.
@@ -179,28 +233,55 @@ def sync(
         msg = "broker.crl_file needs broker.ca_dir: the CRL is signed by the CA"
         raise BrokerSyncError(msg)
     files = render(conn, topic_prefix=topic_prefix)
-    conn.rollback()  # end the read: a watching connection must not sit in a transaction
     before = _admitted(settings.acl_file)
-    targets: list[tuple[str, Path, bytes]] = [
-        ("password_file", settings.password_file, files.passwords.encode()),
-        ("acl_file", settings.acl_file, files.acl.encode()),
-    ]
+    if settings.service_password_file is not None:
+        targets = [
+            ("password_file", settings.password_file, files.device_passwords),
+            ("service_password_file", settings.service_password_file, files.service_passwords),
+        ]
+    else:  # one file for every listener: the devices' logins and the services' together
+        passwords = files.device_passwords + files.service_passwords
+        targets = [("password_file", settings.password_file, passwords)]
+    writes = [(name, path, text.encode()) for name, path, text in targets]
+    writes.append(("acl_file", settings.acl_file, files.acl.encode()))
+    newly_revoked: set[str] = set()
     if settings.crl_file is not None and settings.ca_dir is not None:
         ca = CertificateAuthority.load(settings.ca_dir)
-        crl = _crl_if_changed(settings.crl_file, ca, files.revoked)
-        if crl is not None:
-            targets.append(("crl_file", settings.crl_file, crl))
+        if not _crl_is_current(settings.crl_file, ca, files.revoked):
+            listed = _listed(settings.crl_file)
+            newly_revoked = {
+                r.username for r in files.revoked if listed is not None and r.serial not in listed
+            }
+            crl = ca.revocation_list(
+                [(r.serial, r.revoked_at) for r in files.revoked], days=_CRL_DAYS
+            )
+            writes.append(("crl_file", settings.crl_file, crl))
     try:
-        changed = tuple(name for name, path, data in targets if _write_if_changed(path, data))
+        changed = tuple(name for name, path, data in writes if _write_if_changed(path, data))
     except OSError as exc:
         msg = f"cannot write the broker's files: {exc}"
         raise BrokerSyncError(msg) from None
     reloaded = bool(changed) and reload and _reload(settings.pid_file)
-    left_out = sorted(before - files.usernames)
+    # a reload ends password sessions; certificate sessions must be taken over
+    to_end = sorted(((before - files.usernames) & files.certificate_users) | newly_revoked)
     ended: tuple[str, ...] = ()
-    if left_out and reload and settings.control_url:
-        ended = _end_connections(settings.control_url, left_out, tls)
+    if to_end and reload:
+        if settings.control_url:
+            ended = _end_connections(settings.control_url, to_end, _control_tls(settings))
+        else:
+            logger.warning(
+                "broker.control_url is not set: %d revoked certificates stay connected until "
+                "they reconnect (the CRL refuses them then)",
+                len(to_end),
+            )
     return SyncReport(changed, reloaded, ended)
+
+
+def _control_tls(settings: BrokerSettings) -> TlsFiles | None:
+    """The control login verifies the broker against the deployment's CA (else the system's)."""
+    if not BrokerAddress.of(settings.control_url or "").is_tls:
+        return None
+    return TlsFiles(settings.ca_dir / CA_CERT if settings.ca_dir else None)
 
 
 def _reload(pid_file: Path | None) -> bool:
@@ -221,16 +302,28 @@ def _end_connections(url: str, client_ids: list[str], tls: TlsFiles | None) -> t
     address = BrokerAddress.of(url)
     ended: list[str] = []
     for client_id in client_ids:
+        answers: list[Any] = []
         answered = threading.Event()
+
+        def on_connect(
+            *args: Any, answers: list[Any] = answers, done: threading.Event = answered
+        ) -> None:
+            answers.append(args[3])
+            done.set()
+
         client = make_client(url, MQTTProtocolVersion.MQTTv5, client_id, tls=tls)
-        client.on_connect = lambda *_, answered=answered: answered.set()
+        client.on_connect = on_connect
         try:
             client.connect(address.host, address.port, clean_start=True)
             client.loop_start()
-            if answered.wait(_KICK_TIMEOUT_S):
-                ended.append(client_id)
-            else:
+            if not answered.wait(_KICK_TIMEOUT_S):
                 logger.warning("the broker at %s did not answer the control login", redact(url))
+            elif answers[0].is_failure:
+                logger.warning(
+                    "the broker at %s refused the control login: %s", redact(url), answers[0]
+                )
+            else:
+                ended.append(client_id)
         except OSError as exc:
             logger.warning(
                 "cannot reach the broker at %s to end %s: %s", redact(url), client_id, exc
@@ -247,17 +340,20 @@ def watch(
     stop: threading.Event,
     *,
     topic_prefix: str = "",
-    tls: TlsFiles | None = None,
     on_sync: Callable[[SyncReport], None] = lambda _: None,
 ) -> None:
-    """Sync now, then on every notified change and every ``sync_interval_s``, until ``stop``."""
+    """Sync now, then on every notified change and every ``sync_interval_s``, until ``stop``.
+
+    A lost database, a broker that cannot be signalled or files that cannot be written are
+    logged and tried again: the watch keeps applying revocations once the cause is gone.
+    """
     while not stop.is_set():
         try:
             with connect() as conn:
                 conn.autocommit = True
                 conn.execute(f"listen {CHANGES_CHANNEL}")
                 while not stop.is_set():
-                    report = sync(conn, settings, topic_prefix=topic_prefix, tls=tls)
+                    report = sync(conn, settings, topic_prefix=topic_prefix)
                     if report.changed or report.ended:
                         logger.info(
                             "broker files: %s changed, reloaded %s, ended %s",
@@ -268,13 +364,22 @@ def watch(
                     on_sync(report)
                     _wait_for_change(conn, settings.sync_interval_s)
         except psycopg.OperationalError as exc:
-            logger.warning("lost the database (%s): syncing again in 5 s", exc)
-            stop.wait(5.0)
+            logger.warning("lost the database (%s): syncing again in %.0f s", exc, _RETRY_S)
+            stop.wait(_RETRY_S)
+        except (BrokerSyncError, PkiError, TlsFilesError) as exc:
+            logger.warning(
+                "the broker's files are not current (%s): again in %.0f s", exc, _RETRY_S
+            )
+            stop.wait(_RETRY_S)
 
 
 def _wait_for_change(conn: psycopg.Connection, timeout_s: float) -> None:
-    """Return on a notification (all pending ones taken) or after ``timeout_s``."""
-    readable, _, _ = select.select([conn.fileno()], [], [], timeout_s)
-    if readable:
-        for _ in conn.notifies(timeout=0):
-            pass
+    """Return on a notification (all pending ones taken) or after ``timeout_s``.
+
+    psycopg keeps notifications that arrived during a query in a backlog of its own, which
+    ``notifies`` hands out first: a change committed during a sync is not missed.
+    """
+    for _ in conn.notifies(timeout=timeout_s, stop_after=1):
+        pass
+    for _ in conn.notifies(timeout=0):
+        pass

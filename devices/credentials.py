@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -34,7 +34,7 @@ CHANGES_CHANNEL = "cityops_broker"
 
 #: Passwords are 32 random bytes (256 bits): no guessing attack gets anywhere near them, so the
 #: hash need not be slow; Mosquitto's own default count keeps a city reconnecting cheap for the
-#: broker (bench/ingest.py --auth measures it).
+#: broker (bench/ingest.py --identity measures it).
 DEFAULT_ITERATIONS = 101
 # A salt is 12 characters (72 random bits, base64url): its 12 bytes are exactly what
 # Mosquitto 2.0's password file takes (a longer salt is refused: "unable to decode password salt").
@@ -43,6 +43,15 @@ _SALT_RANDOM_BYTES = 9
 
 class CredentialError(Exception):
     """A credential cannot be issued, rotated or revoked as asked."""
+
+
+#: Hands issued secrets over inside the issuing transaction: if it fails, nothing is issued
+#: (a secret written nowhere must not be the only one a device has).
+Deliver = Callable[[Sequence["IssuedCredential"]], None]
+
+
+def _keep(_: Sequence[IssuedCredential]) -> None:
+    """Deliver nothing: the caller has the returned secrets."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,18 +144,22 @@ def issue(
     ca: CertificateAuthority | None = None,
     iterations: int = DEFAULT_ITERATIONS,
     rotate: bool = False,
+    deliver: Deliver = _keep,
 ) -> list[IssuedCredential]:
     """A new credential of ``kind`` for each device, in one transaction (all or none).
 
     A device that has a live credential of that kind is refused unless ``rotate``, which
     revokes the old one in the same transaction: the new one works from the next sync on, the
-    old one no longer.
+    old one no longer. ``deliver`` gets the secrets before the transaction commits.
     """
     if not device_ids:
         msg = "no devices named"
         raise CredentialError(msg)
     with conn.transaction():
         _registered(conn, device_ids)
+        _not_services(conn, device_ids)
+        if kind == "password":
+            _no_colon(device_ids)
         live = {
             u
             for (u,) in conn.execute(
@@ -187,7 +200,32 @@ def issue(
             (list(device_ids),),
         )
         _notify(conn)
+        deliver(issued)
     return issued
+
+
+def _not_services(conn: psycopg.Connection, device_ids: Sequence[str]) -> None:
+    """A device may not share its name with a service account: their rights would add up."""
+    clash = [
+        u
+        for (u,) in conn.execute(
+            "select distinct username from broker_credentials where username = any(%s) "
+            "and service_role is not null",
+            (list(device_ids),),
+        )
+    ]
+    if clash:
+        msg = f"named like service accounts: {', '.join(sorted(clash)[:10])} (rename the devices)"
+        raise CredentialError(msg)
+
+
+def _no_colon(usernames: Sequence[str]) -> None:
+    """Mosquitto's password file ends a user name at its first ':'."""
+    bad = [u for u in usernames if ":" in u]
+    if bad:
+        names = ", ".join(bad[:10])
+        msg = f"a ':' in {names}: Mosquitto cannot check their passwords (use certificates)"
+        raise CredentialError(msg)
 
 
 def revoke(conn: psycopg.Connection, usernames: Sequence[str]) -> int:
@@ -233,8 +271,10 @@ def issue_service(
     valid_days: float | None = None,
     iterations: int = DEFAULT_ITERATIONS,
     rotate: bool = False,
+    deliver: Deliver = _keep,
 ) -> IssuedCredential:
     """A password for a service account (an ingest worker, the scenes, a reader, the sync)."""
+    _no_colon([name])
     with conn.transaction():
         row = conn.execute(
             "select service_role from broker_credentials where username = %s "
@@ -265,12 +305,22 @@ def issue_service(
             iterations=iterations,
         )
         _notify(conn)
+        deliver([issued])
     return issued
 
 
 def retire(conn: psycopg.Connection, device_ids: Sequence[str]) -> int:
-    """Retire devices: their history stays, they may no longer connect or be stored."""
+    """Retire devices: their history stays, they may no longer connect or be stored.
+
+    Their credentials are revoked with them (a certificate goes to the CRL: it would otherwise
+    still pass the TLS handshake).
+    """
     with conn.transaction():
+        conn.execute(
+            "update broker_credentials set revoked_at = now() where device_id = any(%s) "
+            "and revoked_at is null",
+            (list(device_ids),),
+        )
         cur = conn.execute(
             "update devices set retired_at = now() where device_id = any(%s) "
             "and retired_at is null returning device_id",

@@ -54,9 +54,11 @@ def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret readable by its owner only (also when the file was there, looser)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as file:
+        os.fchmod(file.fileno(), 0o600)
         file.write(data)
 
 
@@ -102,7 +104,7 @@ class CertificateAuthority:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(key, hashes.SHA256())
         )
-        _write_private(directory / CA_KEY, _private_pem(key))
+        write_private(directory / CA_KEY, _private_pem(key))
         (directory / CA_CERT).write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
         return directory / CA_CERT
 
@@ -202,5 +204,5 @@ def write_certificate(directory: Path, stem: str, issued: IssuedCertificate) -> 
     directory.mkdir(parents=True, exist_ok=True)
     certificate, key = directory / f"{stem}.crt", directory / f"{stem}.key"
     certificate.write_bytes(issued.certificate_pem)
-    _write_private(key, issued.key_pem)
+    write_private(key, issued.key_pem)
     return certificate, key

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from devices.codes import CodeScheme
 from devices.credentials import DEFAULT_ITERATIONS
 from sections import Section
+from wire.mqtt import check_mqtt_url
 
 
 class RegistrySettings(Section):
@@ -39,7 +40,16 @@ class BrokerSettings(Section):
         description="The deployment's CA (cityops pki init): device certificates and the CRL.",
     )
     password_file: Path | None = Field(
-        default=None, description="Mosquitto's password_file, written by cityops broker sync."
+        default=None,
+        description="Mosquitto's password_file of the devices' listeners (cityops broker sync).",
+    )
+    service_password_file: Path | None = Field(
+        default=None,
+        description=(
+            "The services' listener's own password_file (per_listener_settings): a device's "
+            "password opens no services' listener. Empty: the services' logins are in "
+            "password_file too."
+        ),
     )
     acl_file: Path | None = Field(
         default=None, description="Mosquitto's acl_file, written by cityops broker sync."
@@ -58,9 +68,10 @@ class BrokerSettings(Section):
     control_url: str | None = Field(
         default=None,
         description=(
-            "mqtt://control:PASSWORD@host:port of a listener without use_username_as_clientid: "
-            "the sync ends a revoked certificate's connection by taking over its client id "
-            "(a reload does not end TLS sessions). Empty: they stay until they reconnect."
+            "mqtts://control:PASSWORD@host:port of the services' listener (verified against "
+            "ca_dir's CA): the sync ends a revoked certificate's connection by taking over its "
+            "client id (a reload does not end TLS sessions). Empty: they stay until they "
+            "reconnect."
         ),
     )
     sync_interval_s: float = Field(
@@ -70,9 +81,15 @@ class BrokerSettings(Section):
         description="broker sync --watch re-reads the registry this often (expiry), and at once "
         "on every change it is notified of.",
     )
+
     password_iterations: int = Field(
         default=DEFAULT_ITERATIONS,
         ge=1,
         le=1_000_000,
         description="PBKDF2 iterations of new passwords (32 random bytes each; docs/security.md).",
     )
+
+    @field_validator("control_url")
+    @classmethod
+    def _is_control_url(cls, value: str | None) -> str | None:
+        return value if value is None else check_mqtt_url(value)

@@ -27,6 +27,19 @@ from wire.topics import PREFIX_MAX_CHARS, TOPIC_ROOT, check_prefix
 logger = logging.getLogger(__name__)
 
 
+def check_mqtt_url(value: str) -> str:
+    """``value`` if it is an mqtt:// or mqtts:// URL naming a host and a valid port."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        msg = f"expected an mqtt:// or mqtts:// URL, got scheme {parts.scheme!r}"
+        raise ValueError(msg)
+    if not parts.hostname:
+        msg = "the URL names no host"
+        raise ValueError(msg)
+    parts.port  # noqa: B018  # raises ValueError for a port out of range or not a number
+    return value
+
+
 class MqttSettings(Section):
     """The broker ingest subscribes to."""
 
@@ -108,14 +121,7 @@ class MqttSettings(Section):
     @field_validator("url")
     @classmethod
     def _is_mqtt_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            msg = f"expected an mqtt:// or mqtts:// URL, got scheme {parts.scheme!r}"
-            raise ValueError(msg)
-        if not parts.hostname:
-            msg = "the URL names no host"
-            raise ValueError(msg)
-        return value
+        return check_mqtt_url(value)
 
     @field_validator("session_expiry_s")
     @classmethod

@@ -11,7 +11,8 @@ alter table devices add column retired_at timestamptz;
 create table broker_credentials (
     credential_id   bigint generated always as identity primary key,
     username        text not null check (username ~ '^[A-Za-z0-9_.:-]{1,64}$'),
-    device_id       text references devices (device_id) on delete cascade,
+    -- a device with credentials is retired, not deleted: its revoked certificates stay listed
+    device_id       text references devices (device_id) on delete restrict,
     -- a service account's role; a device's rights follow its type
     -- (control: cityops broker sync's own login, no topic at all)
     service_role    text check (service_role in ('ingest', 'scenes', 'reader', 'control')),

@@ -76,6 +76,7 @@ def identity(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "server_certificate": server_crt,
         "server_key": server_key,
         "password_file": workdir / "cityops.passwd",
+        "service_password_file": workdir / "cityops-services.passwd",
         "acl_file": workdir / "cityops.acl",
         "crl_file": workdir / "cityops.crl",
     }
@@ -84,6 +85,7 @@ def identity(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         settings = BrokerSettings(
             ca_dir=workdir / "pki",
             password_file=files["password_file"],
+            service_password_file=files["service_password_file"],
             acl_file=files["acl_file"],
             crl_file=files["crl_file"],
             sync_interval_s=1.0,
@@ -105,7 +107,7 @@ def identity(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         watcher = threading.Thread(
             target=broker.watch,
             args=(lambda: psycopg.connect(database_url), settings, stop),
-            kwargs={"tls": found.tls(), "on_sync": found.syncs.append},
+            kwargs={"on_sync": found.syncs.append},
             name="broker-sync",
         )
         watcher.start()
@@ -292,6 +294,31 @@ def test_a_device_publishing_on_another_devices_topic_is_refused_and_nothing_lan
     wait_for(lambda: control.messages, what="the control login's copy")
     assert [m.topic for m in control.messages] == [f"cityops/v1/manhole/{mine}/telemetry"]
     assert device.messages == []
+
+
+def test_a_devices_password_opens_no_services_listener(
+    identity: Identity, conn, tag: str, devices: list[Device]
+) -> None:
+    device_id = f"{tag}-mh-1"
+    register(conn, [(device_id, "manhole", None)])
+    mark = len(identity.syncs)
+    (issued,) = credentials.issue(conn, [device_id])
+    synced_since(identity, mark)
+    # there client ids are free: a device logged in there could take over ingest's session
+    where_services_are = Device(
+        identity,
+        identity.broker.service_port,
+        username=device_id,
+        password=issued.password,
+        client_id="cityops-ingest-1",
+    )
+    devices.append(where_services_are)
+    assert str(where_services_are.answer()) == "Not authorized"
+    own = Device(
+        identity, identity.broker.password_port, username=device_id, password=issued.password
+    )
+    devices.append(own)
+    assert not own.answer().is_failure
 
 
 def test_a_gateways_reading_for_a_foreign_or_retired_device_is_quarantined(
@@ -491,6 +518,28 @@ def test_a_revoked_certificate_is_disconnected_and_refused_within_10_s(
     )
     assert "crl_file" in report.changed
     assert handshake_refused(identity.tls(crt, key), identity.broker.certificate_port)
+
+
+def test_a_rotated_certificate_ends_the_old_ones_session_and_the_new_one_connects(
+    identity: Identity, conn, tag: str, devices: list[Device], tmp_path: Path
+) -> None:
+    device_id = f"{tag}-lt-1"
+    register(conn, [(device_id, "light", None)])
+    mark = len(identity.syncs)
+    (old,) = credentials.issue(conn, [device_id], "certificate", ca=identity.ca)
+    old_crt, old_key = write_certificate(tmp_path / "old", device_id, old.certificate)
+    synced_since(identity, mark)
+    stolen = Device(identity, identity.broker.certificate_port, tls=identity.tls(old_crt, old_key))
+    devices.append(stolen)
+    assert not stolen.answer().is_failure
+    (new,) = credentials.issue(conn, [device_id], "certificate", ca=identity.ca, rotate=True)
+    new_crt, new_key = write_certificate(tmp_path / "new", device_id, new.certificate)
+    # the device is still admitted (its new certificate): its old session is ended all the same
+    assert stolen.disconnected.wait(REVOKED_WITHIN_S)
+    assert handshake_refused(identity.tls(old_crt, old_key), identity.broker.certificate_port)
+    fresh = Device(identity, identity.broker.certificate_port, tls=identity.tls(new_crt, new_key))
+    devices.append(fresh)
+    assert not fresh.answer().is_failure
 
 
 def test_a_deleted_api_token_is_refused_within_5_s(database_url: str, conn, city) -> None:
