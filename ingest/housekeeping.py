@@ -2,7 +2,7 @@
 
 It runs on a thread and a database connection of its own, so that neither holds up the writer:
 every ``ingest.registry_refresh_s`` it reads the registry's changes into the device map the
-decoder uses (``DeviceTypes``); at start and then hourly, on the plain PostgreSQL path, it
+decoder uses (``Registrations``); at start and then hourly, on the plain PostgreSQL path, it
 creates the readings tables' partitions ahead and drops the expired ones (store/partitions.py),
 and deletes the hourly rollups' expired rows (store/rollups.py); TimescaleDB's own policies do
 that on the other path. Rounds are counted by task and result
@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import psycopg
 
-from ingest.device_types import DeviceTypes
 from ingest.metrics import IngestMetrics
+from ingest.registrations import Registrations
 from ingest.settings import IngestSettings
 from redaction import error_line
 from store import rollups
@@ -44,12 +44,12 @@ class Housekeeping:
         *,
         database: DatabaseSettings,
         ingest: IngestSettings,
-        device_types: DeviceTypes,
+        registrations: Registrations,
         metrics: IngestMetrics,
     ) -> None:
         self._database = database
         self._refresh_s = ingest.registry_refresh_s
-        self._device_types = device_types
+        self._registrations = registrations
         self._metrics = metrics
         self._conn: psycopg.Connection | None = None
         self._stop = threading.Event()
@@ -109,7 +109,7 @@ class Housekeeping:
             self._metrics.housekeeping_rounds.labels(task, result).inc()
 
     def _refresh_registry(self, conn: psycopg.Connection) -> str:
-        self._device_types.refresh(conn)
+        self._registrations.refresh(conn)
         return "done"
 
     def _maintain_partitions(self, conn: psycopg.Connection) -> str:

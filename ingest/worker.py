@@ -34,7 +34,6 @@ from paho.mqtt.enums import MQTTProtocolVersion
 
 from devices.changes import Registration
 from ingest.decode import DecodeLimits, Decoder
-from ingest.device_types import DeviceTypes
 from ingest.housekeeping import Housekeeping
 from ingest.metrics import IngestMetrics
 from ingest.receiver import (
@@ -51,6 +50,7 @@ from ingest.receiver import (
     now_us,
     run_receiver,
 )
+from ingest.registrations import Registrations
 from ingest.settings import IngestSettings
 from ingest.writer import BatchWriter, Message
 from redaction import error_line, redact
@@ -92,9 +92,9 @@ class IngestWorker:
         self._receiver_stopped = False
         # Why the receiver ended, once it has (set by the reader thread).
         self._receiver_failure: str | None = None
-        self._device_types = DeviceTypes(rows_read=metrics.registry_rows_read)
+        self._registrations = Registrations(rows_read=metrics.registry_rows_read)
         self._housekeeping = Housekeeping(
-            database=database, ingest=ingest, device_types=self._device_types, metrics=metrics
+            database=database, ingest=ingest, registrations=self._registrations, metrics=metrics
         )
         self._decoder = Decoder(
             limits=DecodeLimits.of(ingest),
@@ -110,8 +110,8 @@ class IngestWorker:
         self.subscribed = threading.Event()
 
     def _registration(self, device_id: str) -> Registration | None:
-        # Housekeeping updates the map on its own thread, in place (see DeviceTypes).
-        return self._device_types.get(device_id)
+        # Housekeeping updates the map on its own thread, in place (see Registrations).
+        return self._registrations.get(device_id)
 
     def run(self, stop: threading.Event) -> None:
         """Ingest until ``stop`` is set, then flush, commit, acknowledge and disconnect.
@@ -385,10 +385,10 @@ class IngestWorker:
                     raw_max_bytes=self._ingest.max_payload_bytes,
                     last_seen_resolution_s=self._ingest.last_seen_resolution_s,
                 )
-                self._device_types.load(self._conn)
+                self._registrations.load(self._conn)
                 self._conn.commit()
                 self._metrics.database_up.set(1)
-                logger.info("database connected, %d devices registered", len(self._device_types))
+                logger.info("database connected, %d devices registered", len(self._registrations))
             except Exception as exc:  # any failure to write is retried, never fatal
                 self._database_failed(exc)
                 if stop.is_set() or self._receiver_failure is not None:

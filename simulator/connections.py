@@ -109,6 +109,7 @@ class DeviceLinks:
         self._answered = threading.Condition()
         self._stop = threading.Event()
         self._closing = False
+        self._lost: dict[str, str] = {}  # device id: why its connection ended
         self._thread = threading.Thread(target=self._serve, name="device-links", daemon=True)
         self._thread.start()
 
@@ -125,7 +126,7 @@ class DeviceLinks:
         client.max_inflight_messages_set(100)
         client.max_queued_messages_set(0)
         client.on_connect = lambda _c, _u, _f, rc, _p: self._answer(device_id, rc)
-        client.on_disconnect = lambda _c, _u, _f, rc, _p: self._lost(device_id, rc)
+        client.on_disconnect = lambda _c, _u, _f, rc, _p: self._on_lost(device_id, rc)
         client.on_socket_open = lambda _c, _u, sock: self._watch(sock, client, write=False)
         client.on_socket_close = lambda _c, _u, sock: self._unwatch(sock)
         client.on_socket_register_write = lambda _c, _u, sock: self._watch(sock, client, True)
@@ -151,9 +152,16 @@ class DeviceLinks:
             self._answers[device_id] = reason
             self._answered.notify_all()
 
-    def _lost(self, device_id: str, reason: Any) -> None:
+    def _on_lost(self, device_id: str, reason: Any) -> None:
         if not self._stop.is_set() and not self._closing:
             logger.warning("device %s lost its connection: %s", device_id, reason)
+            self._lost.setdefault(device_id, str(reason))
+
+    def lost(self) -> str | None:
+        """Why a device's connection ended, if one did (links are not opened again)."""
+        for device_id, reason in list(self._lost.items())[:1]:
+            return f"device {device_id} lost its connection to the broker: {reason}"
+        return None
 
     def _serve(self) -> None:
         next_misc = time.monotonic() + _MISC_EVERY_S
@@ -231,7 +239,10 @@ class DeviceLinks:
     def publish(
         self, device_id: str, topic: str, payload: bytes, *, qos: int, retain: bool = False
     ) -> mqtt.MQTTMessageInfo:
-        """Publish on ``device_id``'s own connection."""
+        """Publish on ``device_id``'s own connection (``LinkError`` once it has ended)."""
+        if device_id in self._lost:
+            msg = f"device {device_id} lost its connection to the broker: {self._lost[device_id]}"
+            raise LinkError(msg)
         return self._clients[device_id].publish(topic, payload, qos=qos, retain=retain)
 
     def close(self, timeout_s: float = 5.0) -> None:

@@ -22,7 +22,7 @@ from redaction import redact
 from simulator.city import City
 from simulator.connections import DeviceLinks, DeviceLogin, LinkError
 from simulator.fleet import Publication
-from wire.mqtt import BrokerAddress, TlsFiles, make_client
+from wire.mqtt import BrokerAddress, TlsFiles, TlsFilesError, make_client
 from wire.topics import TOPIC_ROOT, prefixed
 
 _AHEAD_S = 0.005  # sleep only when this far ahead of schedule
@@ -142,15 +142,34 @@ def publish(
                 # paho numbers messages in 16 bits and scans its queue per ack: keep it short
                 window.append(last)
                 if len(window) > _WINDOW:
-                    window.popleft().wait_for_publish(timeout=120)
+                    _confirmed(window.popleft(), sender)
         if last is not None and options.qos:
-            last.wait_for_publish(timeout=120)
+            _confirmed(last, sender)
             if not last.is_published():
                 msg = "the broker did not acknowledge the last message within 120 s"
                 raise PublishError(msg)
+    except LinkError as exc:  # a device's own connection ended (refused, or the broker went)
+        raise PublishError(str(exc)) from None
     finally:
         sender.close()
     return PublishReport(sent, time.monotonic() - started)
+
+
+_CONFIRM_TIMEOUT_S = 120.0
+
+
+def _confirmed(info: mqtt.MQTTMessageInfo, sender: DeviceLinks | _SharedClient) -> None:
+    """Wait until the broker has ``info``'s message; stop at once if its connection is gone."""
+    deadline = time.monotonic() + _CONFIRM_TIMEOUT_S
+    while not info.is_published() and time.monotonic() < deadline:
+        lost = sender.lost()
+        if lost is not None:
+            raise PublishError(lost)
+        try:
+            info.wait_for_publish(timeout=1.0)
+        except (RuntimeError, ValueError) as exc:  # paho gave the message up
+            msg = f"the broker did not take a message: {exc}"
+            raise PublishError(msg) from None
 
 
 class _SharedClient:
@@ -163,6 +182,10 @@ class _SharedClient:
         self, _device_id: str, topic: str, payload: bytes, *, qos: int, retain: bool = False
     ) -> mqtt.MQTTMessageInfo:
         return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def lost(self) -> str | None:
+        """Nothing is lost for good: paho's own loop reconnects the one connection."""
+        return None
 
     def close(self) -> None:
         self._client.disconnect()
@@ -182,7 +205,7 @@ def _open_links(publications: Sequence[Publication], options: PublishOptions) ->
     )
     try:
         links.open({pub.publisher for pub in publications}, timeout_s=_CONNECT_TIMEOUT_S * 6)
-    except LinkError as exc:
+    except (LinkError, TlsFilesError) as exc:
         links.close()
         msg = f"at {redact(options.url)}: {exc}"
         raise PublishError(msg) from None

@@ -346,7 +346,12 @@ def test_the_demo_runs_with_a_login_per_device_on_a_broker_enforcing_identity(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    shown, errors = result.communicate(timeout=180)
+    try:
+        shown, errors = result.communicate(timeout=180)
+    finally:
+        if result.poll() is None:  # hung: end it, and its pipes with it
+            result.kill()
+            result.communicate()
     assert result.returncode == 0, errors
     assert f"broker Mosquitto enforcing identity ({tmp_path / 'demo' / 'identity'})" in shown
     stored = re.search(r"([\d,]+) readings stored, (\d+) quarantined", shown)

@@ -10,7 +10,7 @@ from prometheus_client import Counter
 from devices.changes import Registration, read_device_changes
 
 
-class DeviceTypes:
+class Registrations:
     """Each registered device's registration (type, gateway, may it speak), kept current.
 
     ``get`` is the map's own ``dict.get``: the decoder calls it on the writer thread, without a
