@@ -75,6 +75,7 @@ sys.path.insert(0, str(ROOT))
 
 import cityops  # noqa: E402
 from cityops.services import (  # noqa: E402
+    IdentityFiles,
     free_port,
     start_identity_mosquitto,
     start_mosquitto,
@@ -82,7 +83,7 @@ from cityops.services import (  # noqa: E402
 from devices import credentials  # noqa: E402
 from devices.broker import sync as broker_sync  # noqa: E402
 from devices.broker import watch as broker_watch  # noqa: E402
-from devices.pki import CertificateAuthority, write_certificate  # noqa: E402
+from devices.pki import write_certificate  # noqa: E402
 from devices.settings import BrokerSettings  # noqa: E402
 from simulator.connections import DeviceLinks, DeviceLogin  # noqa: E402
 from store import db  # noqa: E402
@@ -1001,19 +1002,8 @@ def identity_compare(args: argparse.Namespace) -> dict[str, object]:
     try:
         with tempfile.TemporaryDirectory() as tmp_dir:
             tmp = Path(tmp_dir)
-            ca_file = CertificateAuthority.init(tmp / "pki")
-            ca = CertificateAuthority.load(tmp / "pki")
-            server = ca.issue("127.0.0.1", server_names=["127.0.0.1"])
-            server_crt, server_key = write_certificate(tmp / "tls", "server", server)
-            files = {
-                "ca_file": ca_file,
-                "server_certificate": server_crt,
-                "server_key": server_key,
-                "password_file": tmp / "cityops.passwd",
-                "service_password_file": tmp / "cityops-services.passwd",
-                "acl_file": tmp / "cityops.acl",
-                "crl_file": tmp / "cityops.crl",
-            }
+            files = IdentityFiles.lay_out(tmp)
+            ca, ca_file = files.ca, files.ca_file
             began = time.perf_counter()
             with psycopg.connect(urls["identity"], autocommit=True) as conn:
                 conn.cursor().executemany(
@@ -1025,13 +1015,7 @@ def identity_compare(args: argparse.Namespace) -> dict[str, object]:
                 certificates = credentials.issue(conn, reconnecting, "certificate", ca=ca)
                 ingest = credentials.issue_service(conn, f"ingest-{tag}", "ingest")
                 control = credentials.issue_service(conn, f"control-{tag}", "control")
-                settings = BrokerSettings(
-                    ca_dir=tmp / "pki",
-                    password_file=files["password_file"],
-                    service_password_file=files["service_password_file"],
-                    acl_file=files["acl_file"],
-                    crl_file=files["crl_file"],
-                )
+                settings = files.broker_settings()
                 broker_sync(conn, settings, reload=False)
             print(
                 f"issued {devices + 2 * count + 1} credentials and wrote the broker's files in "

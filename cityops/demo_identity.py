@@ -15,11 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cityops.services import ServiceStartError, start_identity_mosquitto
+from cityops.services import IdentityFiles, ServiceStartError, start_identity_mosquitto
 from cityops.settings import Settings
 from devices import broker, credentials
-from devices.pki import CertificateAuthority, write_certificate
-from devices.settings import BrokerSettings
 from simulator.connections import DeviceLogin
 from store import db
 from wire.mqtt import MqttSettings
@@ -49,22 +47,7 @@ def enforcing_broker(
         msg = f"{identity} is missing: run the demo from a clone of cityops"
         raise ServiceStartError(msg)
     workdir.mkdir(parents=True, exist_ok=True)
-    pki = workdir / "pki"
-    if not (pki / "ca.key").exists():
-        CertificateAuthority.init(pki, name="cityops demo CA")
-    ca = CertificateAuthority.load(pki)
-    server_crt, server_key = write_certificate(
-        workdir / "tls", "server", ca.issue("127.0.0.1", server_names=["127.0.0.1", "localhost"])
-    )
-    files = {
-        "ca_file": pki / "ca.crt",
-        "server_certificate": server_crt,
-        "server_key": server_key,
-        "password_file": workdir / "cityops.passwd",
-        "service_password_file": workdir / "cityops-services.passwd",
-        "acl_file": workdir / "cityops.acl",
-        "crl_file": workdir / "cityops.crl",
-    }
+    files = IdentityFiles.lay_out(workdir, ca_name="cityops demo CA")
     prefix = settings.mqtt.topic_prefix
     ingest_name = settings.mqtt.client_id
     with db.connect(settings.database, autocommit=True) as conn:  # emptied at each demo's start
@@ -72,13 +55,7 @@ def enforcing_broker(
         ingest = credentials.issue_service(conn, ingest_name, "ingest")
         scenes = credentials.issue_service(conn, f"{ingest_name}-scenes", "scenes")
         control = credentials.issue_service(conn, f"{ingest_name}-control", "control")
-        first = BrokerSettings(
-            ca_dir=pki,
-            password_file=files["password_file"],
-            service_password_file=files["service_password_file"],
-            acl_file=files["acl_file"],
-            crl_file=files["crl_file"],
-        )
+        first = files.broker_settings()
         broker.sync(conn, first, topic_prefix=prefix, reload=False)
     with start_identity_mosquitto(guarantees, identity, workdir / "mosquitto", files) as running:
         service = running.service_port
@@ -102,7 +79,7 @@ def enforcing_broker(
             return settings.mqtt.model_copy(
                 update={
                     "url": running.url(service, username, password),
-                    "ca_file": files["ca_file"],
+                    "ca_file": files.ca_file,
                     "protocol": "5",
                 }
             )
@@ -113,7 +90,7 @@ def enforcing_broker(
                 scenes=mqtt_as(scenes.username, scenes.password),
                 devices_url=running.url(running.password_port),
                 logins={c.username: DeviceLogin(c.username, c.password) for c in issued},
-                ca_file=files["ca_file"],
+                ca_file=files.ca_file,
             )
         finally:
             stop.set()

@@ -24,7 +24,11 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
+
+from devices.pki import CA_CERT, CA_KEY, CertificateAuthority, write_certificate
+from devices.settings import BrokerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +152,56 @@ class IdentityBroker:
         return f"mqtts://{login}127.0.0.1:{port}"
 
 
-#: What config/mosquitto/identity.conf names, and the setting whose file takes its place.
+@dataclass(frozen=True)
+class IdentityFiles:
+    """What a Mosquitto enforcing identity reads, laid out in one work directory.
+
+    A CA of its own, the broker's certificate for 127.0.0.1, and the places of the files that
+    ``cityops broker sync`` writes.
+    """
+
+    ca: CertificateAuthority
+    ca_file: Path
+    server_certificate: Path
+    server_key: Path
+    password_file: Path
+    service_password_file: Path
+    acl_file: Path
+    crl_file: Path
+
+    @classmethod
+    def lay_out(cls, workdir: Path, *, ca_name: str = "cityops device CA") -> IdentityFiles:
+        """A CA in ``workdir/pki`` (kept if there), a broker certificate, the files' places."""
+        pki = workdir / "pki"
+        if not (pki / CA_KEY).exists():
+            CertificateAuthority.init(pki, name=ca_name)
+        ca = CertificateAuthority.load(pki)
+        server = ca.issue("127.0.0.1", server_names=["127.0.0.1", "localhost"])
+        certificate, key = write_certificate(workdir / "tls", "server", server)
+        return cls(
+            ca,
+            pki / CA_CERT,
+            certificate,
+            key,
+            workdir / "cityops.passwd",
+            workdir / "cityops-services.passwd",
+            workdir / "cityops.acl",
+            workdir / "cityops.crl",
+        )
+
+    def broker_settings(self, **settings: Any) -> BrokerSettings:
+        """The ``[broker]`` settings naming these files (and ``settings``)."""
+        return BrokerSettings(
+            ca_dir=self.ca_file.parent,
+            password_file=self.password_file,
+            service_password_file=self.service_password_file,
+            acl_file=self.acl_file,
+            crl_file=self.crl_file,
+            **settings,
+        )
+
+
+#: What config/mosquitto/identity.conf names, and the file of IdentityFiles that takes its place.
 _IDENTITY_FILES = {
     "/etc/cityops/pki/ca.crt": "ca_file",
     "/etc/mosquitto/tls/server.crt": "server_certificate",
@@ -162,21 +215,19 @@ _IDENTITY_FILES = {
 
 @contextlib.contextmanager
 def start_identity_mosquitto(
-    guarantees_file: Path, identity_file: Path, workdir: Path, files: dict[str, Path]
+    guarantees_file: Path, identity_file: Path, workdir: Path, files: IdentityFiles
 ) -> Iterator[IdentityBroker]:
     """Run a private Mosquitto from cityops.conf's guarantees and identity.conf's listeners.
 
-    ``files`` names the file for each of identity.conf's (keys: ca_file, server_certificate,
-    server_key, password_file, service_password_file, acl_file, crl_file); the listeners move
-    to free ports on 127.0.0.1. The password, ACL and CRL files must exist (``cityops broker
-    sync`` writes them).
+    identity.conf's files are replaced by ``files``' and its listeners move to free ports on
+    127.0.0.1. The password, ACL and CRL files must exist (``cityops broker sync`` writes them).
     """
     guarantees = re.sub(
         r"(?m)^(listener|allow_anonymous) .*$", "", guarantees_file.read_text(encoding="utf-8")
     )
     identity = identity_file.read_text(encoding="utf-8")
-    for path, key in _IDENTITY_FILES.items():
-        identity = identity.replace(path, str(files[key]))
+    for path, name in _IDENTITY_FILES.items():
+        identity = identity.replace(path, str(getattr(files, name)))
     ports = [free_port() for _ in range(3)]
     listeners = iter(ports)
     identity = re.sub(

@@ -81,6 +81,19 @@ def read_logins(path: Path) -> dict[str, DeviceLogin]:
     return logins
 
 
+@dataclass(frozen=True, slots=True)
+class _Link:
+    """A device's client, and the lock that makes its calls from two threads one at a time.
+
+    paho's external loop is not safe across threads: a publish on the caller's thread asks for
+    write interest while the serving thread, its queue just written out, gives it up, and the
+    message then waits for good. Each call into a client holds its lock.
+    """
+
+    client: mqtt.Client
+    lock: threading.Lock
+
+
 class DeviceLinks:
     """One MQTT connection per device, all served by one thread."""
 
@@ -104,7 +117,7 @@ class DeviceLinks:
         self._selector.register(self._wake, selectors.EVENT_READ, None)
         self._lock = threading.Lock()  # the selector's registrations, from any thread
         self._closed = threading.Condition(self._lock)  # a socket left the selector
-        self._clients: dict[str, mqtt.Client] = {}
+        self._links: dict[str, _Link] = {}
         self._answers: dict[str, Any] = {}  # device id: its CONNACK reason
         self._answered = threading.Condition()
         self._stop = threading.Event()
@@ -113,7 +126,7 @@ class DeviceLinks:
         self._thread = threading.Thread(target=self._serve, name="device-links", daemon=True)
         self._thread.start()
 
-    def _client(self, device_id: str) -> mqtt.Client:
+    def _link(self, device_id: str) -> _Link:
         login = self._logins[device_id]
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=device_id, protocol=self._protocol
@@ -125,21 +138,22 @@ class DeviceLinks:
             client.tls_set_context(tls.context())
         client.max_inflight_messages_set(100)
         client.max_queued_messages_set(0)
+        link = _Link(client, threading.Lock())
         client.on_connect = lambda _c, _u, _f, rc, _p: self._answer(device_id, rc)
         client.on_disconnect = lambda _c, _u, _f, rc, _p: self._on_lost(device_id, rc)
-        client.on_socket_open = lambda _c, _u, sock: self._watch(sock, client, write=False)
+        client.on_socket_open = lambda _c, _u, sock: self._watch(sock, link, write=False)
         client.on_socket_close = lambda _c, _u, sock: self._unwatch(sock)
-        client.on_socket_register_write = lambda _c, _u, sock: self._watch(sock, client, True)
-        client.on_socket_unregister_write = lambda _c, _u, sock: self._watch(sock, client, False)
-        return client
+        client.on_socket_register_write = lambda _c, _u, sock: self._watch(sock, link, True)
+        client.on_socket_unregister_write = lambda _c, _u, sock: self._watch(sock, link, False)
+        return link
 
-    def _watch(self, sock: Any, client: mqtt.Client, write: bool) -> None:
+    def _watch(self, sock: Any, link: _Link, write: bool) -> None:
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if write else 0)
         with self._lock:
             try:
-                self._selector.modify(sock, events, client)
+                self._selector.modify(sock, events, link)
             except KeyError:
-                self._selector.register(sock, events, client)
+                self._selector.register(sock, events, link)
 
     def _unwatch(self, sock: Any) -> None:
         with self._lock:
@@ -167,21 +181,23 @@ class DeviceLinks:
         next_misc = time.monotonic() + _MISC_EVERY_S
         while not self._stop.is_set():
             for key, mask in self._selector.select(timeout=_MISC_EVERY_S):
-                client: mqtt.Client | None = key.data
-                if client is None:  # woken to stop
+                link: _Link | None = key.data
+                if link is None:  # woken to stop
                     continue
-                if mask & selectors.EVENT_READ:
-                    client.loop_read()
-                    # TLS may have decrypted more than it was asked for: the socket shows no
-                    # data that its SSL object already holds (paho's own loop checks too)
-                    sock = key.fileobj
-                    while isinstance(sock, ssl.SSLSocket) and sock.pending():
-                        client.loop_read()
-                if mask & selectors.EVENT_WRITE:
-                    client.loop_write()
+                with link.lock:
+                    if mask & selectors.EVENT_READ:
+                        link.client.loop_read()
+                        # TLS may have decrypted more than it was asked for: the socket shows no
+                        # data that its SSL object already holds (paho's own loop checks too)
+                        sock = key.fileobj
+                        while isinstance(sock, ssl.SSLSocket) and sock.pending():
+                            link.client.loop_read()
+                    if mask & selectors.EVENT_WRITE:
+                        link.client.loop_write()
             if time.monotonic() >= next_misc:
-                for client in list(self._clients.values()):
-                    client.loop_misc()
+                for link in list(self._links.values()):
+                    with link.lock:
+                        link.client.loop_misc()
                 next_misc = time.monotonic() + _MISC_EVERY_S
 
     def open(
@@ -192,20 +208,20 @@ class DeviceLinks:
         Returns the seconds it took until the last CONNACK; raises ``LinkError`` naming the
         devices the broker refused or that got no answer in ``timeout_s``.
         """
-        wanted = [d for d in dict.fromkeys(device_ids) if d not in self._clients]
+        wanted = [d for d in dict.fromkeys(device_ids) if d not in self._links]
         unknown = [d for d in wanted if d not in self._logins]
         if unknown:
             msg = f"no login for {len(unknown)} devices, e.g. {', '.join(unknown[:5])}"
             raise LinkError(msg)
         started = time.monotonic()
         for device_id in wanted:
-            self._clients[device_id] = self._client(device_id)
+            self._links[device_id] = self._link(device_id)
 
         def connect(device_id: str) -> str | None:
+            link = self._links[device_id]
             try:
-                self._clients[device_id].connect(
-                    self._address.host, self._address.port, self._keepalive_s
-                )
+                with link.lock:
+                    link.client.connect(self._address.host, self._address.port, self._keepalive_s)
             except OSError as exc:
                 return f"{device_id}: {exc}"
             return None
@@ -234,7 +250,7 @@ class DeviceLinks:
 
     def is_connected(self, device_id: str) -> bool:
         """Whether ``device_id``'s connection is up (a lost one is not opened again)."""
-        return self._clients[device_id].is_connected()
+        return self._links[device_id].client.is_connected()
 
     def publish(
         self, device_id: str, topic: str, payload: bytes, *, qos: int, retain: bool = False
@@ -243,13 +259,16 @@ class DeviceLinks:
         if device_id in self._lost:
             msg = f"device {device_id} lost its connection to the broker: {self._lost[device_id]}"
             raise LinkError(msg)
-        return self._clients[device_id].publish(topic, payload, qos=qos, retain=retain)
+        link = self._links[device_id]
+        with link.lock:
+            return link.client.publish(topic, payload, qos=qos, retain=retain)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Disconnect every device (each DISCONNECT sent), then stop the thread."""
         self._closing = True
-        for client in self._clients.values():
-            client.disconnect()
+        for link in self._links.values():
+            with link.lock:
+                link.client.disconnect()
         with self._closed:
             self._closed.wait_for(lambda: len(self._selector.get_map()) <= 1, timeout_s)
         self._stop.set()

@@ -53,6 +53,18 @@ from wire.mqtt import MqttSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 MOSQUITTO_CONF = ROOT / "config" / "mosquitto" / "cityops.conf"
+
+#: The registry the decoder's unit tests decode against: a device of each type, lamps and a
+#: cover behind gateway gw-1, a second gateway, and a retired cover.
+DECODER_REGISTRY = {
+    "mh-1": Registration("manhole"),
+    "sw-1": Registration("sweeper"),
+    "lt-1": Registration("light", gateway_id="gw-1"),
+    "mh-2": Registration("manhole", gateway_id="gw-1"),
+    "gw-1": Registration("gateway"),
+    "gw-2": Registration("gateway"),
+    "old-1": Registration("manhole", may_speak=False),
+}
 # Beside the repository, as in the developers' tree and in CI (a read-only copy there).
 TIMESCALEDB_START = ROOT.parent / "shared" / "timescaledb" / "start"
 CATALOG = load_catalog(ROOT / "config" / "categories.toml")

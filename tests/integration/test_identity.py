@@ -32,7 +32,7 @@ from typer.testing import CliRunner
 from cases.access import create_token
 from cases.api import create_app
 from cityops.cli import app as cli_app
-from cityops.services import IdentityBroker, start_identity_mosquitto
+from cityops.services import IdentityBroker, IdentityFiles, start_identity_mosquitto
 from cityops.settings import Settings
 from devices import broker, credentials
 from devices.pki import CertificateAuthority, write_certificate
@@ -67,29 +67,10 @@ def identity(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     if shutil.which("mosquitto") is None:
         pytest.skip("the identity tests need Mosquitto itself (its password, ACL and CRL files)")
     workdir = tmp_path_factory.mktemp("identity")
-    ca_file = CertificateAuthority.init(workdir / "pki")
-    ca = CertificateAuthority.load(workdir / "pki")
-    server = ca.issue("127.0.0.1", server_names=["127.0.0.1", "localhost"])
-    server_crt, server_key = write_certificate(workdir / "tls", "server", server)
-    files = {
-        "ca_file": ca_file,
-        "server_certificate": server_crt,
-        "server_key": server_key,
-        "password_file": workdir / "cityops.passwd",
-        "service_password_file": workdir / "cityops-services.passwd",
-        "acl_file": workdir / "cityops.acl",
-        "crl_file": workdir / "cityops.crl",
-    }
+    files = IdentityFiles.lay_out(workdir)
     with psycopg.connect(database_url, autocommit=True) as conn:
         control = credentials.issue_service(conn, f"control-{workdir.name[-8:]}", "control")
-        settings = BrokerSettings(
-            ca_dir=workdir / "pki",
-            password_file=files["password_file"],
-            service_password_file=files["service_password_file"],
-            acl_file=files["acl_file"],
-            crl_file=files["crl_file"],
-            sync_interval_s=1.0,
-        )
+        settings = files.broker_settings(sync_interval_s=1.0)
         broker.sync(conn, settings, reload=False)  # the files Mosquitto starts on
     with start_identity_mosquitto(
         MOSQUITTO_CONF, IDENTITY_CONF, workdir / "mosquitto", files
@@ -102,7 +83,7 @@ def identity(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
                 ),
             }
         )
-        found = Identity(running, ca, ca_file, settings, workdir)
+        found = Identity(running, files.ca, files.ca_file, settings, workdir)
         stop = threading.Event()
         watcher = threading.Thread(
             target=broker.watch,
@@ -597,25 +578,15 @@ def test_the_simulated_fleet_publishes_with_a_login_per_device(
     ingest = start_ingest()
     # last night at 00:30 local time: the lamps lit, their cabinets reporting
     local = datetime.now(timezone(timedelta(hours=8))) - timedelta(days=1)
-    night = local.replace(hour=0, minute=30, second=0, microsecond=0)
-    run = runner.invoke(
-        cli_app,
-        [
-            "sim",
-            "run",
-            "--city",
-            str(tmp_path / "city"),
-            "--credentials",
-            str(logins),
-            "--start",
-            night.isoformat(),
-            "--duration",
-            "5",
-            "--speed",
-            "0",
-        ],
-        env=env,
-    )
+    night = local.replace(hour=0, minute=30, second=0, microsecond=0).isoformat()
+
+    def fleet() -> Any:
+        """Five minutes of the night's fleet, a connection and a login per device."""
+        where = ["--city", str(tmp_path / "city"), "--credentials", str(logins)]
+        when = ["--start", night, "--duration", "5", "--speed", "0"]
+        return runner.invoke(cli_app, ["sim", "run", *where, *when], env=env)
+
+    run = fleet()
     assert run.exit_code == 0, run.output
     published = json.loads(run.output.strip().splitlines()[-1])["messages"]
     assert published > 0
@@ -638,24 +609,7 @@ def test_the_simulated_fleet_publishes_with_a_login_per_device(
     logins.write_text(
         "\n".join(f"{gateway},wrong," if line.startswith(f"{gateway},") else line for line in lines)
     )
-    refused = runner.invoke(
-        cli_app,
-        [
-            "sim",
-            "run",
-            "--city",
-            str(tmp_path / "city"),
-            "--credentials",
-            str(logins),
-            "--start",
-            night.isoformat(),
-            "--duration",
-            "5",
-            "--speed",
-            "0",
-        ],
-        env=env,
-    )
+    refused = fleet()
     assert refused.exit_code == 2, refused.output
     assert f"refused or did not answer 1 devices, e.g. {gateway} (Not authorized)" in " ".join(
         refused.output.split()

@@ -8,19 +8,12 @@ import pytest
 
 from devices.changes import Registration
 from ingest.decode import DecodeLimits, Decoder, Reason, classify_validation_error
+from tests.plugin import DECODER_REGISTRY
 from wire.contract import LIGHT, MANHOLE, READING_KINDS, STATUS, SWEEPER, json_schema
 
 NOW_US = 1_764_000_100_000_000
 T0_MS = 1_764_000_000_000
-DEVICES = {
-    "mh-1": Registration("manhole"),
-    "sw-1": Registration("sweeper"),
-    "lt-1": Registration("light", gateway_id="gw-1"),
-    "mh-2": Registration("manhole", gateway_id="gw-1"),
-    "gw-1": Registration("gateway"),
-    "gw-2": Registration("gateway"),
-    "old-1": Registration("manhole", may_speak=False),
-}
+DEVICES = DECODER_REGISTRY
 
 
 def decoder(**limits: object) -> Decoder:

@@ -17,18 +17,11 @@ from hypothesis import strategies as st
 from devices.changes import Registration
 from ingest.decode import Decoded, DecodeLimits, Decoder, Reason
 from ingest.writer import Message, quarantine_row
+from tests.plugin import DECODER_REGISTRY
 from wire.contract import READING_KINDS
 
 NOW_US = 1_764_000_100_000_000
-DEVICES = {
-    "mh-1": Registration("manhole"),
-    "sw-1": Registration("sweeper"),
-    "lt-1": Registration("light", gateway_id="gw-1"),
-    "mh-2": Registration("manhole", gateway_id="gw-1"),
-    "gw-1": Registration("gateway"),
-    "gw-2": Registration("gateway"),
-    "old-1": Registration("manhole", may_speak=False),
-}
+DEVICES = DECODER_REGISTRY
 TOPICS = [
     "cityops/v1/manhole/mh-1/telemetry",
     "cityops/v1/manhole/mh-1/event",
