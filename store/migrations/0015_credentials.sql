@@ -61,17 +61,18 @@ where c.revoked_at is null
   and (c.device_id is null or d.retired_at is null);
 
 create view broker_acl as
-select distinct l.username, r.action, r.topic
+-- a device speaks only for itself, a gateway only on its own tree (one row a device that may
+-- log in, however many live credentials it has)
+select d.device_id as username, 'publish' as action,
+       'cityops/v1/' || d.type || '/' || d.device_id || '/#' as topic
+from devices d
+where exists (select 1 from broker_logins l where l.device_id = d.device_id)
+union all
+select l.username, r.action, r.topic
 from broker_logins l
-left join devices d using (device_id)
-cross join lateral (
-    values
-        -- a device speaks only for itself, a gateway only on its own tree
-        (case when d.type is not null then 'publish' end,
-         case when d.type is not null then 'cityops/v1/' || d.type || '/' || d.device_id || '/#' end),
-        (case when l.service_role = 'ingest' then 'subscribe' end, 'cityops/v1/#'),
-        (case when l.service_role = 'ingest' then 'subscribe' end, '$share/+/cityops/v1/#'),
-        (case when l.service_role = 'scenes' then 'publish' end, 'cityops/v1/out/#'),
-        (case when l.service_role = 'reader' then 'subscribe' end, 'cityops/v1/out/#')
-) as r (action, topic)
-where r.action is not null;
+join (values
+        ('ingest', 'subscribe', 'cityops/v1/#'),
+        ('ingest', 'subscribe', '$share/+/cityops/v1/#'),
+        ('scenes', 'publish', 'cityops/v1/out/#'),
+        ('reader', 'subscribe', 'cityops/v1/out/#')
+     ) as r (role, action, topic) on r.role = l.service_role;
