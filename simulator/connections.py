@@ -216,6 +216,10 @@ class DeviceLinks:
         started = time.monotonic()
         for device_id in wanted:
             self._links[device_id] = self._link(device_id)
+        with self._answered:
+            # the devices are new: their first answers are what the count grows by (a count,
+            # not a scan: 10,000 answers would each rescan 10,000 devices)
+            expected = len(self._answers) + len(wanted)
 
         def connect(device_id: str) -> str | None:
             link = self._links[device_id]
@@ -233,7 +237,7 @@ class DeviceLinks:
             raise LinkError(msg)
         deadline = started + timeout_s
         with self._answered:
-            while not all(d in self._answers for d in wanted):
+            while len(self._answers) < expected:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._answered.wait(left):
                     break
