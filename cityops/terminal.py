@@ -26,6 +26,7 @@ from rich.markup import escape
 from cityops.settings import Settings, SettingsError, load_settings
 from devices import registry
 from redaction import error_line, redact
+from wire.mqtt import TlsFilesError
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -64,8 +65,9 @@ def describe_failure(exc: Exception) -> tuple[str, int]:
         return f"the schema is missing ({error_line(exc)}): run `cityops migrate` first", 2
     if isinstance(exc, psycopg.Error):
         return f"the database refused: {error_line(exc)}", 2
-    if isinstance(exc, OSError):
-        return f"{error_line(exc)} ({type(exc).__name__})", 2
+    if isinstance(exc, TlsFilesError | OSError):  # TLS: a setting names a file that is no PEM
+        shown = str(exc) if isinstance(exc, TlsFilesError) else error_line(exc)
+        return f"{shown} ({type(exc).__name__})", 2
     return (
         f"unexpected {type(exc).__name__}: {error_line(exc)} "
         "(run again with --debug for the traceback)",

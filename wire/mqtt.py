@@ -222,7 +222,11 @@ class TlsFiles:
                     self.cert_file, self.key_file if self.key_file is not None else None
                 )
         except (OSError, ssl.SSLError) as exc:
-            msg = f"cannot load the TLS files {self}: {exc}"
+            ca = self.ca_file or "the system's"
+            msg = (
+                f"cannot load the TLS files (CA {ca}, certificate {self.cert_file or 'none'}, "
+                f"key {self.key_file or 'none'}): {exc}; check mqtt.ca_file, cert_file and key_file"
+            )
             raise TlsFilesError(msg) from None
         return context
 
