@@ -35,6 +35,7 @@ from cityops.cli import app as cli_app
 from cityops.services import IdentityBroker, IdentityFiles, start_identity_mosquitto
 from cityops.settings import Settings
 from devices import broker, credentials
+from devices.credentials import IssuedCredential
 from devices.pki import CertificateAuthority, write_certificate
 from devices.settings import BrokerSettings
 from ingest.settings import IngestSettings
@@ -219,6 +220,26 @@ def synced_since(identity: Identity, mark: int) -> broker.SyncReport:
     return wait_for(newer, timeout_s=REVOKED_WITHIN_S, what="a sync after the change")
 
 
+def issued_and_synced(
+    identity: Identity, conn: psycopg.Connection, device_id: str, device_type: str, **options: Any
+) -> IssuedCredential:
+    """Register a device, issue it a credential, and wait until the broker has it."""
+    register(conn, [(device_id, device_type, None)])
+    mark = len(identity.syncs)
+    (issued,) = credentials.issue(conn, [device_id], **options)
+    synced_since(identity, mark)
+    return issued
+
+
+def password_login(
+    identity: Identity, devices: list[Device], device_id: str, password: str | None
+) -> Device:
+    """A device logging in with a password on the devices' listener (closed after the test)."""
+    device = Device(identity, identity.broker.password_port, username=device_id, password=password)
+    devices.append(device)
+    return device
+
+
 def test_an_unauthenticated_client_is_refused(identity: Identity, devices: list[Device]) -> None:
     anonymous = Device(identity, identity.broker.password_port, client_id="nobody")
     devices.append(anonymous)
@@ -240,10 +261,7 @@ def test_a_device_publishing_on_another_devices_topic_is_refused_and_nothing_lan
     (issued, _) = credentials.issue(conn, [mine, theirs])
     synced_since(identity, mark)
     start_ingest()  # its registry holds the devices
-    device = Device(
-        identity, identity.broker.password_port, username=mine, password=issued.password
-    )
-    devices.append(device)
+    device = password_login(identity, devices, mine, issued.password)
     assert not device.answer().is_failure
     # Mosquitto grants any subscription and checks read access on delivery: the device, a
     # would-be eavesdropper, and a second ingest login both listen to all telemetry
@@ -281,10 +299,7 @@ def test_a_devices_password_opens_no_services_listener(
     identity: Identity, conn, tag: str, devices: list[Device]
 ) -> None:
     device_id = f"{tag}-mh-1"
-    register(conn, [(device_id, "manhole", None)])
-    mark = len(identity.syncs)
-    (issued,) = credentials.issue(conn, [device_id])
-    synced_since(identity, mark)
+    issued = issued_and_synced(identity, conn, device_id, "manhole")
     # there client ids are free: a device logged in there could take over ingest's session
     where_services_are = Device(
         identity,
@@ -295,10 +310,7 @@ def test_a_devices_password_opens_no_services_listener(
     )
     devices.append(where_services_are)
     assert str(where_services_are.answer()) == "Not authorized"
-    own = Device(
-        identity, identity.broker.password_port, username=device_id, password=issued.password
-    )
-    devices.append(own)
+    own = password_login(identity, devices, device_id, issued.password)
     assert not own.answer().is_failure
 
 
@@ -317,10 +329,7 @@ def test_a_gateways_reading_for_a_foreign_or_retired_device_is_quarantined(
     (issued,) = credentials.issue(conn, [gateway])
     synced_since(identity, mark)
     ingest = start_ingest()
-    device = Device(
-        identity, identity.broker.password_port, username=gateway, password=issued.password
-    )
-    devices.append(device)
+    device = password_login(identity, devices, gateway, issued.password)
     now_ms = int(time.time() * 1000)
     batch = [
         {"device_id": d, "ts": now_ms, "values": {"lamp_on": True}}
@@ -340,23 +349,14 @@ def test_a_revoked_device_is_disconnected_and_refused_within_10_s(
     identity: Identity, conn, tag: str, devices: list[Device]
 ) -> None:
     device_id = f"{tag}-mh-1"
-    register(conn, [(device_id, "manhole", None)])
-    mark = len(identity.syncs)
-    (issued,) = credentials.issue(conn, [device_id])
-    synced_since(identity, mark)
-    device = Device(
-        identity, identity.broker.password_port, username=device_id, password=issued.password
-    )
-    devices.append(device)
+    issued = issued_and_synced(identity, conn, device_id, "manhole")
+    device = password_login(identity, devices, device_id, issued.password)
     assert not device.answer().is_failure
     revoked_at = time.monotonic()
     assert credentials.revoke(conn, [device_id]) == 1
     assert device.disconnected.wait(REVOKED_WITHIN_S)
     assert time.monotonic() - revoked_at < REVOKED_WITHIN_S
-    again = Device(
-        identity, identity.broker.password_port, username=device_id, password=issued.password
-    )
-    devices.append(again)
+    again = password_login(identity, devices, device_id, issued.password)
     assert str(again.answer()) == "Not authorized"
 
 
@@ -364,27 +364,15 @@ def test_a_rotated_password_replaces_the_old_one_within_10_s(
     identity: Identity, conn, tag: str, devices: list[Device]
 ) -> None:
     device_id = f"{tag}-sw-1"
-    register(conn, [(device_id, "sweeper", None)])
-    mark = len(identity.syncs)
-    (old,) = credentials.issue(conn, [device_id])
-    synced_since(identity, mark)
-    before = Device(
-        identity, identity.broker.password_port, username=device_id, password=old.password
-    )
-    devices.append(before)
+    old = issued_and_synced(identity, conn, device_id, "sweeper")
+    before = password_login(identity, devices, device_id, old.password)
     assert not before.answer().is_failure
     (new,) = credentials.issue(conn, [device_id], rotate=True)
     assert new.password != old.password
     assert before.disconnected.wait(REVOKED_WITHIN_S)
-    stale = Device(
-        identity, identity.broker.password_port, username=device_id, password=old.password
-    )
-    devices.append(stale)
+    stale = password_login(identity, devices, device_id, old.password)
     assert str(stale.answer()) == "Not authorized"
-    fresh = Device(
-        identity, identity.broker.password_port, username=device_id, password=new.password
-    )
-    devices.append(fresh)
+    fresh = password_login(identity, devices, device_id, new.password)
     assert not fresh.answer().is_failure
 
 
@@ -410,14 +398,8 @@ def test_an_expired_password_is_refused_at_the_next_periodic_sync(
     identity: Identity, conn, tag: str, devices: list[Device]
 ) -> None:
     device_id = f"{tag}-mh-1"
-    register(conn, [(device_id, "manhole", None)])
-    mark = len(identity.syncs)
-    (issued,) = credentials.issue(conn, [device_id], valid_days=30)
-    synced_since(identity, mark)
-    device = Device(
-        identity, identity.broker.password_port, username=device_id, password=issued.password
-    )
-    devices.append(device)
+    issued = issued_and_synced(identity, conn, device_id, "manhole", valid_days=30)
+    device = password_login(identity, devices, device_id, issued.password)
     assert not device.answer().is_failure
     # time passes: nothing is notified, the periodic sync (broker.sync_interval_s) sees it
     conn.execute(
@@ -425,10 +407,7 @@ def test_an_expired_password_is_refused_at_the_next_periodic_sync(
         (device_id,),
     )
     assert device.disconnected.wait(REVOKED_WITHIN_S)
-    again = Device(
-        identity, identity.broker.password_port, username=device_id, password=issued.password
-    )
-    devices.append(again)
+    again = password_login(identity, devices, device_id, issued.password)
     assert str(again.answer()) == "Not authorized"
 
 
@@ -442,11 +421,10 @@ def test_tls_with_the_right_ca_connects_and_a_wrong_ca_or_an_expired_certificate
     identity: Identity, conn, tag: str, devices: list[Device], tmp_path: Path
 ) -> None:
     device_id = f"{tag}-mh-1"
-    register(conn, [(device_id, "manhole", None)])
-    mark = len(identity.syncs)
-    (issued,) = credentials.issue(conn, [device_id], "certificate", ca=identity.ca, valid_days=30)
+    issued = issued_and_synced(
+        identity, conn, device_id, "manhole", kind="certificate", ca=identity.ca, valid_days=30
+    )
     crt, key = write_certificate(tmp_path, device_id, issued.certificate)
-    synced_since(identity, mark)
     device = Device(identity, identity.broker.certificate_port, tls=identity.tls(crt, key))
     devices.append(device)
     assert not device.answer().is_failure
@@ -480,11 +458,10 @@ def test_a_revoked_certificate_is_disconnected_and_refused_within_10_s(
     identity: Identity, conn, tag: str, devices: list[Device], tmp_path: Path
 ) -> None:
     device_id = f"{tag}-mh-1"
-    register(conn, [(device_id, "manhole", None)])
-    mark = len(identity.syncs)
-    (issued,) = credentials.issue(conn, [device_id], "certificate", ca=identity.ca)
+    issued = issued_and_synced(
+        identity, conn, device_id, "manhole", kind="certificate", ca=identity.ca
+    )
     crt, key = write_certificate(tmp_path, device_id, issued.certificate)
-    synced_since(identity, mark)
     device = Device(identity, identity.broker.certificate_port, tls=identity.tls(crt, key))
     devices.append(device)
     assert not device.answer().is_failure
@@ -505,11 +482,8 @@ def test_a_rotated_certificate_ends_the_old_ones_session_and_the_new_one_connect
     identity: Identity, conn, tag: str, devices: list[Device], tmp_path: Path
 ) -> None:
     device_id = f"{tag}-lt-1"
-    register(conn, [(device_id, "light", None)])
-    mark = len(identity.syncs)
-    (old,) = credentials.issue(conn, [device_id], "certificate", ca=identity.ca)
+    old = issued_and_synced(identity, conn, device_id, "light", kind="certificate", ca=identity.ca)
     old_crt, old_key = write_certificate(tmp_path / "old", device_id, old.certificate)
-    synced_since(identity, mark)
     stolen = Device(identity, identity.broker.certificate_port, tls=identity.tls(old_crt, old_key))
     devices.append(stolen)
     assert not stolen.answer().is_failure
