@@ -144,28 +144,29 @@ def _under(prefix: str, topic: str) -> str:
     return prefixed(prefix, topic)
 
 
-def _listed(path: Path) -> set[str] | None:
-    """The serials (hex) of the CRL in ``path``, None when there is none to read."""
+def _read_crl(path: Path) -> x509.CertificateRevocationList | None:
+    """The CRL in ``path``, None when there is none to read."""
     try:
-        current = x509.load_pem_x509_crl(path.read_bytes())
+        return x509.load_pem_x509_crl(path.read_bytes())
     except (OSError, ValueError):
         return None
-    return {f"{entry.serial_number:x}" for entry in current}
 
 
-def _crl_is_current(path: Path, ca: CertificateAuthority, revoked: tuple[Revoked, ...]) -> bool:
-    """Whether the file's CRL lists ``revoked``, is the CA's, and is far from its next update.
+def _serials(crl: x509.CertificateRevocationList) -> set[str]:
+    return {f"{entry.serial_number:x}" for entry in crl}
+
+
+def _crl_is_current(
+    crl: x509.CertificateRevocationList, ca: CertificateAuthority, revoked: tuple[Revoked, ...]
+) -> bool:
+    """Whether ``crl`` lists ``revoked``, is the CA's, and is far from its next update.
 
     A CRL is signed (randomly, ECDSA) and dated, so it is compared by what it says.
     """
-    try:
-        current = x509.load_pem_x509_crl(path.read_bytes())
-    except (OSError, ValueError):
-        return False
-    next_update = current.next_update_utc
+    next_update = crl.next_update_utc
     return (
-        {f"{entry.serial_number:x}" for entry in current} == {r.serial for r in revoked}
-        and current.issuer == ca.certificate.subject
+        _serials(crl) == {r.serial for r in revoked}
+        and crl.issuer == ca.certificate.subject
         and next_update is not None
         and next_update - datetime.now(UTC) > timedelta(days=_CRL_DAYS / 2)
     )
@@ -247,8 +248,9 @@ def sync(
     newly_revoked: set[str] = set()
     if settings.crl_file is not None and settings.ca_dir is not None:
         ca = CertificateAuthority.load(settings.ca_dir)
-        if not _crl_is_current(settings.crl_file, ca, files.revoked):
-            listed = _listed(settings.crl_file)
+        current = _read_crl(settings.crl_file)
+        if current is None or not _crl_is_current(current, ca, files.revoked):
+            listed = _serials(current) if current is not None else None
             newly_revoked = {
                 r.username for r in files.revoked if listed is not None and r.serial not in listed
             }

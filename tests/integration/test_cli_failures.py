@@ -197,18 +197,23 @@ def test_identity_commands_refuse_in_one_line_and_show_secrets_only_where_asked(
         assert lines[0].startswith("error: ")
         assert expected in lines[0], (args, lines[0])
         assert PASSWORD not in done.stdout + done.stderr
+
+    def credentials(action: str, out: Path) -> subprocess.CompletedProcess[str]:
+        """``devices credentials ACTION`` for every device of the city, secrets into ``out``."""
+        return cityops(
+            env,
+            "devices",
+            "credentials",
+            action,
+            "--from",
+            devices,
+            "--out",
+            str(out),
+            cwd=tmp_path,
+        )
+
     # written to the file only, which only its owner may read
-    issued = cityops(
-        env,
-        "devices",
-        "credentials",
-        "issue",
-        "--from",
-        devices,
-        "--out",
-        str(passwords),
-        cwd=tmp_path,
-    )
+    issued = credentials("issue", passwords)
     assert issued.returncode == 0, issued.stderr
     secrets = [line.split(",")[1] for line in passwords.read_text().splitlines()[1:]]
     assert len(secrets) == len((city / "devices.csv").read_text().splitlines()) - 1
@@ -218,17 +223,7 @@ def test_identity_commands_refuse_in_one_line_and_show_secrets_only_where_asked(
     assert again.returncode == 2
     assert "already have a password credential" in again.stderr
     assert "nothing issued" in again.stderr
-    rotate = cityops(
-        env,
-        "devices",
-        "credentials",
-        "rotate",
-        "--from",
-        devices,
-        "--out",
-        str(rotated),
-        cwd=tmp_path,
-    )
+    rotate = credentials("rotate", rotated)
     assert rotate.returncode == 0, rotate.stderr
     assert set(secrets).isdisjoint(line.split(",")[1] for line in rotated.read_text().splitlines())
     # an open broker takes the logins too: the same fleet, a connection per device
@@ -251,15 +246,5 @@ def test_identity_commands_refuse_in_one_line_and_show_secrets_only_where_asked(
     assert revoked.stdout.startswith(f"{len(secrets)} credentials revoked")
     # the city's device ids are other tests' cities' too (sweepers' above all): issuing again
     # lets them speak, as before this test
-    restored = cityops(
-        env,
-        "devices",
-        "credentials",
-        "issue",
-        "--from",
-        devices,
-        "--out",
-        str(rotated),
-        cwd=tmp_path,
-    )
+    restored = credentials("issue", rotated)
     assert restored.returncode == 0, restored.stderr
